@@ -1,0 +1,394 @@
+/* auth.c — the AUTH command of auth-api.md 4: checks in their order,
+ * handle_AUTH, the mechanism on its coroutine, challenge lines, and the
+ * reply for an AuthResult. Everything here fails closed: an error or a
+ * wrong value from Lua is a 454 and a failed attempt. Must not decide
+ * credentials, and never logs an AUTH argument or a challenge response. */
+#include "auth.h"
+
+#include <ctype.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base64.h"
+#include "conn.h"
+#include "log.h"
+#include "lua_bind.h"
+#include "lua_session.h"
+#include "policy.h"
+#include "server.h"
+#include "session.h"
+#include "smtp_limits.h"
+
+static const char *const reply_success = "235 2.7.0 Authentication successful";
+static const char *const reply_invalid = "535 5.7.8 Authentication credentials invalid";
+
+static void auth_run_mechanism(struct session *s);
+
+/* Ends one AUTH attempt: count a failure, enforce auth_failure_limit. */
+void auth_forget(struct session *s)
+{
+    if (s->auth_initial) {
+        memset(s->auth_initial, 0, s->auth_initial_len);
+        free(s->auth_initial);
+        s->auth_initial = NULL;
+    }
+    session_clear_secrets(s);
+}
+
+static void auth_finish(struct session *s)
+{
+    auth_forget(s);
+    s->auth_in_progress = false;
+    s->wait = WAIT_NONE;
+    if (s->authenticated) {
+        log_msg(LOG_INFO, s->sid, "authenticated with %s",
+                s->policy->mechs[s->auth_mech_index].name);
+        return;
+    }
+    s->auth_failures++;
+    log_msg(LOG_INFO, s->sid, "AUTH %s failed (%ld in this session)",
+            s->policy->mechs[s->auth_mech_index].name, s->auth_failures);
+    long limit = s->opt->auth_failure_limit;
+    if (limit > 0 && s->auth_failures >= limit) {
+        session_replyf(s, "421 4.7.0 %s Error: too many failed authentication attempts",
+                       s->opt->hostname);
+        session_close(s, "too many failed authentication attempts");
+    }
+}
+
+/* A failed hook in AUTH: 454 (or handle_exception's status), attempt failed. */
+static void auth_hook_failed(struct session *s, lua_State *co)
+{
+    session_reply_hook_error(s, co, true);
+    auth_finish(s);
+}
+
+/* Raises a hook error about a bad value (the message goes to the log). */
+static void auth_bad_value(struct session *s, lua_State *co, const char *what)
+{
+    lua_pushfstring(co, "%s: %s", s->hook.name ? s->hook.name : "AUTH", what);
+    lua_pushvalue(co, -1);
+    auth_hook_failed(s, co);
+}
+
+/* auth-api.md 4.4: a message is one line starting with a code of the
+ * right class (2xx for success, 4xx/5xx for failure). */
+static bool auth_message_valid(const char *m, size_t n, bool success)
+{
+    if (n < 3 || !isdigit((unsigned char)m[0]) || !isdigit((unsigned char)m[1]) ||
+        !isdigit((unsigned char)m[2]))
+        return false;
+    if (n > 3 && m[3] != ' ' && m[3] != '-') return false;
+    if (memchr(m, '\r', n) || memchr(m, '\n', n) || memchr(m, '\0', n)) return false;
+    return success ? m[0] == '2' : (m[0] == '4' || m[0] == '5');
+}
+
+/* Marks the session authenticated with the auth_data at co[idx]. */
+static void auth_succeeded(struct session *s, lua_State *co, int idx)
+{
+    lua_State *L = s->policy->L;
+    lsession_push_table(s, co, LS_SESSION);
+    int t = lua_gettop(co);
+    lua_pushboolean(co, 1);
+    lua_setfield(co, t, "authenticated");
+    lua_pushvalue(co, idx);
+    lua_setfield(co, t, "auth_data");
+    /* login_data: the deprecated alias, auth_data.login when there is one.
+     * Only tables and LoginPassword are indexed: indexing anything else
+     * could raise outside any protected call. */
+    if (lua_type(co, idx) == LUA_TTABLE) {
+        lua_getfield(co, idx, "login");
+    } else if (lua_bind_is_udata(co, idx, LOGINPASSWORD_MT)) {
+        lua_getfield(co, idx, "login");
+    } else lua_pushnil(co);
+    lua_setfield(co, t, "login_data");
+    lua_settop(co, t - 1);
+    (void)L;
+    s->authenticated = true;
+}
+
+/* Reads a field of an AuthResult or plain table at idx. */
+static void get_result_field(lua_State *co, int idx, const char *key)
+{
+    if (lua_type(co, idx) == LUA_TTABLE) lua_getfield(co, idx, key);
+    else lua_getfield(co, idx, key); /* AuthResult's __index, which cannot raise */
+}
+
+/* The mechanism returned (co stack 1..nres). auth-api.md 4.4. */
+static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
+{
+    struct session *s = owner;
+    if (!ok) {
+        auth_hook_failed(s, co);
+        return;
+    }
+    lsession_sync(s);
+    int t = nres >= 1 ? lua_type(co, 1) : LUA_TNIL;
+    if (t == LUA_TNIL) {
+        /* The mechanism sent its own final reply, or forgot to (fix). */
+        if (!s->auth_final_sent) session_reply(s, reply_invalid);
+        s->authenticated = false;
+        auth_finish(s);
+        return;
+    }
+    if (t == LUA_TBOOLEAN) {
+        if (lua_toboolean(co, 1)) {
+            lua_pushnil(co);
+            auth_succeeded(s, co, lua_gettop(co));
+            session_reply(s, reply_success);
+        } else session_reply(s, reply_invalid);
+        auth_finish(s);
+        return;
+    }
+    if (t != LUA_TTABLE && !l_authresult_is(co, 1)) {
+        char what[96];
+        snprintf(what, sizeof what, "returned %s; expected an AuthResult", lua_typename(co, t));
+        auth_bad_value(s, co, what);
+        return;
+    }
+    get_result_field(co, 1, "success");
+    get_result_field(co, 1, "handled");
+    get_result_field(co, 1, "message");
+    get_result_field(co, 1, "auth_data");
+    int success_i = nres + 1, handled_i = nres + 2, message_i = nres + 3, data_i = nres + 4;
+    if (lua_type(co, success_i) != LUA_TBOOLEAN ||
+        (!lua_isnil(co, handled_i) && lua_type(co, handled_i) != LUA_TBOOLEAN) ||
+        (!lua_isnil(co, message_i) && lua_type(co, message_i) != LUA_TSTRING)) {
+        auth_bad_value(s, co, "returned a malformed AuthResult table");
+        return;
+    }
+    bool success = lua_toboolean(co, success_i);
+    bool handled = lua_isnil(co, handled_i) ? true : lua_toboolean(co, handled_i);
+    size_t mlen = 0;
+    const char *message = lua_isnil(co, message_i) ? NULL : lua_tolstring(co, message_i, &mlen);
+    if (message && !auth_message_valid(message, mlen, success)) {
+        auth_bad_value(s, co, success ? "AuthResult message must be one 2xx reply line"
+                                      : "AuthResult message must be one 4xx/5xx reply line");
+        return;
+    }
+    if (success) {
+        auth_succeeded(s, co, data_i);
+        if (message) session_reply_len(s, message, mlen);
+        else session_reply(s, reply_success);
+    } else if (handled) {
+        if (!s->auth_final_sent) session_reply(s, reply_invalid); /* fix: never leave a hang */
+    } else if (message) session_reply_len(s, message, mlen);
+    else session_reply(s, reply_invalid);
+    if (!success) s->authenticated = false;
+    auth_finish(s);
+}
+
+/* The AUTH arguments as hooks see them: {MECHANISM, initial-response}. */
+static void push_args(struct session *s, lua_State *co)
+{
+    lua_createtable(co, 2, 0);
+    const struct mechanism *m = &s->policy->mechs[s->auth_mech_index];
+    lua_pushstring(co, m->name);
+    lua_rawseti(co, -2, 1);
+    if (s->auth_initial) {
+        lua_pushlstring(co, s->auth_initial, s->auth_initial_len);
+        lua_rawseti(co, -2, 2);
+    }
+}
+
+/* A hook in AUTH that suspends with nothing to wait for is a failure. */
+static void auth_check_stray_yield(struct session *s, bool finished)
+{
+    if (finished || s->wait != WAIT_NONE) return;
+    lua_State *co = s->hook.co;
+    lua_pushfstring(co, "%s yielded without waiting for anything", s->hook.name);
+    lua_pushvalue(co, -1);
+    session_reply_hook_error(s, co, true);
+    hook_abandon(&s->hook);
+    auth_finish(s);
+}
+
+static void auth_run_mechanism(struct session *s)
+{
+    const struct mechanism *m = &s->policy->mechs[s->auth_mech_index];
+    log_msg(LOG_DEBUG, s->sid, "using %s mechanism %s", m->builtin ? "built-in" : "handler",
+            m->name);
+    lua_State *co = hook_begin(&s->hook, m->ref, m->builtin ? "built-in mechanism" : "auth_");
+    s->hook.name = m->builtin ? "built-in AUTH mechanism" : "AUTH mechanism hook";
+    lua_rawgeti(co, LUA_REGISTRYINDEX, s->server_ref);
+    push_args(s, co);
+    bool finished = hook_run(&s->hook, 2, auth_mechanism_done, s);
+    auth_check_stray_yield(s, finished);
+}
+
+/* handle_AUTH returned (auth-api.md 4.3). */
+static void auth_handle_auth_done(void *owner, bool ok, lua_State *co, int nres)
+{
+    struct session *s = owner;
+    if (!ok) {
+        auth_hook_failed(s, co);
+        return;
+    }
+    lsession_sync(s);
+    if (nres >= 1 && lua_smtpd_is_missing(co, 1)) {
+        /* The coroutine is recycled after we return; the mechanism gets a
+         * fresh one. */
+        auth_run_mechanism(s);
+        return;
+    }
+    int t = nres >= 1 ? lua_type(co, 1) : LUA_TNIL;
+    if (t == LUA_TSTRING) {
+        size_t n;
+        const char *status = lua_tolstring(co, 1, &n);
+        if (!auth_message_valid(status, n, true) && !auth_message_valid(status, n, false)) {
+            auth_bad_value(s, co, "returned a string that is not one reply line");
+            return;
+        }
+        session_reply_len(s, status, n);
+        auth_finish(s);
+        return;
+    }
+    if (t == LUA_TNIL) {
+        if (!s->auth_final_sent) session_reply(s, reply_invalid); /* fix */
+        auth_finish(s);
+        return;
+    }
+    char what[96];
+    snprintf(what, sizeof what, "returned %s; expected smtpd.MISSING, a status or nil",
+             lua_typename(co, t));
+    auth_bad_value(s, co, what);
+}
+
+void auth_command(struct session *s, const char *arg, size_t len)
+{
+    if (!s->has_host_name) {
+        session_reply(s, "503 Error: send EHLO first");
+        return;
+    }
+    if (!s->extended_smtp) {
+        session_reply(s, "500 Error: command 'AUTH' not recognized");
+        return;
+    }
+    if (s->opt->auth_require_tls && !s->tls_active) {
+        session_reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+        return;
+    }
+    if (s->authenticated) {
+        session_reply(s, "503 Already authenticated");
+        return;
+    }
+    if (s->has_mail_from) { /* RFC 4954 4: not during a mail transaction (fix) */
+        session_reply(s, "503 5.5.1 Error: MAIL transaction in progress");
+        return;
+    }
+    if (!arg || len == 0) {
+        session_reply(s, "501 Not enough value");
+        return;
+    }
+    /* Split on whitespace, as Python's str.split(). */
+    const char *words[3];
+    size_t lens[3];
+    int nw = 0;
+    for (size_t k = 0; k < len;) {
+        while (k < len && isspace((unsigned char)arg[k])) k++;
+        if (k >= len) break;
+        size_t start = k;
+        while (k < len && !isspace((unsigned char)arg[k])) k++;
+        if (nw == 3) break;
+        words[nw] = arg + start;
+        lens[nw] = k - start;
+        nw++;
+    }
+    if (nw > 2) {
+        session_reply(s, "501 Too many values");
+        return;
+    }
+    int mech = policy_find_mechanism(s->policy, words[0], lens[0]);
+    if (mech < 0) {
+        session_reply(s, "504 5.5.4 Unrecognized authentication type");
+        return;
+    }
+    s->auth_mech_index = mech;
+    s->auth_in_progress = true;
+    s->auth_final_sent = false;
+    /* Copied: a suspended handle_AUTH outlives the command line's buffer. */
+    s->auth_initial = nw == 2 ? strndup(words[1], lens[1]) : NULL;
+    s->auth_initial_len = nw == 2 ? lens[1] : 0;
+    if (nw == 2) session_add_secret(s, words[1], lens[1]);
+
+    if (!policy_has_hook(s->policy, HOOK_AUTH)) {
+        auth_run_mechanism(s);
+        return;
+    }
+    lua_State *co = hook_begin(&s->hook, s->policy->hook_ref[HOOK_AUTH], "handle_AUTH");
+    lsession_push_args(s, co);
+    push_args(s, co);
+    bool finished = hook_run(&s->hook, 4, auth_handle_auth_done, s);
+    auth_check_stray_yield(s, finished);
+}
+
+void auth_send_challenge(struct session *s, const char *challenge, size_t n, bool encode,
+                         bool log_response)
+{
+    char *line = malloc(4 + (encode ? base64_encoded_len(n) : n) + 1);
+    if (!line) {
+        session_reply(s, "334 ");
+    } else {
+        memcpy(line, "334 ", 4);
+        size_t len = 4;
+        if (encode) len += base64_encode((const uint8_t *)challenge, n, line + 4);
+        else {
+            memcpy(line + 4, challenge, n);
+            len += n;
+        }
+        session_reply_len(s, line, len);
+        free(line);
+    }
+    s->wait = WAIT_AUTH_LINE;
+    s->wait_log_response = log_response;
+    /* The challenge must reach the client before we wait for its answer. */
+    conn_flush(s->conn);
+}
+
+static bool is_py_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long)
+{
+    s->wait = WAIT_NONE;
+    lua_State *co = s->hook.co;
+    if (too_long) {
+        session_reply(s, "500 5.5.6 Authentication Exchange line is too long"); /* fix */
+        s->auth_final_sent = true;
+        lua_pushnil(co);
+    } else {
+        while (len && is_py_space((unsigned char)*line)) line++, len--;
+        while (len && is_py_space((unsigned char)line[len - 1])) len--;
+        if (s->wait_log_response) {
+            char esc[1024];
+            log_msg(LOG_WARN, s->sid, "AUTH interaction logging is enabled: sensitive "
+                                      "information may be logged");
+            log_msg(LOG_DEBUG, s->sid, ">> %s", log_escape(line, len, esc, sizeof esc));
+        }
+        session_add_secret(s, line, len);
+        uint8_t *out = malloc(base64_decoded_max(len) + 1);
+        ssize_t got = -1;
+        if (len == 1 && line[0] == '*') {
+            log_msg(LOG_WARN, s->sid, "client aborted AUTH with '*'");
+            session_reply(s, "501 5.7.0 Auth aborted");
+            s->auth_final_sent = true;
+            lua_pushnil(co);
+        } else if (!out || (got = base64_decode_strict(line, len, out)) < 0) {
+            session_reply(s, "501 5.5.2 Can't decode base64");
+            s->auth_final_sent = true;
+            lua_pushnil(co);
+        } else {
+            session_add_secret(s, (const char *)out, (size_t)got);
+            lua_pushlstring(co, (const char *)out, (size_t)got);
+        }
+        if (out) {
+            memset(out, 0, base64_decoded_max(len) + 1);
+            free(out);
+        }
+    }
+    bool finished = hook_resume(&s->hook, 1);
+    auth_check_stray_yield(s, finished);
+}

@@ -1,0 +1,129 @@
+/* data.c — the DATA reader. Mirrors aiosmtpd's smtp_DATA loop (lines end
+ * only at CRLF; a line longer than 1001 octets with its CRLF, or a message
+ * over the size limit, is read to the end and then refused) and adds the
+ * bare CR/LF check that stops SMTP smuggling. Must not send replies: the
+ * session turns the verdict into one. */
+#include "data.h"
+
+#include <string.h>
+
+#include "smtp_limits.h"
+
+void data_begin(struct data_reader *d, size_t limit, enum bare_newline_mode mode)
+{
+    buf_clear(&d->content);
+    d->num_bytes = 0;
+    d->limit = limit;
+    d->line_len = 0;
+    d->in_line = false;
+    d->verdict = DATA_OK;
+    d->bare_mode = mode;
+    d->saw_bare_newline = false;
+}
+
+void data_end(struct data_reader *d) { buf_free(&d->content); }
+
+static void data_fail(struct data_reader *d, enum data_verdict v)
+{
+    d->verdict = v;
+    buf_free(&d->content); /* don't hold memory for a message we refuse */
+}
+
+/* Appends the text of one line piece, handling bare CR/LF per the mode.
+ * `text` excludes the terminating CRLF. */
+static void data_append_text(struct data_reader *d, const char *text, size_t n)
+{
+    const char *cr = memchr(text, '\r', n), *lf = memchr(text, '\n', n);
+    if (!cr && !lf) {
+        if (!buf_append(&d->content, text, n)) data_fail(d, DATA_TOO_MUCH);
+        return;
+    }
+    d->saw_bare_newline = true;
+    if (d->bare_mode != BARE_NEWLINE_NORMALIZE) {
+        if (!buf_append(&d->content, text, n)) data_fail(d, DATA_TOO_MUCH);
+        return;
+    }
+    /* normalize: every bare CR, bare LF, or CR LF pair inside the line
+     * (which can only be a CR at the end of one read and LF at the start of
+     * the next — we never split those) becomes CRLF. */
+    for (size_t i = 0; i < n; i++) {
+        char c = text[i];
+        bool ok;
+        if (c == '\r' || c == '\n') ok = buf_append(&d->content, "\r\n", 2);
+        else ok = buf_append(&d->content, &c, 1);
+        if (!ok) {
+            data_fail(d, DATA_TOO_MUCH);
+            return;
+        }
+    }
+}
+
+/* One piece of a line: the whole line with its CRLF (complete) or a part of
+ * a line still going on. */
+static void data_segment(struct data_reader *d, const char *p, size_t n, bool complete)
+{
+    bool first = d->line_len == 0;
+    d->num_bytes += n;
+    d->line_len += n;
+    if (d->verdict != DATA_OK) return;
+    if (!complete && d->line_len > DATA_LINE_MAX) {
+        data_fail(d, DATA_TOO_LONG);
+        return;
+    }
+    if (d->limit && d->num_bytes > d->limit) {
+        data_fail(d, DATA_TOO_MUCH);
+        return;
+    }
+    if (d->line_len > DATA_LINE_MAX) {
+        data_fail(d, DATA_TOO_LONG);
+        return;
+    }
+    /* RFC 5321 4.5.2: a leading dot is transparency, drop it. */
+    if (first && n > 0 && p[0] == '.') {
+        p++;
+        n--;
+    }
+    size_t text_len = complete ? n - 2 : n;
+    data_append_text(d, p, text_len);
+    if (complete && d->verdict == DATA_OK && !buf_append(&d->content, "\r\n", 2))
+        data_fail(d, DATA_TOO_MUCH);
+}
+
+bool data_feed(struct data_reader *d, struct buf *in)
+{
+    while (buf_len(in) > 0) {
+        const char *p = buf_head(in);
+        size_t n = buf_len(in);
+        if (!d->in_line) {
+            /* The end marker is a whole line ".\r\n"; wait until we can tell. */
+            if (n < 3 && memcmp(p, ".\r\n", n) == 0) return false;
+            if (n >= 3 && memcmp(p, ".\r\n", 3) == 0) {
+                buf_consume(in, 3);
+                if (d->verdict == DATA_OK && d->saw_bare_newline &&
+                    d->bare_mode == BARE_NEWLINE_REJECT) {
+                    d->verdict = DATA_BARE_NEWLINE;
+                    buf_free(&d->content);
+                }
+                return true;
+            }
+        }
+        const char *crlf = memmem(p, n, "\r\n", 2);
+        if (crlf) {
+            size_t len = (size_t)(crlf - p) + 2;
+            data_segment(d, p, len, true);
+            buf_consume(in, len);
+            d->in_line = false;
+            d->line_len = 0;
+            continue;
+        }
+        /* No CRLF yet: take the bytes, but keep a trailing CR, which may be
+         * the first half of the line's CRLF. */
+        size_t take = p[n - 1] == '\r' ? n - 1 : n;
+        if (take == 0) return false;
+        data_segment(d, p, take, false);
+        buf_consume(in, take);
+        d->in_line = true;
+        return false;
+    }
+    return false;
+}

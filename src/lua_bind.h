@@ -1,0 +1,41 @@
+/* lua_bind.h — what the Lua binding files offer each other and the C side:
+ * class registration, type checks, and the MISSING sentinel. */
+#ifndef LUASMTPD_LUA_BIND_H
+#define LUASMTPD_LUA_BIND_H
+
+#include <stdbool.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#define AUTHRESULT_MT "smtpd.AuthResult"
+#define LOGINPASSWORD_MT "smtpd.LoginPassword"
+#define SERVER_MT "smtpd.server"
+#define MISSING_KEY "smtpd.MISSING"
+#define MECHANISM_NAMES_KEY "smtpd.mechanism_names"
+
+/* lua_authresult.c */
+void l_authresult_register(lua_State *L);
+int l_authresult_new(lua_State *L);
+bool l_authresult_is(lua_State *L, int idx);
+
+/* lua_loginpassword.c */
+void l_loginpassword_register(lua_State *L);
+int l_loginpassword_new(lua_State *L);
+
+/* lua_smtpd.c */
+int luaopen_smtpd(lua_State *L);
+/* True if the value at idx is smtpd.MISSING. */
+bool lua_smtpd_is_missing(lua_State *L, int idx);
+/* Pushes the mechanism name given to smtpd.auth_mechanism() for the
+ * function at idx, or nil. */
+void lua_smtpd_push_mechanism_name(lua_State *L, int idx);
+/* True if the userdata at idx has the metatable registered as tname. */
+bool lua_bind_is_udata(lua_State *L, int idx, const char *tname);
+/* Pushes a Lua-quoted rendering of s (like %q, but one line) for tostring. */
+void lua_bind_push_quoted(lua_State *L, const char *s, size_t n);
+
+/* lua_server.c */
+void l_server_register(lua_State *L);
+
+#endif

@@ -1,0 +1,292 @@
+/* lua_server.c — the `server` object hooks receive (auth-api.md 3) and the
+ * session/envelope tables. The server object is a handle box: a userdata
+ * holding a pointer to the C session, cleared when the session is freed, so
+ * a script that keeps it gets "session is closed" instead of a dangling
+ * pointer. server:challenge_auth() is the one yielding binding here: it
+ * follows the suspend sequence validate → check context → send → arm the
+ * wait → lua_yield. Must not block the loop. */
+#include <ctype.h>
+#include <string.h>
+
+#include "auth.h"
+#include "base64.h"
+#include "log.h"
+#include "lua_bind.h"
+#include "lua_session.h"
+#include "policy.h"
+#include "session.h"
+
+struct server_box {
+    struct session *s; /* NULL once the session is gone */
+};
+
+static struct session *check_server(lua_State *L)
+{
+    if (!lua_bind_is_udata(L, 1, SERVER_MT))
+        luaL_error(L, "expected server, got %s (call it as server:method(...))",
+                   luaL_typename(L, 1));
+    struct server_box *box = lua_touserdata(L, 1);
+    if (!box->s) luaL_error(L, "session is closed");
+    return box->s;
+}
+
+/* A status line must be one line: CR, LF or NUL would let a script (or the
+ * data it echoes) inject extra replies. */
+static const char *check_line(lua_State *L, int idx, size_t *n, const char *what)
+{
+    const char *line = luaL_checklstring(L, idx, n);
+    if (memchr(line, '\r', *n) || memchr(line, '\n', *n) || memchr(line, '\0', *n))
+        luaL_error(L, "%s: the reply must be one line (no CR, LF or NUL)", what);
+    return line;
+}
+
+/* server:push(status) — sends one reply line. */
+static int l_server_push(lua_State *L)
+{
+    struct session *s = check_server(L);
+    size_t n;
+    const char *line = check_line(L, 2, &n, "push");
+    if (!hook_active(&s->hook)) return luaL_error(L, "push: no hook of this session is running");
+    session_reply_len(s, line, n);
+    if (s->auth_in_progress && !(n >= 3 && !memcmp(line, "334", 3))) s->auth_final_sent = true;
+    return 0;
+}
+
+/* server:challenge_auth(challenge, encode_to_b64 = true, log_client_response = false)
+ * Yields until the client's next line; returns the decoded bytes or nil. */
+static int l_server_challenge_auth(lua_State *L)
+{
+    struct session *s = check_server(L);
+    size_t n;
+    const char *challenge = luaL_checklstring(L, 2, &n);
+    bool encode = lua_isnoneornil(L, 3) ? true : lua_toboolean(L, 3);
+    bool log_response = lua_toboolean(L, 4);
+    if (!s->auth_in_progress || s->hook.co != L)
+        return luaL_error(L, "challenge_auth may only be called from an AUTH hook's own coroutine");
+    if (!encode && (memchr(challenge, '\r', n) || memchr(challenge, '\n', n)))
+        return luaL_error(L, "challenge_auth: a raw challenge must be one line");
+    auth_send_challenge(s, challenge, n, encode, log_response);
+    return lua_yield(L, 0);
+}
+
+static int l_server_index(lua_State *L)
+{
+    struct session *s = check_server(L);
+    const char *key = luaL_checkstring(L, 2);
+    if (!strcmp(key, "push")) lua_pushcfunction(L, l_server_push);
+    else if (!strcmp(key, "challenge_auth")) lua_pushcfunction(L, l_server_challenge_auth);
+    else if (!strcmp(key, "session")) lsession_push_table(s, L, LS_SESSION);
+    else if (!strcmp(key, "envelope")) lsession_push_table(s, L, LS_ENVELOPE);
+    else if (!strcmp(key, "hostname")) lua_pushstring(L, s->opt->hostname);
+    else if (!strcmp(key, "auth_allow_authzid")) lua_pushboolean(L, s->opt->auth_allow_authzid);
+    else if (!strcmp(key, "tls")) lua_pushboolean(L, s->tls_active);
+    else if (!strcmp(key, "authenticator")) {
+        if (policy_has_hook(s->policy, HOOK_AUTHENTICATOR))
+            lua_rawgeti(L, LUA_REGISTRYINDEX, s->policy->hook_ref[HOOK_AUTHENTICATOR]);
+        else lua_pushnil(L);
+    } else lua_pushnil(L);
+    return 1;
+}
+
+static int l_server_tostring(lua_State *L)
+{
+    struct server_box *box = lua_touserdata(L, 1);
+    if (box->s) lua_pushfstring(L, "server(%s)", box->s->sid);
+    else lua_pushliteral(L, "server(closed)");
+    return 1;
+}
+
+void l_server_register(lua_State *L)
+{
+    luaL_newmetatable(L, SERVER_MT);
+    lua_pushcfunction(L, l_server_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_server_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "server");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}
+
+static lua_State *main_state(struct session *s) { return s->policy->L; }
+
+static int table_ref(struct session *s, enum lsession_table t)
+{
+    return t == LS_SESSION ? s->session_ref : s->envelope_ref;
+}
+
+void lsession_push_table(struct session *s, lua_State *L, enum lsession_table t)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
+}
+
+void lsession_push_words(lua_State *L, const char *p, size_t n)
+{
+    lua_newtable(L);
+    int i = 1;
+    size_t k = 0;
+    while (k < n) {
+        while (k < n && isspace((unsigned char)p[k])) k++;
+        size_t start = k;
+        while (k < n && !isspace((unsigned char)p[k])) k++;
+        if (k > start) {
+            lua_pushlstring(L, p + start, k - start);
+            lua_rawseti(L, -2, i++);
+        }
+    }
+}
+
+static void new_envelope_table(lua_State *L)
+{
+    lua_createtable(L, 0, 8);
+    lua_newtable(L);
+    lua_setfield(L, -2, "mail_options");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "smtp_utf8");
+    lua_newtable(L);
+    lua_setfield(L, -2, "rcpt_tos");
+    lua_newtable(L);
+    lua_setfield(L, -2, "rcpt_options");
+}
+
+bool lsession_open(struct session *s)
+{
+    lua_State *L = main_state(s);
+    struct server_box *box = lua_newuserdata(L, sizeof *box);
+    box->s = s;
+    luaL_getmetatable(L, SERVER_MT);
+    lua_setmetatable(L, -2);
+    s->server_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    lua_createtable(L, 0, 10);
+    lua_createtable(L, 2, 2); /* peer: {host, port}, also by name */
+    lua_pushstring(L, s->peer_host);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, 1);
+    lua_setfield(L, -2, "host");
+    lua_pushinteger(L, s->peer_port);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, 2);
+    lua_setfield(L, -2, "port");
+    lua_setfield(L, -2, "peer");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "extended_smtp");
+    s->session_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    new_envelope_table(L);
+    s->envelope_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return true;
+}
+
+void lsession_close(struct session *s)
+{
+    lua_State *L = main_state(s);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->server_ref);
+    struct server_box *box = lua_touserdata(L, -1);
+    if (box) box->s = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->server_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->session_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->envelope_ref);
+    s->server_ref = s->session_ref = s->envelope_ref = LUA_NOREF;
+}
+
+void lsession_new_envelope(struct session *s)
+{
+    lua_State *L = main_state(s);
+    new_envelope_table(L);
+    lua_rawseti(L, LUA_REGISTRYINDEX, s->envelope_ref);
+}
+
+void lsession_push_args(struct session *s, lua_State *L)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->server_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->envelope_ref);
+}
+
+/* Python truthiness for the fields aiosmtpd tests with `if not x`. */
+static bool field_truthy(lua_State *L, int tbl, const char *key)
+{
+    lua_getfield(L, tbl, key);
+    bool v;
+    if (lua_type(L, -1) == LUA_TSTRING) v = lua_objlen(L, -1) > 0;
+    else v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+void lsession_sync(struct session *s)
+{
+    lua_State *L = main_state(s);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
+    s->has_host_name = field_truthy(L, -1, "host_name");
+    s->authenticated = field_truthy(L, -1, "authenticated");
+    lua_pop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->envelope_ref);
+    s->has_mail_from = field_truthy(L, -1, "mail_from");
+    lua_getfield(L, -1, "rcpt_tos");
+    s->rcpt_count = lua_type(L, -1) == LUA_TTABLE ? lua_objlen(L, -1) : 0;
+    lua_pop(L, 2);
+}
+
+void lsession_set_string(struct session *s, enum lsession_table t, const char *key,
+                         const char *v, size_t n)
+{
+    lua_State *L = main_state(s);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
+    if (v) lua_pushlstring(L, v, n);
+    else lua_pushnil(L);
+    lua_setfield(L, -2, key);
+    lua_pop(L, 1);
+}
+
+void lsession_set_bool(struct session *s, enum lsession_table t, const char *key, bool v)
+{
+    lua_State *L = main_state(s);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
+    lua_pushboolean(L, v);
+    lua_setfield(L, -2, key);
+    lua_pop(L, 1);
+}
+
+static void append_to_array(lua_State *L, int tbl, const char *key)
+{
+    /* value on top */
+    lua_getfield(L, tbl, key);
+    if (lua_type(L, -1) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, tbl, key);
+    }
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+    lua_pop(L, 1);
+}
+
+void lsession_append_words(struct session *s, enum lsession_table t, const char *key,
+                           const char *opts, size_t n)
+{
+    lua_State *L = main_state(s);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
+    int tbl = lua_gettop(L);
+    lsession_push_words(L, opts, n);
+    int words = lua_gettop(L);
+    for (int i = 1; i <= (int)lua_objlen(L, words); i++) {
+        lua_rawgeti(L, words, i);
+        append_to_array(L, tbl, key);
+    }
+    lua_settop(L, tbl - 1);
+}
+
+void lsession_append_string(struct session *s, enum lsession_table t, const char *key,
+                            const char *v, size_t n)
+{
+    lua_State *L = main_state(s);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
+    int tbl = lua_gettop(L);
+    lua_pushlstring(L, v, n);
+    append_to_array(L, tbl, key);
+    lua_pop(L, 1);
+}

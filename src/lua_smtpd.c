@@ -1,0 +1,213 @@
+/* lua_smtpd.c — the `smtpd` module handler scripts require: AuthResult,
+ * LoginPassword, auth_mechanism, MISSING and strict base64 helpers; and the
+ * preloading of the Lua library compiled into the binary. Must not know
+ * sessions. */
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base64.h"
+#include "embedded.h"
+#include "lua_bind.h"
+#include "policy.h"
+
+bool lua_bind_is_udata(lua_State *L, int idx, const char *tname)
+{
+    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return false;
+    luaL_getmetatable(L, tname);
+    bool same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return same;
+}
+
+void lua_bind_push_quoted(lua_State *L, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addchar(&b, '"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            luaL_addchar(&b, '\\');
+            luaL_addchar(&b, (char)c);
+        } else if (c < 0x20 || c >= 0x7f) {
+            char esc[5] = {'\\', 'x', hex[c >> 4], hex[c & 15], 0};
+            luaL_addstring(&b, esc);
+        } else luaL_addchar(&b, (char)c);
+    }
+    luaL_addchar(&b, '"');
+    luaL_pushresult(&b);
+}
+
+bool lua_smtpd_is_missing(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TUSERDATA) return false;
+    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+    lua_getfield(L, LUA_REGISTRYINDEX, MISSING_KEY);
+    bool same = lua_rawequal(L, -1, idx);
+    lua_pop(L, 1);
+    return same;
+}
+
+void lua_smtpd_push_mechanism_name(lua_State *L, int idx)
+{
+    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+    lua_getfield(L, LUA_REGISTRYINDEX, MECHANISM_NAMES_KEY);
+    lua_pushvalue(L, idx);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+}
+
+/* Upper-cases and validates a mechanism name (aiosmtpd's VALID_AUTHMECH). */
+static bool mechanism_name_valid(char *name, size_t n)
+{
+    if (n == 0 || n >= MECHANISM_NAME_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = (char)toupper((unsigned char)name[i]);
+        name[i] = c;
+        if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static int mark_mechanism(lua_State *L, int fn_idx, int name_idx)
+{
+    luaL_checktype(L, fn_idx, LUA_TFUNCTION);
+    lua_getfield(L, LUA_REGISTRYINDEX, MECHANISM_NAMES_KEY);
+    lua_pushvalue(L, fn_idx);
+    lua_pushvalue(L, name_idx);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    lua_pushvalue(L, fn_idx);
+    return 1;
+}
+
+static int l_auth_mechanism_decorate(lua_State *L)
+{
+    return mark_mechanism(L, 1, lua_upvalueindex(1));
+}
+
+/* smtpd.auth_mechanism(name, fn) → fn; smtpd.auth_mechanism(name) → a
+ * function that marks its argument (aiosmtpd's decorator form). */
+static int l_auth_mechanism(lua_State *L)
+{
+    size_t n;
+    const char *raw = luaL_checklstring(L, 1, &n);
+    char name[MECHANISM_NAME_MAX + 1];
+    size_t copy = n < MECHANISM_NAME_MAX ? n : MECHANISM_NAME_MAX;
+    memcpy(name, raw, copy);
+    name[copy] = '\0';
+    if (memchr(raw, '\0', n) || !mechanism_name_valid(name, n))
+        return luaL_error(L, "Invalid AUTH mechanism name: %s", name);
+    lua_pushstring(L, name);
+    if (lua_isnoneornil(L, 2)) {
+        lua_pushcclosure(L, l_auth_mechanism_decorate, 1);
+        return 1;
+    }
+    return mark_mechanism(L, 2, lua_gettop(L));
+}
+
+/* smtpd.b64decode(s) → bytes, or nil if s is not strict base64. */
+static int l_b64decode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    size_t max = base64_decoded_max(n);
+    uint8_t *out = lua_newuserdata(L, max ? max : 1);
+    ssize_t got = base64_decode_strict(s, n, out);
+    if (got < 0) return 0;
+    lua_pushlstring(L, (const char *)out, (size_t)got);
+    return 1;
+}
+
+/* smtpd.b64encode(s) → base64 text. */
+static int l_b64encode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    char *out = lua_newuserdata(L, base64_encoded_len(n) + 1);
+    size_t len = base64_encode((const uint8_t *)s, n, out);
+    lua_pushlstring(L, out, len);
+    return 1;
+}
+
+static int l_missing_tostring(lua_State *L)
+{
+    lua_pushliteral(L, "MISSING");
+    return 1;
+}
+
+int luaopen_smtpd(lua_State *L)
+{
+    l_authresult_register(L);
+    l_loginpassword_register(L);
+
+    lua_newtable(L); /* the module */
+    lua_pushcfunction(L, l_authresult_new);
+    lua_setfield(L, -2, "AuthResult");
+    lua_pushcfunction(L, l_loginpassword_new);
+    lua_setfield(L, -2, "LoginPassword");
+    lua_pushcfunction(L, l_auth_mechanism);
+    lua_setfield(L, -2, "auth_mechanism");
+    lua_pushcfunction(L, l_b64decode);
+    lua_setfield(L, -2, "b64decode");
+    lua_pushcfunction(L, l_b64encode);
+    lua_setfield(L, -2, "b64encode");
+    lua_pushliteral(L, LUASMTPD_VERSION);
+    lua_setfield(L, -2, "_VERSION");
+
+    lua_getfield(L, LUA_REGISTRYINDEX, MISSING_KEY);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_newuserdata(L, 1);
+        lua_createtable(L, 0, 2);
+        lua_pushcfunction(L, l_missing_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushliteral(L, "MISSING");
+        lua_setfield(L, -2, "__metatable");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, MISSING_KEY);
+    }
+    lua_setfield(L, -2, "MISSING");
+
+    lua_getfield(L, LUA_REGISTRYINDEX, MECHANISM_NAMES_KEY);
+    if (lua_isnil(L, -1)) {
+        lua_newtable(L); /* weak keys: marking a function must not keep it alive */
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_setfield(L, LUA_REGISTRYINDEX, MECHANISM_NAMES_KEY);
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* package.preload loader for an embedded module; upvalue 1 is its index. */
+static int load_embedded(lua_State *L)
+{
+    const struct embedded_file *f = &embedded_files[lua_tointeger(L, lua_upvalueindex(1))];
+    char chunkname[128];
+    snprintf(chunkname, sizeof chunkname, "=[luasmtpd] %s", f->name);
+    if (luaL_loadbuffer(L, f->data, f->size, chunkname)) return lua_error(L);
+    lua_pushstring(L, f->name);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+void lua_smtpd_preload(lua_State *L)
+{
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_smtpd);
+    lua_setfield(L, -2, "smtpd");
+    for (int i = 0; embedded_files[i].name; i++) {
+        lua_pushinteger(L, i);
+        lua_pushcclosure(L, load_embedded, 1);
+        lua_setfield(L, -2, embedded_files[i].name);
+    }
+    lua_pop(L, 2);
+}

@@ -1,0 +1,241 @@
+/* main.c — the command line, start-up, signals. Runs in the foreground and
+ * logs to stderr; SIGTERM/SIGINT stop gracefully, SIGHUP reloads the
+ * handler script. Must not parse SMTP. */
+#include <ev.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "policy.h"
+#include "server.h"
+
+/* How long a graceful stop waits for sessions before cutting them. */
+#define STOP_TIMEOUT_SECONDS 30.0
+#define MAX_OVERRIDES 64
+#define MAX_LISTEN 16
+
+struct cli {
+    const char *handler;
+    const char *listen[MAX_LISTEN];
+    size_t n_listen;
+    struct option_override ov[MAX_OVERRIDES];
+    size_t n_ov;
+    bool check;
+    int ready_fd;
+};
+
+static struct server srv;
+static struct cli cli;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: luasmtpd [OPTIONS]\n"
+            "An SMTP server whose policy is a Lua handler script (aiosmtpd's handler API).\n\n"
+            "  -l, --listen [HOST][:PORT]  listen address (default localhost:8025; port 0 = any\n"
+            "                              free port; repeatable)\n"
+            "      --handler FILE.lua      handler script (default: the embedded Debugging\n"
+            "                              handler, which prints messages to stdout)\n"
+            "  -o, --option NAME=VALUE     set a handler option; wins over the script's\n"
+            "                              `options` table (repeatable)\n"
+            "  -s, --size N                data_size_limit in bytes (0 = none)\n"
+            "  -u, --smtputf8              enable SMTPUTF8\n"
+            "      --hostname NAME         hostname in replies (default: this machine's FQDN)\n"
+            "      --ident TEXT            greeting text after the hostname\n"
+            "      --timeout SECONDS       idle timeout (default 300)\n"
+            "      --ready-fd N            write \"ready ADDR...\" to fd N once listening\n"
+            "  -t, --check                 load and validate the handler, then exit 0/1\n"
+            "  -d, --debug                 more logging (repeat for even more)\n"
+            "  -v, --version               print the version\n"
+            "  -h, --help                  this help\n\n"
+            "Signals: SIGHUP reloads the handler script; SIGTERM/SIGINT stop gracefully.\n");
+}
+
+static void add_override(const char *name, const char *value)
+{
+    if (cli.n_ov == MAX_OVERRIDES) {
+        fprintf(stderr, "luasmtpd: too many options\n");
+        exit(2);
+    }
+    cli.ov[cli.n_ov].name = name;
+    cli.ov[cli.n_ov].value = value;
+    cli.n_ov++;
+}
+
+static void parse_args(int argc, char **argv)
+{
+    enum { OPT_HANDLER = 256, OPT_HOSTNAME, OPT_IDENT, OPT_TIMEOUT, OPT_READY_FD };
+    static const struct option longopts[] = {
+        {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
+        {"option", required_argument, 0, 'o'},   {"size", required_argument, 0, 's'},
+        {"smtputf8", no_argument, 0, 'u'},       {"hostname", required_argument, 0, OPT_HOSTNAME},
+        {"ident", required_argument, 0, OPT_IDENT}, {"timeout", required_argument, 0, OPT_TIMEOUT},
+        {"ready-fd", required_argument, 0, OPT_READY_FD}, {"check", no_argument, 0, 't'},
+        {"debug", no_argument, 0, 'd'},          {"version", no_argument, 0, 'v'},
+        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0},
+    };
+    cli.ready_fd = -1;
+    int c;
+    while ((c = getopt_long(argc, argv, "l:o:s:utdvh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'l':
+            if (cli.n_listen == MAX_LISTEN) {
+                fprintf(stderr, "luasmtpd: too many --listen addresses\n");
+                exit(2);
+            }
+            cli.listen[cli.n_listen++] = optarg;
+            break;
+        case OPT_HANDLER: cli.handler = optarg; break;
+        case 'o': {
+            char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg) {
+                fprintf(stderr, "luasmtpd: -o expects NAME=VALUE, got '%s'\n", optarg);
+                exit(2);
+            }
+            *eq = '\0';
+            add_override(optarg, eq + 1);
+            break;
+        }
+        case 's': add_override("data_size_limit", optarg); break;
+        case 'u': add_override("enable_SMTPUTF8", "true"); break;
+        case OPT_HOSTNAME: add_override("hostname", optarg); break;
+        case OPT_IDENT: add_override("ident", optarg); break;
+        case OPT_TIMEOUT: add_override("timeout", optarg); break;
+        case OPT_READY_FD: cli.ready_fd = atoi(optarg); break;
+        case 't': cli.check = true; break;
+        case 'd': log_max_level++; break;
+        case 'v': printf("luasmtpd %s\n", LUASMTPD_VERSION); exit(0);
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); exit(2);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "luasmtpd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        exit(2);
+    }
+    if (cli.n_listen == 0) cli.listen[cli.n_listen++] = "localhost:8025";
+}
+
+/* Start-up facts an operator needs: mechanisms, and why AUTH may be off. */
+static void log_policy(const struct policy *p)
+{
+    char names[512] = "";
+    size_t o = 0;
+    for (size_t i = 0; i < p->n_mechs && o < sizeof names - 80; i++)
+        o += (size_t)snprintf(names + o, sizeof names - o, "%s%s%s", i ? " " : "",
+                              p->mechs[i].name, p->mechs[i].builtin ? "(builtin)" : "");
+    log_msg(LOG_INFO, NULL, "handler %s loaded (policy generation %u); AUTH mechanisms: %s",
+            p->script_name, p->generation, p->n_mechs ? names : "(none)");
+    if (p->opt.auth_required && !p->opt.auth_require_tls)
+        log_msg(LOG_WARN, NULL, "auth_required is true but auth_require_tls is false: "
+                                "credentials may cross the network in clear text");
+    if (p->opt.auth_require_tls && !srv.tls_configured)
+        log_msg(LOG_WARN, NULL, "AUTH is not offered: auth_require_tls is true and no TLS "
+                                "is configured (set auth_require_tls = false only for testing)");
+    else if (!policy_has_hook(p, HOOK_AUTHENTICATOR))
+        log_msg(LOG_INFO, NULL, "no authenticator defined: built-in PLAIN and LOGIN reject "
+                                "every attempt");
+}
+
+static struct policy *load_policy(char *err, size_t errlen)
+{
+    return policy_load(cli.handler, cli.ov, cli.n_ov, err, errlen);
+}
+
+static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    if (srv.stopping) {
+        log_msg(LOG_WARN, NULL, "second stop signal: exiting now");
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    log_msg(LOG_INFO, NULL, "%s received: stopping gracefully",
+            w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    server_stop(&srv, STOP_TIMEOUT_SECONDS);
+}
+
+/* SIGHUP: build a new generation beside the running one; on any error keep
+ * the old one. Sessions finish on the generation they started with. */
+static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    char err[2048];
+    log_msg(LOG_INFO, NULL, "SIGHUP received: reloading %s",
+            cli.handler ? cli.handler : "the default handler");
+    struct policy *p = load_policy(err, sizeof err);
+    ev_now_update(loop); /* loading a script can take a while */
+    if (!p) {
+        log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
+                srv.policy->generation, err);
+        return;
+    }
+    struct policy *old = srv.policy;
+    srv.policy = p;
+    log_policy(p);
+    policy_release(old);
+}
+
+static void write_ready(void)
+{
+    if (cli.ready_fd < 0) return;
+    char line[SERVER_MAX_LISTENERS * 84 + 16] = "ready";
+    for (size_t i = 0; i < srv.n_listeners; i++) {
+        strcat(line, " ");
+        strcat(line, srv.listeners[i].addr);
+    }
+    strcat(line, "\n");
+    ssize_t w = write(cli.ready_fd, line, strlen(line));
+    (void)w;
+    close(cli.ready_fd);
+}
+
+int main(int argc, char **argv)
+{
+    parse_args(argc, argv);
+    char err[2048];
+    struct policy *p = load_policy(err, sizeof err);
+    if (cli.check) {
+        if (!p) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        printf("%s: OK (%zu AUTH mechanisms)\n", p->script_name, p->n_mechs);
+        policy_release(p);
+        return 0;
+    }
+    if (!p) {
+        log_msg(LOG_ERROR, NULL, "cannot load handler: %s", err);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    srv.loop = EV_DEFAULT;
+    srv.policy = p;
+    for (size_t i = 0; i < cli.n_listen; i++) {
+        if (!server_listen(&srv, cli.listen[i], err, sizeof err)) {
+            log_msg(LOG_ERROR, NULL, "%s", err);
+            return 1;
+        }
+    }
+    log_msg(LOG_INFO, NULL, "luasmtpd %s starting", LUASMTPD_VERSION);
+    log_policy(p);
+    ev_now_update(srv.loop);
+
+    ev_signal sigterm, sigint, sighup;
+    ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
+    ev_signal_init(&sigint, on_stop_signal, SIGINT);
+    ev_signal_init(&sighup, on_reload_signal, SIGHUP);
+    ev_signal_start(srv.loop, &sigterm);
+    ev_signal_start(srv.loop, &sigint);
+    ev_signal_start(srv.loop, &sighup);
+
+    server_start(&srv);
+    write_ready();
+    ev_run(srv.loop, 0);
+    log_msg(LOG_INFO, NULL, "stopped");
+    policy_release(srv.policy);
+    return 0;
+}

@@ -1,0 +1,386 @@
+/* options.c — option defaults, types and parsing. One table lists every
+ * option with its type, so the script path and the command-line path check
+ * exactly the same things. */
+#include "options.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netdb.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* aiosmtpd's defaults (smtp.py): DATA_SIZE_DEFAULT = 2**25, timeout 300,
+ * CALL_LIMIT_DEFAULT = 20; auth_failure_limit is ours (auth-api.md 4.6). */
+#define DEFAULT_DATA_SIZE_LIMIT 33554432L
+#define DEFAULT_TIMEOUT 300.0
+#define DEFAULT_CALL_LIMIT 20L
+#define DEFAULT_AUTH_FAILURE_LIMIT 5L
+
+enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE };
+
+struct opt_def {
+    const char *name;
+    enum opt_type type;
+};
+
+static const struct opt_def opt_defs[] = {
+    {"hostname", T_STRING},
+    {"ident", T_STRING},
+    {"data_size_limit", T_INT},
+    {"enable_SMTPUTF8", T_BOOL},
+    {"require_starttls", T_BOOL},
+    {"timeout", T_NUMBER},
+    {"auth_required", T_BOOL},
+    {"auth_require_tls", T_BOOL},
+    {"auth_exclude_mechanism", T_LIST},
+    {"command_call_limit", T_CALL_LIMIT},
+    {"auth_failure_limit", T_INT},
+    {"auth_allow_authzid", T_BOOL},
+    {"bare_newline", T_BARE_NEWLINE},
+    {"proxy_protocol_timeout", T_NUMBER},
+    {NULL, 0},
+};
+
+static const char *const type_names[] = {
+    "a boolean", "a non-negative integer", "a positive number", "a string",
+    "a list of strings", "an integer or a table of integers",
+    "one of \"reject\", \"normalize\", \"keep\"",
+};
+
+void options_init_defaults(struct options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->data_size_limit = DEFAULT_DATA_SIZE_LIMIT;
+    o->timeout = DEFAULT_TIMEOUT;
+    o->auth_require_tls = true;
+    o->call_limit_default = DEFAULT_CALL_LIMIT;
+    o->auth_failure_limit = DEFAULT_AUTH_FAILURE_LIMIT;
+    o->bare_newline = BARE_NEWLINE_REJECT;
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+bool options_copy(struct options *dst, const struct options *src)
+{
+    *dst = *src;
+    dst->hostname = dup_or_null(src->hostname);
+    dst->ident = dup_or_null(src->ident);
+    for (size_t i = 0; i < src->n_auth_exclude_mechanism; i++)
+        dst->auth_exclude_mechanism[i] = dup_or_null(src->auth_exclude_mechanism[i]);
+    return true;
+}
+
+void options_free(struct options *o)
+{
+    free(o->hostname);
+    free(o->ident);
+    for (size_t i = 0; i < o->n_auth_exclude_mechanism; i++) free(o->auth_exclude_mechanism[i]);
+    memset(o, 0, sizeof *o);
+}
+
+static const struct opt_def *opt_find(const char *name)
+{
+    for (const struct opt_def *d = opt_defs; d->name; d++)
+        if (strcmp(d->name, name) == 0) return d;
+    return NULL;
+}
+
+static bool unknown_option(const char *name, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "unknown option '%s'", name);
+    return false;
+}
+
+static bool wrong_type(const struct opt_def *d, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "option '%s' must be %s", d->name, type_names[d->type]);
+    return false;
+}
+
+static void set_string(char **slot, const char *v)
+{
+    free(*slot);
+    *slot = strdup(v);
+}
+
+static void clear_excluded(struct options *o)
+{
+    for (size_t i = 0; i < o->n_auth_exclude_mechanism; i++) free(o->auth_exclude_mechanism[i]);
+    o->n_auth_exclude_mechanism = 0;
+}
+
+static bool add_excluded(struct options *o, const char *name, size_t len, char *err,
+                         size_t errlen)
+{
+    if (len == 0) return true;
+    if (o->n_auth_exclude_mechanism == OPTIONS_MAX_EXCLUDED) {
+        snprintf(err, errlen, "option 'auth_exclude_mechanism' lists too many names");
+        return false;
+    }
+    char *s = strndup(name, len);
+    for (char *p = s; *p; p++) *p = (char)toupper((unsigned char)*p);
+    o->auth_exclude_mechanism[o->n_auth_exclude_mechanism++] = s;
+    return true;
+}
+
+static bool add_call_limit(struct options *o, const char *cmd, size_t len, long n, char *err,
+                           size_t errlen)
+{
+    if (len == 1 && cmd[0] == '*') {
+        o->call_limit_default = n;
+        return true;
+    }
+    if (len == 0 || len >= OPTIONS_NAME_MAX || o->n_call_limits == OPTIONS_MAX_CALL_LIMITS) {
+        snprintf(err, errlen, "option 'command_call_limit' has a bad command name");
+        return false;
+    }
+    struct call_limit *cl = &o->call_limits[o->n_call_limits++];
+    for (size_t i = 0; i < len; i++) cl->command[i] = (char)toupper((unsigned char)cmd[i]);
+    cl->command[len] = '\0';
+    cl->limit = n;
+    return true;
+}
+
+static bool parse_long(const char *s, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 0) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_bool(const char *s, bool *out)
+{
+    if (!strcasecmp(s, "true") || !strcmp(s, "1") || !strcasecmp(s, "yes")) *out = true;
+    else if (!strcasecmp(s, "false") || !strcmp(s, "0") || !strcasecmp(s, "no")) *out = false;
+    else return false;
+    return true;
+}
+
+static bool parse_bare_newline(const char *s, enum bare_newline_mode *out)
+{
+    if (!strcmp(s, "reject")) *out = BARE_NEWLINE_REJECT;
+    else if (!strcmp(s, "normalize")) *out = BARE_NEWLINE_NORMALIZE;
+    else if (!strcmp(s, "keep")) *out = BARE_NEWLINE_KEEP;
+    else return false;
+    return true;
+}
+
+bool options_set_string(struct options *o, const char *name, const char *v, char *err,
+                        size_t errlen)
+{
+    const struct opt_def *d = opt_find(name);
+    if (!d) return unknown_option(name, err, errlen);
+    bool b;
+    long n;
+    switch (d->type) {
+    case T_BOOL:
+        if (!parse_bool(v, &b)) return wrong_type(d, err, errlen);
+        if (!strcmp(name, "enable_SMTPUTF8")) o->enable_smtputf8 = b;
+        else if (!strcmp(name, "require_starttls")) o->require_starttls = b;
+        else if (!strcmp(name, "auth_required")) o->auth_required = b;
+        else if (!strcmp(name, "auth_require_tls")) o->auth_require_tls = b;
+        else if (!strcmp(name, "auth_allow_authzid")) o->auth_allow_authzid = b;
+        return true;
+    case T_INT:
+        if (!parse_long(v, &n)) return wrong_type(d, err, errlen);
+        if (!strcmp(name, "data_size_limit")) o->data_size_limit = n;
+        else if (!strcmp(name, "auth_failure_limit")) o->auth_failure_limit = n;
+        return true;
+    case T_NUMBER: {
+        char *end;
+        double x = strtod(v, &end);
+        if (end == v || *end || !(x > 0)) return wrong_type(d, err, errlen);
+        if (!strcmp(name, "timeout")) o->timeout = x;
+        else o->proxy_protocol_timeout = x;
+        return true;
+    }
+    case T_STRING:
+        set_string(!strcmp(name, "hostname") ? &o->hostname : &o->ident, v);
+        return true;
+    case T_LIST:
+        clear_excluded(o);
+        for (const char *p = v; *p;) {
+            size_t len = strcspn(p, ", ");
+            if (!add_excluded(o, p, len, err, errlen)) return false;
+            p += len;
+            p += strspn(p, ", ");
+        }
+        return true;
+    case T_CALL_LIMIT:
+        o->call_limit_enforced = true;
+        o->n_call_limits = 0;
+        o->call_limit_default = DEFAULT_CALL_LIMIT;
+        if (parse_long(v, &n)) {
+            o->call_limit_default = n;
+            return true;
+        }
+        /* "MAIL=5,RCPT=10,*=20" */
+        for (const char *p = v; *p;) {
+            size_t len = strcspn(p, ",");
+            const char *eq = memchr(p, '=', len);
+            char num[32];
+            size_t nlen = eq ? (size_t)(p + len - eq - 1) : 0;
+            if (!eq || nlen == 0 || nlen >= sizeof num) return wrong_type(d, err, errlen);
+            memcpy(num, eq + 1, nlen);
+            num[nlen] = '\0';
+            if (!parse_long(num, &n)) return wrong_type(d, err, errlen);
+            if (!add_call_limit(o, p, (size_t)(eq - p), n, err, errlen)) return false;
+            p += len;
+            if (*p == ',') p++;
+        }
+        return true;
+    case T_BARE_NEWLINE:
+        if (!parse_bare_newline(v, &o->bare_newline)) return wrong_type(d, err, errlen);
+        return true;
+    }
+    return false;
+}
+
+static bool lua_is_integer(lua_State *L, int idx, long *out)
+{
+    if (lua_type(L, idx) != LUA_TNUMBER) return false;
+    lua_Number x = lua_tonumber(L, idx);
+    if (x < 0 || x != (lua_Number)(long)x) return false;
+    *out = (long)x;
+    return true;
+}
+
+bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx, char *err,
+                     size_t errlen)
+{
+    const struct opt_def *d = opt_find(name);
+    if (!d) return unknown_option(name, err, errlen);
+    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+    int t = lua_type(L, idx);
+    long n;
+    switch (d->type) {
+    case T_BOOL:
+        if (t != LUA_TBOOLEAN) return wrong_type(d, err, errlen);
+        return options_set_string(o, name, lua_toboolean(L, idx) ? "true" : "false", err, errlen);
+    case T_INT:
+        if (!lua_is_integer(L, idx, &n)) return wrong_type(d, err, errlen);
+        if (!strcmp(name, "data_size_limit")) o->data_size_limit = n;
+        else o->auth_failure_limit = n;
+        return true;
+    case T_NUMBER:
+        if (t != LUA_TNUMBER || !(lua_tonumber(L, idx) > 0)) return wrong_type(d, err, errlen);
+        if (!strcmp(name, "timeout")) o->timeout = lua_tonumber(L, idx);
+        else o->proxy_protocol_timeout = lua_tonumber(L, idx);
+        return true;
+    case T_STRING:
+        if (t != LUA_TSTRING) return wrong_type(d, err, errlen);
+        return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
+    case T_LIST:
+        if (t == LUA_TSTRING) return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
+        if (t != LUA_TTABLE) return wrong_type(d, err, errlen);
+        clear_excluded(o);
+        for (int i = 1;; i++) {
+            lua_rawgeti(L, idx, i);
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                break;
+            }
+            if (lua_type(L, -1) != LUA_TSTRING) {
+                lua_pop(L, 1);
+                return wrong_type(d, err, errlen);
+            }
+            size_t len;
+            const char *s = lua_tolstring(L, -1, &len);
+            bool ok = add_excluded(o, s, len, err, errlen);
+            lua_pop(L, 1);
+            if (!ok) return false;
+        }
+        return true;
+    case T_CALL_LIMIT:
+        o->call_limit_enforced = true;
+        o->n_call_limits = 0;
+        o->call_limit_default = DEFAULT_CALL_LIMIT;
+        if (lua_is_integer(L, idx, &n)) {
+            o->call_limit_default = n;
+            return true;
+        }
+        if (t != LUA_TTABLE) return wrong_type(d, err, errlen);
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            if (lua_type(L, -2) != LUA_TSTRING || !lua_is_integer(L, -1, &n)) {
+                lua_pop(L, 2);
+                return wrong_type(d, err, errlen);
+            }
+            size_t len;
+            const char *cmd = lua_tolstring(L, -2, &len);
+            if (!add_call_limit(o, cmd, len, n, err, errlen)) {
+                lua_pop(L, 2);
+                return false;
+            }
+            lua_pop(L, 1);
+        }
+        return true;
+    case T_BARE_NEWLINE:
+        if (t != LUA_TSTRING || !parse_bare_newline(lua_tostring(L, idx), &o->bare_newline))
+            return wrong_type(d, err, errlen);
+        return true;
+    }
+    return false;
+}
+
+long options_call_limit(const struct options *o, const char *command)
+{
+    for (size_t i = 0; i < o->n_call_limits; i++)
+        if (!strcmp(o->call_limits[i].command, command)) return o->call_limits[i].limit;
+    return o->call_limit_default;
+}
+
+bool options_mechanism_excluded(const struct options *o, const char *name)
+{
+    for (size_t i = 0; i < o->n_auth_exclude_mechanism; i++)
+        if (!strcasecmp(o->auth_exclude_mechanism[i], name)) return true;
+    return false;
+}
+
+/* socket.getfqdn(), as aiosmtpd uses for its default hostname. */
+static char *fqdn(void)
+{
+    char host[256];
+    if (gethostname(host, sizeof host) != 0) return strdup("localhost");
+    host[sizeof host - 1] = '\0';
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_flags = AI_CANONNAME;
+    if (getaddrinfo(host, NULL, &hints, &res) == 0 && res && res->ai_canonname) {
+        char *name = strdup(res->ai_canonname);
+        freeaddrinfo(res);
+        return name;
+    }
+    if (res) freeaddrinfo(res);
+    return strdup(host);
+}
+
+bool options_finalize(struct options *o, char *err, size_t errlen)
+{
+    if (!o->hostname) o->hostname = fqdn();
+    if (!o->ident) o->ident = strdup("luasmtpd " LUASMTPD_VERSION);
+    if (!o->hostname || !o->ident) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
+    for (const char *c = o->hostname; *c; c++) {
+        if ((unsigned char)*c <= ' ' || *c == 0x7f) {
+            snprintf(err, errlen, "option 'hostname' must not contain spaces or control bytes");
+            return false;
+        }
+    }
+    for (const char *c = o->ident; *c; c++) {
+        if (*c == '\r' || *c == '\n') {
+            snprintf(err, errlen, "option 'ident' must be one line");
+            return false;
+        }
+    }
+    return true;
+}

@@ -1,0 +1,70 @@
+/* options.h — the SMTP options of auth-api.md section 6 (aiosmtpd's keyword
+ * arguments plus luasmtpd's own): defaults, validation, and setting them
+ * from a handler script's `options` table or from `-o NAME=VALUE`.
+ * Command-line values win: policy.c applies the script's table first, then
+ * the command line's. Must not touch sessions. */
+#ifndef LUASMTPD_OPTIONS_H
+#define LUASMTPD_OPTIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct lua_State;
+
+#define OPTIONS_MAX_EXCLUDED 16
+#define OPTIONS_MAX_CALL_LIMITS 24
+#define OPTIONS_NAME_MAX 32
+
+enum bare_newline_mode { BARE_NEWLINE_REJECT, BARE_NEWLINE_NORMALIZE, BARE_NEWLINE_KEEP };
+
+struct call_limit {
+    char command[OPTIONS_NAME_MAX];
+    long limit;
+};
+
+struct options {
+    char *hostname;            /* NULL: the machine's FQDN, filled in at start */
+    char *ident;               /* greeting suffix; NULL: "luasmtpd <version>" */
+    long data_size_limit;      /* 0 = none */
+    bool enable_smtputf8;
+    bool require_starttls;
+    double timeout;            /* idle seconds before 421 and close */
+    bool auth_required;
+    bool auth_require_tls;
+    char *auth_exclude_mechanism[OPTIONS_MAX_EXCLUDED];
+    size_t n_auth_exclude_mechanism;
+    bool call_limit_enforced;  /* command_call_limit given */
+    long call_limit_default;   /* "*" (20 if a table omits it) */
+    struct call_limit call_limits[OPTIONS_MAX_CALL_LIMITS];
+    size_t n_call_limits;
+    long auth_failure_limit;   /* 0 = unlimited */
+    bool auth_allow_authzid;
+    enum bare_newline_mode bare_newline;
+    double proxy_protocol_timeout; /* 0 = PROXY protocol off */
+};
+
+void options_init_defaults(struct options *o);
+/* Deep copy; dst must be uninitialised or freed. Returns false on ENOMEM. */
+bool options_copy(struct options *dst, const struct options *src);
+void options_free(struct options *o);
+
+/* Applies `name = value` from the Lua value at stack index idx (type-checked).
+ * On error writes a message to err and returns false. */
+bool options_set_lua(struct options *o, const char *name, struct lua_State *L, int idx,
+                     char *err, size_t errlen);
+
+/* Applies a command-line "-o NAME=VALUE" (value parsed by the option's type). */
+bool options_set_string(struct options *o, const char *name, const char *value, char *err,
+                        size_t errlen);
+
+/* Fills what the options leave open (hostname: the machine's FQDN; ident)
+ * and checks combinations. Returns false with a message on error. */
+bool options_finalize(struct options *o, char *err, size_t errlen);
+
+/* The budget of `command` under command_call_limit. */
+long options_call_limit(const struct options *o, const char *command);
+
+/* True when mechanism `name` (upper case) is in auth_exclude_mechanism. */
+bool options_mechanism_excluded(const struct options *o, const char *name);
+
+#endif

@@ -1,0 +1,376 @@
+/* policy.c — builds one policy generation: a fresh lua_State, the handler
+ * script run in its own environment, the handler validated (hook names,
+ * callable values, options, mechanism names), the mechanism registry, and
+ * the effective options. Owns the generation's coroutine pool. Must not run
+ * per-session hooks. */
+#include "policy.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "embedded.h"
+#include "log.h"
+#include "lua_bind.h"
+
+const char *const policy_hook_names[HOOK_COUNT] = {
+    "handle_HELO", "handle_EHLO",     "handle_MAIL",     "handle_RCPT",     "handle_DATA",
+    "handle_RSET", "handle_QUIT",     "handle_NOOP",     "handle_VRFY",     "handle_STARTTLS",
+    "handle_PROXY", "handle_AUTH",    "handle_exception", "authenticator",
+};
+
+static unsigned next_generation = 1;
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) msg = "(error object is not a string)";
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+static void fail(char *err, size_t errlen, const char *script, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void fail(char *err, size_t errlen, const char *script, const char *fmt, ...)
+{
+    int n = snprintf(err, errlen, "%s: ", script);
+    va_list ap;
+    va_start(ap, fmt);
+    if (n >= 0 && (size_t)n < errlen) vsnprintf(err + n, errlen - n, fmt, ap);
+    va_end(ap);
+}
+
+/* "file:line" of a Lua function, for messages about handler entries. */
+static void function_position(lua_State *L, int idx, char *out, size_t outlen)
+{
+    lua_Debug ar;
+    lua_pushvalue(L, idx);
+    if (lua_getinfo(L, ">S", &ar) && ar.currentline != 0)
+        snprintf(out, outlen, "%s:%d", ar.short_src, ar.linedefined);
+    else snprintf(out, outlen, "?");
+}
+
+static int find_hook(const char *key)
+{
+    for (int i = 0; i < HOOK_COUNT; i++)
+        if (!strcmp(policy_hook_names[i], key)) return i;
+    return -1;
+}
+
+static int mechanism_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct mechanism *)a)->name, ((const struct mechanism *)b)->name);
+}
+
+/* Adds or replaces a mechanism; the function is on top of the stack and is
+ * popped. */
+static bool add_mechanism(struct policy *p, const char *name, bool builtin)
+{
+    lua_State *L = p->L;
+    for (size_t i = 0; i < p->n_mechs; i++) {
+        if (!strcmp(p->mechs[i].name, name)) { /* a handler entry replaces a built-in */
+            luaL_unref(L, LUA_REGISTRYINDEX, p->mechs[i].ref);
+            p->mechs[i].ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            p->mechs[i].builtin = builtin;
+            return true;
+        }
+    }
+    struct mechanism *m = realloc(p->mechs, (p->n_mechs + 1) * sizeof *m);
+    if (!m) {
+        lua_pop(L, 1);
+        return false;
+    }
+    p->mechs = m;
+    m = &p->mechs[p->n_mechs++];
+    snprintf(m->name, sizeof m->name, "%s", name);
+    m->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    m->builtin = builtin;
+    return true;
+}
+
+/* The mechanism name of handler entry `key` (function at idx): the name
+ * given to smtpd.auth_mechanism(), else the key after "auth_" with "__"
+ * standing for "-", upper-cased (aiosmtpd's rule). */
+static bool mechanism_name_for(lua_State *L, const char *key, int idx, char *name, size_t cap)
+{
+    lua_smtpd_push_mechanism_name(L, idx);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        snprintf(name, cap, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return true;
+    }
+    lua_pop(L, 1);
+    size_t o = 0;
+    for (const char *k = key + strlen("auth_"); *k; k++) {
+        if (o + 1 >= cap) return false;
+        if (k[0] == '_' && k[1] == '_') {
+            name[o++] = '-';
+            k++;
+        } else name[o++] = (char)toupper((unsigned char)*k);
+    }
+    name[o] = '\0';
+    if (o == 0) return false;
+    for (size_t i = 0; i < o; i++) {
+        char c = name[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static bool load_builtin_mechanisms(struct policy *p, char *err, size_t errlen)
+{
+    lua_State *L = p->L;
+    lua_pushcfunction(L, traceback);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "smtpd.mechanisms");
+    if (lua_pcall(L, 1, 1, -3)) {
+        fail(err, errlen, "smtpd.mechanisms", "%s", lua_tostring(L, -1));
+        return false;
+    }
+    static const char *const builtins[] = {"LOGIN", "PLAIN"};
+    for (size_t i = 0; i < 2; i++) {
+        lua_getfield(L, -1, builtins[i]);
+        if (!add_mechanism(p, builtins[i], true)) return false;
+    }
+    lua_pop(L, 2);
+    return true;
+}
+
+/* Validates the handler table at the top of the stack and records its hooks,
+ * mechanisms and options. */
+static bool read_handler(struct policy *p, char *err, size_t errlen)
+{
+    lua_State *L = p->L;
+    int handler = lua_gettop(L);
+    const char *script = p->script_name;
+    lua_pushnil(L);
+    while (lua_next(L, handler)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            continue;
+        }
+        const char *key = lua_tostring(L, -2);
+        bool is_hook_name = !strncmp(key, "handle_", 7) || !strcmp(key, "authenticator");
+        bool is_mech = !strncmp(key, "auth_", 5);
+        if (is_hook_name || is_mech) {
+            if (lua_type(L, -1) != LUA_TFUNCTION) {
+                fail(err, errlen, script, "handler entry '%s' must be a function, got %s", key,
+                     luaL_typename(L, -1));
+                return false;
+            }
+        }
+        if (is_hook_name) {
+            int h = find_hook(key);
+            if (h < 0) {
+                char pos[256];
+                function_position(L, -1, pos, sizeof pos);
+                fail(err, errlen, script, "unknown hook '%s' (defined at %s)", key, pos);
+                return false;
+            }
+            lua_pushvalue(L, -1);
+            p->hook_ref[h] = luaL_ref(L, LUA_REGISTRYINDEX);
+        } else if (is_mech) {
+            char name[MECHANISM_NAME_MAX];
+            if (!mechanism_name_for(L, key, -1, name, sizeof name)) {
+                fail(err, errlen, script, "Invalid AUTH mechanism name in handler entry '%s'", key);
+                return false;
+            }
+            lua_pushvalue(L, -1);
+            if (!add_mechanism(p, name, false)) return false;
+        } else if (!strcmp(key, "options")) {
+            if (lua_type(L, -1) != LUA_TTABLE) {
+                fail(err, errlen, script, "'options' must be a table, got %s",
+                     luaL_typename(L, -1));
+                return false;
+            }
+            int opts = lua_gettop(L);
+            lua_pushnil(L);
+            while (lua_next(L, opts)) {
+                if (lua_type(L, -2) != LUA_TSTRING) {
+                    fail(err, errlen, script, "option names must be strings");
+                    return false;
+                }
+                char msg[256];
+                if (!options_set_lua(&p->opt, lua_tostring(L, -2), L, -1, msg, sizeof msg)) {
+                    fail(err, errlen, script, "%s", msg);
+                    return false;
+                }
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    return true;
+}
+
+static void apply_exclusions_and_sort(struct policy *p)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < p->n_mechs; i++) {
+        if (options_mechanism_excluded(&p->opt, p->mechs[i].name))
+            luaL_unref(p->L, LUA_REGISTRYINDEX, p->mechs[i].ref);
+        else p->mechs[o++] = p->mechs[i];
+    }
+    p->n_mechs = o;
+    qsort(p->mechs, p->n_mechs, sizeof *p->mechs, mechanism_cmp);
+}
+
+/* Lets a script `require` modules that sit beside it. */
+static void add_script_dir_to_path(lua_State *L, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    lua_getglobal(L, "package");
+    if (slash) lua_pushlstring(L, path, (size_t)(slash - path) + 1);
+    else lua_pushliteral(L, "./");
+    lua_pushliteral(L, "?.lua;");
+    lua_getfield(L, -3, "path");
+    lua_concat(L, 3);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+}
+
+static bool run_script(struct policy *p, const char *path, char *err, size_t errlen)
+{
+    lua_State *L = p->L;
+    int status;
+    if (path) {
+        add_script_dir_to_path(L, path);
+        status = luaL_loadfile(L, path);
+    } else {
+        const struct embedded_file *f = embedded_files;
+        while (f->name && strcmp(f->name, "smtpd.default")) f++;
+        status = f->name ? luaL_loadbuffer(L, f->data, f->size, "@scripts/default.lua") : 1;
+        if (!f->name) lua_pushliteral(L, "default handler not embedded");
+    }
+    if (status) {
+        /* luaL_loadfile's message already reads "file:line: message", or
+         * "cannot open file" for a missing one. */
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        return false;
+    }
+    /* The script runs in its own environment; reads fall back to globals. */
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, LUA_GLOBALSINDEX);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_insert(L, -3);    /* env, chunk, env */
+    lua_setfenv(L, -2);   /* env, chunk */
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, -2);    /* env, traceback, chunk */
+    if (lua_pcall(L, 0, 1, -2)) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        return false;
+    }
+    lua_remove(L, -2); /* env, result */
+    if (lua_type(L, -1) == LUA_TTABLE) lua_remove(L, -2); /* form 2: the returned table */
+    else if (lua_isnil(L, -1)) lua_pop(L, 1);              /* form 1: the globals it defined */
+    else {
+        fail(err, errlen, p->script_name, "the script must return a table or nothing, got %s",
+             luaL_typename(L, -1));
+        return false;
+    }
+    return true;
+}
+
+struct policy *policy_load(const char *path, const struct option_override *ov, size_t n_ov,
+                           char *err, size_t errlen)
+{
+    struct policy *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->refcount = 1;
+    p->generation = next_generation++;
+    p->script_name = strdup(path ? path : "(default handler)");
+    for (int i = 0; i < HOOK_COUNT; i++) p->hook_ref[i] = LUA_NOREF;
+    options_init_defaults(&p->opt);
+    p->L = luaL_newstate();
+    if (!p->L || !p->script_name) {
+        snprintf(err, errlen, "out of memory");
+        goto failed;
+    }
+    lua_State *L = p->L;
+    luaL_openlibs(L);
+    lua_smtpd_preload(L);
+    l_server_register(L);
+    /* Make the smtpd module's metatables exist even if the script never
+     * requires it: mechanisms and results are checked against them. */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "smtpd");
+    lua_call(L, 1, 0);
+
+    if (!load_builtin_mechanisms(p, err, errlen)) goto failed;
+    if (!run_script(p, path, err, errlen)) goto failed;
+    if (!read_handler(p, err, errlen)) goto failed;
+    lua_settop(L, 0);
+    for (size_t i = 0; i < n_ov; i++) {
+        char msg[256];
+        if (!options_set_string(&p->opt, ov[i].name, ov[i].value, msg, sizeof msg)) {
+            fail(err, errlen, "command line", "%s", msg);
+            goto failed;
+        }
+    }
+    if (!options_finalize(&p->opt, err, errlen)) goto failed;
+    apply_exclusions_and_sort(p);
+    return p;
+
+failed:
+    policy_release(p);
+    return NULL;
+}
+
+void policy_hold(struct policy *p) { p->refcount++; }
+
+void policy_release(struct policy *p)
+{
+    if (!p || --p->refcount > 0) return;
+    if (p->L) lua_close(p->L); /* frees every ref, pooled coroutine and table */
+    free(p->mechs);
+    free(p->script_name);
+    options_free(&p->opt);
+    free(p);
+}
+
+int policy_find_mechanism(const struct policy *p, const char *name, size_t len)
+{
+    for (size_t i = 0; i < p->n_mechs; i++)
+        if (strlen(p->mechs[i].name) == len && !strncasecmp(p->mechs[i].name, name, len))
+            return (int)i;
+    return -1;
+}
+
+lua_State *policy_coroutine_get(struct policy *p, int *ref)
+{
+    if (p->n_pool > 0) {
+        p->n_pool--;
+        *ref = p->pool[p->n_pool].ref;
+        return p->pool[p->n_pool].co;
+    }
+    lua_State *co = lua_newthread(p->L);
+    *ref = luaL_ref(p->L, LUA_REGISTRYINDEX); /* anchors the thread */
+    return co;
+}
+
+void policy_coroutine_put(struct policy *p, lua_State *co, int ref)
+{
+    lua_settop(co, 0);
+    if (p->n_pool == POLICY_POOL_MAX) {
+        luaL_unref(p->L, LUA_REGISTRYINDEX, ref);
+        return;
+    }
+    p->pool[p->n_pool].co = co;
+    p->pool[p->n_pool].ref = ref;
+    p->n_pool++;
+}
+
+void policy_coroutine_drop(struct policy *p, int ref) { luaL_unref(p->L, LUA_REGISTRYINDEX, ref); }

@@ -1,0 +1,100 @@
+/* policy.h — one policy generation: a lua_State with the handler script
+ * loaded and validated, its hook references, its AUTH mechanism registry and
+ * its effective options. Sessions hold a reference to the generation they
+ * started on; reload builds a new one beside it. Must not run per-session
+ * hooks (lua_hook.c does). */
+#ifndef LUASMTPD_POLICY_H
+#define LUASMTPD_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "options.h"
+
+struct lua_State;
+
+enum hook_id {
+    HOOK_HELO,
+    HOOK_EHLO,
+    HOOK_MAIL,
+    HOOK_RCPT,
+    HOOK_DATA,
+    HOOK_RSET,
+    HOOK_QUIT,
+    HOOK_NOOP,
+    HOOK_VRFY,
+    HOOK_STARTTLS,
+    HOOK_PROXY,
+    HOOK_AUTH,
+    HOOK_EXCEPTION,
+    HOOK_AUTHENTICATOR,
+    HOOK_COUNT
+};
+
+/* "handle_HELO", …, "handle_exception", "authenticator". */
+extern const char *const policy_hook_names[HOOK_COUNT];
+
+#define MECHANISM_NAME_MAX 64
+
+struct mechanism {
+    char name[MECHANISM_NAME_MAX]; /* upper case, [A-Z0-9_-]+ */
+    int ref;                       /* the Lua function, in the registry */
+    bool builtin;
+};
+
+/* A command-line option override: "-o name=value" and the named flags. */
+struct option_override {
+    const char *name;
+    const char *value;
+};
+
+#define POLICY_POOL_MAX 64
+
+struct policy {
+    struct lua_State *L;
+    int refcount;
+    unsigned generation;
+    char *script_name;         /* path, or "(default handler)" */
+    int hook_ref[HOOK_COUNT];  /* LUA_NOREF when the script does not define it */
+    struct mechanism *mechs;   /* sorted by name, exclusions applied */
+    size_t n_mechs;
+    struct options opt;
+    /* Finished coroutines kept for reuse (design.md: coroutines are pooled). */
+    struct {
+        struct lua_State *co;
+        int ref;
+    } pool[POLICY_POOL_MAX];
+    int n_pool;
+};
+
+/* Builds a generation from the script at path (NULL: the embedded default
+ * handler), applying options: defaults, then the script's `options`, then
+ * overrides. On failure returns NULL and writes a message with file:line to
+ * err. The returned generation has refcount 1 (the caller's). */
+struct policy *policy_load(const char *path, const struct option_override *ov, size_t n_ov,
+                           char *err, size_t errlen);
+
+void policy_hold(struct policy *p);
+/* Drops a reference; the lua_State is closed with the last one. */
+void policy_release(struct policy *p);
+
+static inline bool policy_has_hook(const struct policy *p, enum hook_id h)
+{
+    return p->hook_ref[h] != -2 /* LUA_NOREF */;
+}
+
+/* Case-insensitive lookup (auth-api.md 4.2 row 8 fix); -1 when unknown. */
+int policy_find_mechanism(const struct policy *p, const char *name, size_t len);
+
+/* A coroutine from the pool (or a new one), anchored by *ref. */
+struct lua_State *policy_coroutine_get(struct policy *p, int *ref);
+/* Returns a coroutine that finished normally. */
+void policy_coroutine_put(struct policy *p, struct lua_State *co, int ref);
+/* Releases a coroutine that errored or was abandoned. */
+void policy_coroutine_drop(struct policy *p, int ref);
+
+/* Registers the `smtpd` module and the embedded Lua library in L's
+ * package.preload (lua_smtpd.c). */
+void lua_smtpd_preload(struct lua_State *L);
+
+#endif

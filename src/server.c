@@ -1,0 +1,218 @@
+/* server.c — listening sockets, accepting connections, the session
+ * registry and graceful stop. Must not touch Lua stacks or parse SMTP. */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "session.h"
+
+#define DEFAULT_HOST "localhost"
+#define DEFAULT_PORT "8025"
+/* Accepts per readiness event, so one busy listener can't starve the loop. */
+#define ACCEPT_BATCH 64
+/* When the process is out of descriptors, pause accepting this long rather
+ * than spin on a listener that stays readable. */
+#define ACCEPT_PAUSE_SECONDS 0.5
+
+static ev_timer accept_pause;
+
+static void format_addr(const struct sockaddr *sa, socklen_t len, char *host, size_t hostlen,
+                        int *port)
+{
+    char serv[16];
+    if (getnameinfo(sa, len, host, hostlen, serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV)) {
+        snprintf(host, hostlen, "?");
+        *port = 0;
+        return;
+    }
+    /* Show IPv4-mapped IPv6 peers as plain IPv4. */
+    if (!strncmp(host, "::ffff:", 7) && strchr(host + 7, '.'))
+        memmove(host, host + 7, strlen(host + 7) + 1);
+    *port = atoi(serv);
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents);
+
+static void resume_accepting(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct server *srv = w->data;
+    if (srv->stopping) return;
+    for (size_t i = 0; i < srv->n_listeners; i++) ev_io_start(loop, &srv->listeners[i].io);
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct listener *l = w->data;
+    struct server *srv = l->srv;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                log_msg(LOG_WARN, NULL, "accept: %s; pausing new connections for %.1fs",
+                        strerror(errno), ACCEPT_PAUSE_SECONDS);
+                for (size_t k = 0; k < srv->n_listeners; k++)
+                    ev_io_stop(loop, &srv->listeners[k].io);
+                accept_pause.data = srv;
+                ev_timer_init(&accept_pause, resume_accepting, ACCEPT_PAUSE_SECONDS, 0.);
+                ev_timer_start(loop, &accept_pause);
+            }
+            return; /* EAGAIN, or a connection that died in the backlog */
+        }
+        char host[64];
+        int port;
+        format_addr((struct sockaddr *)&ss, len, host, sizeof host, &port);
+        if (!session_new(srv, fd, host, port))
+            log_msg(LOG_ERROR, NULL, "out of memory: dropped connection from %s", host);
+    }
+}
+
+/* Splits "[HOST][:PORT]" (IPv6 hosts in brackets). */
+static bool split_spec(const char *spec, char *host, size_t hostlen, char *port, size_t portlen)
+{
+    const char *h = spec, *p = NULL;
+    size_t hl;
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (!close || (close[1] && close[1] != ':')) return false;
+        h = spec + 1;
+        hl = (size_t)(close - h);
+        p = close[1] ? close + 2 : NULL;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (colon && strchr(spec, ':') != colon) colon = NULL; /* bare IPv6 address */
+        hl = colon ? (size_t)(colon - spec) : strlen(spec);
+        p = colon ? colon + 1 : NULL;
+    }
+    if (hl >= hostlen) return false;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    if (!host[0]) snprintf(host, hostlen, "%s", DEFAULT_HOST);
+    snprintf(port, portlen, "%s", p && *p ? p : DEFAULT_PORT);
+    for (const char *c = port; *c; c++)
+        if (*c < '0' || *c > '9') return false;
+    return atoi(port) <= 65535;
+}
+
+bool server_listen(struct server *srv, const char *spec, char *err, size_t errlen)
+{
+    char host[256], port[16];
+    if (!split_spec(spec, host, sizeof host, port, sizeof port)) {
+        snprintf(err, errlen, "--listen %s: expected [HOST][:PORT]", spec);
+        return false;
+    }
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc) {
+        snprintf(err, errlen, "--listen %s: %s", spec, gai_strerror(rc));
+        return false;
+    }
+    bool any_port = atoi(port) == 0;
+    int bound = 0;
+    char last_error[128] = "no address";
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        if (srv->n_listeners == SERVER_MAX_LISTENERS) break;
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, SOMAXCONN)) {
+            snprintf(last_error, sizeof last_error, "%s", strerror(errno));
+            close(fd);
+            continue;
+        }
+        struct listener *l = &srv->listeners[srv->n_listeners++];
+        l->fd = fd;
+        l->srv = srv;
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        getsockname(fd, (struct sockaddr *)&ss, &len);
+        char h[64];
+        int p;
+        format_addr((struct sockaddr *)&ss, len, h, sizeof h, &p);
+        snprintf(l->addr, sizeof l->addr, strchr(h, ':') ? "[%s]:%d" : "%s:%d", h, p);
+        ev_io_init(&l->io, on_accept, fd, EV_READ);
+        l->io.data = l;
+        bound++;
+        /* Port 0 on a name with several addresses would give each its own
+         * random port: one is what the user asked for. */
+        if (any_port) break;
+    }
+    freeaddrinfo(res);
+    if (!bound) {
+        snprintf(err, errlen, "--listen %s: cannot bind: %s", spec, last_error);
+        return false;
+    }
+    return true;
+}
+
+void server_start(struct server *srv)
+{
+    for (size_t i = 0; i < srv->n_listeners; i++) {
+        ev_io_start(srv->loop, &srv->listeners[i].io);
+        log_msg(LOG_INFO, NULL, "listening on %s", srv->listeners[i].addr);
+    }
+}
+
+void server_add_session(struct server *srv, struct session *s)
+{
+    s->next = srv->sessions;
+    s->prev = NULL;
+    if (srv->sessions) srv->sessions->prev = s;
+    srv->sessions = s;
+    srv->n_sessions++;
+}
+
+void server_remove_session(struct server *srv, struct session *s)
+{
+    if (s->prev) s->prev->next = s->next;
+    else srv->sessions = s->next;
+    if (s->next) s->next->prev = s->prev;
+    srv->n_sessions--;
+    if (srv->stopping && srv->n_sessions == 0) ev_break(srv->loop, EVBREAK_ALL);
+}
+
+static void on_stop_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct server *srv = w->data;
+    log_msg(LOG_WARN, NULL, "stop timeout: closing %zu remaining sessions", srv->n_sessions);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+void server_stop(struct server *srv, double timeout)
+{
+    if (srv->stopping) return;
+    srv->stopping = true;
+    for (size_t i = 0; i < srv->n_listeners; i++) {
+        ev_io_stop(srv->loop, &srv->listeners[i].io);
+        close(srv->listeners[i].fd);
+    }
+    ev_timer_stop(srv->loop, &accept_pause);
+    srv->n_listeners = 0;
+    log_msg(LOG_INFO, NULL, "stopping: %zu sessions open", srv->n_sessions);
+    if (srv->n_sessions == 0) {
+        ev_break(srv->loop, EVBREAK_ALL);
+        return;
+    }
+    for (struct session *s = srv->sessions, *next; s; s = next) {
+        next = s->next;
+        session_shutdown(s);
+    }
+    ev_timer_init(&srv->stop_timer, on_stop_timeout, timeout, 0.);
+    srv->stop_timer.data = srv;
+    ev_timer_start(srv->loop, &srv->stop_timer);
+}

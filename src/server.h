@@ -1,0 +1,49 @@
+/* server.h — listeners, accept, the session registry, and the current
+ * policy generation. Must not touch Lua stacks. */
+#ifndef LUASMTPD_SERVER_H
+#define LUASMTPD_SERVER_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct policy;
+struct session;
+
+#define SERVER_MAX_LISTENERS 16
+
+struct listener {
+    int fd;
+    ev_io io;
+    struct server *srv;
+    char addr[80]; /* "127.0.0.1:8025" / "[::1]:8025" */
+};
+
+struct server {
+    struct ev_loop *loop;
+    struct policy *policy; /* the current generation; new sessions use it */
+    struct listener listeners[SERVER_MAX_LISTENERS];
+    size_t n_listeners;
+    struct session *sessions; /* registry, for shutdown */
+    size_t n_sessions;
+    unsigned long next_session_id;
+    bool stopping;
+    bool tls_configured; /* STARTTLS offered (set by the TLS layer) */
+    ev_timer stop_timer; /* bounds a graceful stop */
+};
+
+/* Binds "[HOST][:PORT]" (default host localhost, default port 8025; port 0 =
+ * any free port). Returns false with a message in err. */
+bool server_listen(struct server *srv, const char *spec, char *err, size_t errlen);
+
+/* Starts accepting on every listener. */
+void server_start(struct server *srv);
+
+/* Graceful stop: close listeners, tell sessions, exit the loop once they are
+ * gone or after timeout seconds. */
+void server_stop(struct server *srv, double timeout);
+
+void server_add_session(struct server *srv, struct session *s);
+void server_remove_session(struct server *srv, struct session *s);
+
+#endif

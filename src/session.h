@@ -1,0 +1,134 @@
+/* session.h — one SMTP session: the state machine of one connection.
+ * Owns the command dispatch, replies, the mail transaction, the idle timer
+ * and the deferred close. Must not include mbedTLS or touch sockets
+ * directly (it talks to struct conn). */
+#ifndef LUASMTPD_SESSION_H
+#define LUASMTPD_SESSION_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "data.h"
+#include "lua_hook.h"
+#include "smtp_limits.h"
+
+struct server;
+struct conn;
+struct policy;
+struct options;
+
+enum session_state {
+    SESSION_COMMAND, /* reading command lines */
+    SESSION_DATA,    /* reading message text after 354 */
+    SESSION_CLOSING, /* a close is scheduled; input is ignored */
+};
+
+/* What a suspended hook waits for. */
+enum session_wait {
+    WAIT_NONE,
+    WAIT_AUTH_LINE, /* server:challenge_auth(): the client's next line */
+};
+
+#define SESSION_SECRETS_MAX 4
+/* An address rendered by addr_parse; longer ones are malformed. */
+#define SMTP_ADDR_MAX (SMTP_LINE_MAX + 64)
+
+struct session {
+    unsigned long id;
+    char sid[24];          /* "s<id>", the log prefix */
+    struct server *srv;
+    struct conn *conn;
+    struct policy *policy; /* the generation this session started on (held) */
+    const struct options *opt;
+    enum session_state state;
+    char peer_host[64];
+    int peer_port;
+
+    /* Protocol state mirrored from the Lua tables (which hooks may change). */
+    bool has_host_name;    /* session.host_name is set (non-empty) */
+    bool extended_smtp;    /* last greeting was EHLO */
+    bool authenticated;
+    bool has_mail_from;    /* a mail transaction is open */
+    size_t rcpt_count;
+    bool tls_active;
+    bool tls_refused;      /* handle_STARTTLS said no */
+
+    int bogus_budget;
+    long auth_failures;
+    /* command_call_limit budgets, for known commands by index. */
+    long call_budget[16];
+    /* ... and for the few unknown names seen before the bogus limit. */
+    struct {
+        char name[16];
+        long budget;
+    } unknown_budget[SMTP_BOGUS_LIMIT];
+    int n_unknown_budget;
+
+    /* Lua: the server handle box and the session/envelope tables. */
+    int server_ref, session_ref, envelope_ref;
+    struct hook_state hook;
+    enum session_wait wait;
+    bool wait_log_response; /* challenge_auth(..., log_client_response=true) */
+    bool discard_line;      /* dropping the rest of an over-long line */
+    bool auth_in_progress;  /* an AUTH command is being processed */
+    bool auth_final_sent;   /* a final (non-334) reply went out during AUTH */
+    int auth_mech_index;    /* mechanism chosen for this AUTH */
+    char *auth_initial;     /* copy of the initial response (a secret), or NULL */
+    size_t auth_initial_len;
+    /* Strings that must never reach a log line (AUTH initial response and
+     * the like), scrubbed from hook error messages. */
+    char *secrets[SESSION_SECRETS_MAX];
+
+    struct data_reader data;
+
+    /* What a command hands to its continuation across a hook call. */
+    void *hook_after;       /* command_after_fn of the running hook */
+    const char *pending_arg;
+    size_t pending_arg_len;
+    char *pending_opts;     /* upper-cased MAIL/RCPT parameters */
+    size_t pending_opts_len;
+    char pending_addr[SMTP_ADDR_MAX];
+    size_t pending_addr_len;
+
+    ev_timer idle;
+    ev_tstamp last_activity;
+    bool pumping;           /* inside session_pump(): don't re-enter */
+    bool shutting_down;     /* server stop requested: close after this command */
+    struct session *next, *prev; /* the server's registry */
+};
+
+/* Creates a session for an accepted socket and sends the greeting. Returns
+ * NULL (socket closed) if memory runs out. */
+struct session *session_new(struct server *srv, int fd, const char *peer_host, int peer_port);
+
+/* Sends one reply line (CRLF added). Lines queue and leave together when the
+ * session next flushes, so replies to pipelined commands share one write. */
+void session_reply(struct session *s, const char *line);
+void session_replyf(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void session_reply_len(struct session *s, const char *line, size_t len);
+
+/* Schedules a close after pending replies are flushed. */
+void session_close(struct session *s, const char *why);
+
+/* Processes buffered input until it runs out or a hook suspends. May resume
+ * Lua. */
+void session_pump(struct session *s);
+
+/* Server shutdown: idle sessions get 421 now, busy ones after their command. */
+void session_shutdown(struct session *s);
+
+/* Remembers a string that must be scrubbed from log lines of this session. */
+void session_add_secret(struct session *s, const char *p, size_t n);
+void session_clear_secrets(struct session *s);
+/* Replaces every remembered secret in msg (NUL-terminated, in place). */
+void session_scrub(struct session *s, char *msg);
+
+/* Fresh envelope (connect, HELO, EHLO, RSET, STARTTLS, after DATA). */
+void session_reset_envelope(struct session *s);
+
+/* The reply for a hook that failed (auth-api.md section 5), honouring
+ * handle_exception. The error value is on top of co's stack. */
+void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth);
+
+#endif
