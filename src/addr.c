@@ -663,6 +663,10 @@ static int get_local_part(const struct text *t, size_t p, struct sink *out, size
     if (tk.kind == TK_EW)
         return P_FATAL; /* decoded into the local part, or re-parsed below */
     if (!(q < t->n && (at(t, q) == '\\' || !is_phrase_end(at(t, q))))) {
+        /* A lone '"' ending the input is a bare quoted string with no
+         * tokens at all; LocalPart.local_part reads its [0]: IndexError. */
+        if (tk.kind == TK_QUOTED && tk.core_end == tk.core + 1 && tk.core_end == t->n)
+            return P_FATAL;
         render_core(t, &tk, out);
         *endp = q;
         return P_OK;

@@ -209,8 +209,7 @@ static void auth_run_mechanism(struct session *s)
     const struct mechanism *m = &s->policy->mechs[s->auth_mech_index];
     log_msg(LOG_DEBUG, s->sid, "using %s mechanism %s", m->builtin ? "built-in" : "handler",
             m->name);
-    lua_State *co = hook_begin(&s->hook, m->ref, m->builtin ? "built-in mechanism" : "auth_");
-    s->hook.name = m->builtin ? "built-in AUTH mechanism" : "AUTH mechanism hook";
+    lua_State *co = hook_begin(&s->hook, m->ref, m->label);
     lua_rawgeti(co, LUA_REGISTRYINDEX, s->server_ref);
     push_args(s, co);
     bool finished = hook_run(&s->hook, 2, auth_mechanism_done, s);

@@ -1,15 +1,16 @@
 /* lua_smtpd.c — the `smtpd` module handler scripts require: AuthResult,
- * LoginPassword, auth_mechanism, MISSING and strict base64 helpers; and the
- * preloading of the Lua library compiled into the binary. Must not know
- * sessions. */
+ * LoginPassword, auth_mechanism, MISSING and strict base64 helpers. Built
+ * into the server and, on its own, as the Lua C module smtpd.so that the
+ * binding specs load into LuaJIT. Must not know sessions or policies. */
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "base64.h"
-#include "embedded.h"
 #include "lua_bind.h"
-#include "policy.h"
+
+/* Same bound as policy.h; kept here so the module stands alone. */
+#define MECHANISM_NAME_MAX 64
 
 bool lua_bind_is_udata(lua_State *L, int idx, const char *tname)
 {
@@ -59,13 +60,14 @@ void lua_smtpd_push_mechanism_name(lua_State *L, int idx)
     lua_remove(L, -2);
 }
 
-/* Upper-cases and validates a mechanism name (aiosmtpd's VALID_AUTHMECH). */
+/* Upper-cases a mechanism name, then validates it (aiosmtpd's
+ * VALID_AUTHMECH), so the error shows the name upper-cased as aiosmtpd does. */
 static bool mechanism_name_valid(char *name, size_t n)
 {
+    for (size_t i = 0; i < n && name[i]; i++) name[i] = (char)toupper((unsigned char)name[i]);
     if (n == 0 || n >= MECHANISM_NAME_MAX) return false;
     for (size_t i = 0; i < n; i++) {
-        char c = (char)toupper((unsigned char)name[i]);
-        name[i] = c;
+        char c = name[i];
         if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
             return false;
     }
@@ -101,12 +103,14 @@ static int l_auth_mechanism(lua_State *L)
     name[copy] = '\0';
     if (memchr(raw, '\0', n) || !mechanism_name_valid(name, n))
         return luaL_error(L, "Invalid AUTH mechanism name: %s", name);
+    bool decorator_form = lua_isnoneornil(L, 2);
+    lua_settop(L, 2);
     lua_pushstring(L, name);
-    if (lua_isnoneornil(L, 2)) {
+    if (decorator_form) {
         lua_pushcclosure(L, l_auth_mechanism_decorate, 1);
         return 1;
     }
-    return mark_mechanism(L, 2, lua_gettop(L));
+    return mark_mechanism(L, 2, 3);
 }
 
 /* smtpd.b64decode(s) → bytes, or nil if s is not strict base64. */
@@ -184,30 +188,4 @@ int luaopen_smtpd(lua_State *L)
     }
     lua_pop(L, 1);
     return 1;
-}
-
-/* package.preload loader for an embedded module; upvalue 1 is its index. */
-static int load_embedded(lua_State *L)
-{
-    const struct embedded_file *f = &embedded_files[lua_tointeger(L, lua_upvalueindex(1))];
-    char chunkname[128];
-    snprintf(chunkname, sizeof chunkname, "=[luasmtpd] %s", f->name);
-    if (luaL_loadbuffer(L, f->data, f->size, chunkname)) return lua_error(L);
-    lua_pushstring(L, f->name);
-    lua_call(L, 1, 1);
-    return 1;
-}
-
-void lua_smtpd_preload(lua_State *L)
-{
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, luaopen_smtpd);
-    lua_setfield(L, -2, "smtpd");
-    for (int i = 0; embedded_files[i].name; i++) {
-        lua_pushinteger(L, i);
-        lua_pushcclosure(L, load_embedded, 1);
-        lua_setfield(L, -2, embedded_files[i].name);
-    }
-    lua_pop(L, 2);
 }

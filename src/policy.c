@@ -78,6 +78,8 @@ static bool add_mechanism(struct policy *p, const char *name, bool builtin)
             luaL_unref(L, LUA_REGISTRYINDEX, p->mechs[i].ref);
             p->mechs[i].ref = luaL_ref(L, LUA_REGISTRYINDEX);
             p->mechs[i].builtin = builtin;
+            snprintf(p->mechs[i].label, sizeof p->mechs[i].label, "mechanism %s%s", name,
+                     builtin ? " (built-in)" : "");
             return true;
         }
     }
@@ -91,6 +93,7 @@ static bool add_mechanism(struct policy *p, const char *name, bool builtin)
     snprintf(m->name, sizeof m->name, "%s", name);
     m->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     m->builtin = builtin;
+    snprintf(m->label, sizeof m->label, "mechanism %s%s", name, builtin ? " (built-in)" : "");
     return true;
 }
 
@@ -374,3 +377,29 @@ void policy_coroutine_put(struct policy *p, lua_State *co, int ref)
 }
 
 void policy_coroutine_drop(struct policy *p, int ref) { luaL_unref(p->L, LUA_REGISTRYINDEX, ref); }
+
+/* package.preload loader for an embedded module; upvalue 1 is its index. */
+static int load_embedded(lua_State *L)
+{
+    const struct embedded_file *f = &embedded_files[lua_tointeger(L, lua_upvalueindex(1))];
+    char chunkname[128];
+    snprintf(chunkname, sizeof chunkname, "=[luasmtpd] %s", f->name);
+    if (luaL_loadbuffer(L, f->data, f->size, chunkname)) return lua_error(L);
+    lua_pushstring(L, f->name);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+void lua_smtpd_preload(lua_State *L)
+{
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_smtpd);
+    lua_setfield(L, -2, "smtpd");
+    for (int i = 0; embedded_files[i].name; i++) {
+        lua_pushinteger(L, i);
+        lua_pushcclosure(L, load_embedded, 1);
+        lua_setfield(L, -2, embedded_files[i].name);
+    }
+    lua_pop(L, 2);
+}

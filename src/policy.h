@@ -40,6 +40,7 @@ struct mechanism {
     char name[MECHANISM_NAME_MAX]; /* upper case, [A-Z0-9_-]+ */
     int ref;                       /* the Lua function, in the registry */
     bool builtin;
+    char label[MECHANISM_NAME_MAX + 24]; /* for logs: "mechanism PLAIN (built-in)" */
 };
 
 /* A command-line option override: "-o name=value" and the named flags. */
@@ -94,7 +95,7 @@ void policy_coroutine_put(struct policy *p, struct lua_State *co, int ref);
 void policy_coroutine_drop(struct policy *p, int ref);
 
 /* Registers the `smtpd` module and the embedded Lua library in L's
- * package.preload (lua_smtpd.c). */
+ * package.preload. */
 void lua_smtpd_preload(struct lua_State *L);
 
 #endif

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Installs what luasmtpd needs to build, run and test on Debian 12.
+# Idempotent; needs root (or sudo). Only Debian packages are used.
+set -eu
+PACKAGES="build-essential cmake pkg-config libluajit-5.1-dev luajit libev-dev libmbedtls-dev
+  lua-busted lua-socket lua-sec lua-check swaks python3-aiosmtpd curl openssl"
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "tools/deps.sh: installing$missing" >&2
+  $SUDO apt-get update -q
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+fi
