@@ -105,6 +105,9 @@ static void conn_on_writable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct conn *c = w->data;
     conn_flush(c);
+    /* Closing completes here, in a loop callback, never inside conn_flush:
+     * the owner may call conn_flush from code that still uses its state. */
+    if (c->closing && (buf_len(&c->out) == 0 || c->failed)) conn_finish_close(c);
 }
 
 static void conn_on_linger(struct ev_loop *loop, ev_timer *w, int revents)
@@ -156,10 +159,10 @@ void conn_flush(struct conn *c)
         if (n == CONN_ERROR || n == 0) c->failed = true;
         break;
     }
-    bool pending = buf_len(&c->out) > 0 && !c->failed;
-    if (pending && !ev_is_active(&c->wio)) ev_io_start(c->loop, &c->wio);
-    if (!pending && ev_is_active(&c->wio)) ev_io_stop(c->loop, &c->wio);
-    if (c->closing && !pending) conn_finish_close(c);
+    /* A closing conn keeps the write watcher armed: its callback closes. */
+    bool want_write = (buf_len(&c->out) > 0 && !c->failed) || c->closing;
+    if (want_write && !ev_is_active(&c->wio)) ev_io_start(c->loop, &c->wio);
+    if (!want_write && ev_is_active(&c->wio)) ev_io_stop(c->loop, &c->wio);
 }
 
 void conn_input_consumed(struct conn *c)
