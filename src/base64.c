@@ -17,8 +17,6 @@
  * "QQ==QQ==", stopping at the first pad; we are stricter than those too. */
 #include "base64.h"
 
-#include <limits.h>
-
 static const char base64_alphabet[64] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -68,16 +66,11 @@ size_t base64_encode(const uint8_t *in, size_t n, char *out)
  * than a 256-entry table keeps signed-char input from indexing below it. */
 static int base64_value(unsigned char c)
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
     return -1;
 }
 
@@ -87,23 +80,20 @@ ssize_t base64_decode_strict(const char *in, size_t n, uint8_t *out)
     size_t pad = 0;
     size_t o = 0;
 
-    if (n % 4 != 0)
-        return -1;
-    if (n == 0)
-        return 0;
-    if (n / 4 * 3 > (size_t)SSIZE_MAX)
-        return -1;
+    if (n % 4 != 0) return -1;
+    if (n == 0) return 0;
+    /* The length must fit the ssize_t we return (SSIZE_MAX is POSIX-only;
+     * it is SIZE_MAX / 2 wherever ssize_t exists). */
+    if (n / 4 * 3 > SIZE_MAX / 2) return -1;
     /* Padding is recognised only as the last one or two characters; any
      * other '=' then fails base64_value() below, which is what makes
      * "QQ==QQ==", "Q===" and "====" invalid. */
-    if (s[n - 1] == '=')
-        pad = s[n - 2] == '=' ? 2 : 1;
+    if (s[n - 1] == '=') pad = s[n - 2] == '=' ? 2 : 1;
 
     /* Validate everything before writing, so that a refused string leaves
      * out untouched. */
     for (size_t i = 0; i < n - pad; i++)
-        if (base64_value(s[i]) < 0)
-            return -1;
+        if (base64_value(s[i]) < 0) return -1;
 
     for (size_t i = 0; i < n; i += 4) {
         int a = base64_value(s[i]);
@@ -111,12 +101,10 @@ ssize_t base64_decode_strict(const char *in, size_t n, uint8_t *out)
         uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12;
 
         out[o++] = (uint8_t)(v >> 16);
-        if (i + 4 == n && pad == 2)
-            break;
+        if (i + 4 == n && pad == 2) break;
         v |= (uint32_t)base64_value(s[i + 2]) << 6;
         out[o++] = (uint8_t)(v >> 8 & 0xff);
-        if (i + 4 == n && pad == 1)
-            break;
+        if (i + 4 == n && pad == 1) break;
         v |= (uint32_t)base64_value(s[i + 3]);
         out[o++] = (uint8_t)(v & 0xff);
     }

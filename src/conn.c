@@ -1,12 +1,20 @@
 /* conn.c — buffered non-blocking I/O on one socket behind struct transport.
- * Owns the fd and its watchers. Must not parse what it carries.
+ * Owns the fd and its watchers, and the switch to another transport (the TLS
+ * handshake). Must not parse what it carries.
  *
  * Close is always deferred: conn_close() only marks the conn; the socket is
  * closed from the event loop once output is flushed (or the linger timer
- * fires), and on_closed is the last thing that touches the conn. */
+ * fires), and on_closed is the last thing that touches the conn.
+ *
+ * Directions: a transport may need the socket writable to go on reading (and
+ * readable to go on writing): TLS does. So a blocked read remembers in
+ * rd_wait what it waits for, a blocked write in wr_wait, a handshake in
+ * hs.wait, and conn_arm() is the one place that turns those into the state
+ * of the two watchers. Either watcher firing retries whatever waits for it. */
 #include "conn.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -42,8 +50,71 @@ static void plain_shutdown(struct conn *c) {}
 static void plain_free_state(struct conn *c) {}
 
 const struct transport conn_plain_transport = {
-    "tcp", plain_recv, plain_send, plain_has_pending, plain_shutdown, plain_free_state,
+    "tcp", plain_recv, plain_send, plain_has_pending, plain_shutdown, plain_free_state, NULL,
 };
+
+/* The direction(s) the transport asked for with CONN_AGAIN, or dflt. */
+static int conn_wanted(const struct conn *c, int dflt)
+{
+    int ev = (c->want_read ? EV_READ : 0) | (c->want_write ? EV_WRITE : 0);
+    return ev ? ev : dflt;
+}
+
+static bool conn_reading(const struct conn *c)
+{
+    return !c->closing && !c->closed && !c->eof && !c->failed && !c->hs.active &&
+           buf_len(&c->in) < CONN_INPUT_MAX;
+}
+
+static bool conn_out_pending(const struct conn *c)
+{
+    return buf_len(&c->out) > 0 && !c->failed;
+}
+
+static void conn_set_io(struct conn *c, ev_io *w, bool on)
+{
+    if (on && !ev_is_active(w)) ev_io_start(c->loop, w);
+    if (!on && ev_is_active(w)) ev_io_stop(c->loop, w);
+}
+
+/* The watchers follow what is waiting, and for which direction. */
+static void conn_arm(struct conn *c)
+{
+    if (c->closed) return;
+    int ev = 0;
+    if (c->hs.active) {
+        ev = c->hs.wait;
+    } else {
+        if (conn_reading(c)) ev |= c->rd_wait;
+        if (conn_out_pending(c)) ev |= c->wr_wait;
+        /* A closing conn is finished from a watcher even with nothing left to
+         * send: a writable socket fires at once. */
+        else if (c->closing) ev |= EV_WRITE;
+    }
+    conn_set_io(c, &c->rio, ev & EV_READ);
+    conn_set_io(c, &c->wio, ev & EV_WRITE);
+}
+
+/* Input the transport decoded but the socket cannot signal (TLS records
+ * already decrypted) is read from the loop, as if the socket were readable. */
+static void conn_kick_pending(struct conn *c)
+{
+    if (conn_reading(c) && c->tp->has_pending(c)) ev_feed_event(c->loop, &c->rio, EV_CUSTOM);
+}
+
+/* Frees a transport state that was never switched to. */
+static void conn_drop_pending_transport(struct conn *c)
+{
+    const struct transport *tp = c->tp;
+    void *state = c->tp_state;
+    c->tp = c->hs.tp;
+    c->tp_state = c->hs.state;
+    c->tp->free_state(c);
+    c->tp = tp;
+    c->tp_state = state;
+    c->hs.tp = NULL;
+    c->hs.state = NULL;
+}
 
 static void conn_close_socket(struct conn *c)
 {
@@ -51,6 +122,7 @@ static void conn_close_socket(struct conn *c)
     ev_io_stop(c->loop, &c->rio);
     ev_io_stop(c->loop, &c->wio);
     ev_timer_stop(c->loop, &c->linger);
+    ev_timer_stop(c->loop, &c->hs.timer);
     if (!c->failed) c->tp->shutdown(c);
     close(c->fd);
     c->fd = -1;
@@ -63,51 +135,165 @@ static void conn_finish_close(struct conn *c)
     c->ev.on_closed(c, c->owner);
 }
 
-static void conn_update_read(struct conn *c)
-{
-    bool want = !c->closing && !c->eof && !c->failed && buf_len(&c->in) < CONN_INPUT_MAX;
-    if (want && !ev_is_active(&c->rio)) ev_io_start(c->loop, &c->rio);
-    if (!want && ev_is_active(&c->rio)) ev_io_stop(c->loop, &c->rio);
-}
-
-/* Reads until the transport would block, the buffer is full or EOF. */
+/* Reads until the transport would block, the input is full or EOF. Never
+ * holds more than CONN_INPUT_MAX: what does not fit stays in the socket or the
+ * transport until the owner consumes input. */
 static void conn_read_some(struct conn *c)
 {
-    do {
-        if (buf_len(&c->in) >= CONN_INPUT_MAX) break;
-        char *w = buf_reserve(&c->in, 16384);
+    bool recheck = true;
+    c->rd_wait = EV_READ;
+    while (buf_len(&c->in) < CONN_INPUT_MAX) {
+        size_t room = CONN_INPUT_MAX - buf_len(&c->in);
+        if (room > CONN_READ_CHUNK) room = CONN_READ_CHUNK;
+        char *w = buf_reserve(&c->in, room);
         if (!w) {
             c->failed = true;
-            break;
+            return;
         }
         c->want_read = c->want_write = false;
-        ssize_t n = c->tp->recv(c, w, 16384);
+        ssize_t n = c->tp->recv(c, w, room);
         if (n > 0) {
             buf_commit(&c->in, (size_t)n);
             continue;
         }
-        if (n == 0) c->eof = true;
-        else if (n == CONN_ERROR) c->failed = true;
+        if (n == 0) {
+            c->eof = true;
+        } else if (n == CONN_AGAIN) {
+            /* Decoded input the socket cannot signal must not be left
+             * behind when we go idle. Once: a transport that reports pending
+             * input yet blocks must not spin the loop. */
+            if (recheck && c->tp->has_pending(c)) {
+                recheck = false;
+                continue;
+            }
+            c->rd_wait = conn_wanted(c, EV_READ);
+        } else {
+            c->failed = true;
+        }
+        return;
+    }
+}
+
+/* Sends at most limit bytes of c->out; returns how many left. */
+static size_t conn_send_some(struct conn *c, size_t limit)
+{
+    size_t sent = 0;
+    c->wr_wait = EV_WRITE;
+    while (sent < limit && buf_len(&c->out) > 0 && !c->failed) {
+        size_t len = buf_len(&c->out);
+        if (len > limit - sent) len = limit - sent;
+        c->want_read = c->want_write = false;
+        ssize_t n = c->tp->send(c, buf_head(&c->out), len);
+        if (n > 0) {
+            buf_consume(&c->out, (size_t)n);
+            sent += (size_t)n;
+            continue;
+        }
+        if (n == CONN_AGAIN) c->wr_wait = conn_wanted(c, EV_WRITE);
+        else c->failed = true;
         break;
-    } while (true);
+    }
+    return sent;
 }
 
-static void conn_on_readable(struct ev_loop *loop, ev_io *w, int revents)
+static void conn_hs_switch(struct conn *c)
+{
+    c->tp->free_state(c);
+    c->tp = c->hs.tp;
+    c->tp_state = c->hs.state;
+    c->hs.tp = NULL;
+    c->hs.state = NULL;
+    c->hs.switched = true;
+    c->rd_wait = EV_READ;
+    c->wr_wait = EV_WRITE;
+}
+
+static void conn_hs_finish(struct conn *c, bool ok)
+{
+    c->hs.active = false;
+    ev_timer_stop(c->loop, &c->hs.timer);
+    /* A failed switch still hands its state to the conn, which frees it. */
+    if (!c->hs.switched) conn_hs_switch(c);
+    conn_handshake_done_fn done = c->hs.on_done;
+    c->hs.on_done = NULL;
+    if (ok) {
+        /* Output the owner queued during the handshake. */
+        conn_send_some(c, SIZE_MAX);
+    } else {
+        c->failed = true;
+    }
+    conn_arm(c);
+    if (!c->failed) conn_kick_pending(c);
+    done(c, c->owner, ok && !c->failed);
+}
+
+static void conn_hs_step(struct conn *c)
+{
+    if (c->hs.plain_left > 0) {
+        c->hs.plain_left -= conn_send_some(c, c->hs.plain_left);
+        if (c->failed) {
+            conn_hs_finish(c, false);
+            return;
+        }
+        if (c->hs.plain_left > 0) {
+            c->hs.wait = c->wr_wait;
+            conn_arm(c);
+            return;
+        }
+    }
+    if (!c->hs.switched) conn_hs_switch(c);
+    c->want_read = c->want_write = false;
+    int r = c->tp->handshake(c);
+    if (r == CONN_AGAIN) {
+        c->hs.wait = conn_wanted(c, EV_READ);
+        conn_arm(c);
+        return;
+    }
+    conn_hs_finish(c, r > 0);
+}
+
+/* conn_close() during a handshake: nothing more goes out over the new
+ * transport; plaintext queued before the switch may still leave. */
+static void conn_hs_cancel(struct conn *c)
+{
+    c->hs.active = false;
+    c->hs.on_done = NULL;
+    ev_timer_stop(c->loop, &c->hs.timer);
+    if (c->hs.switched) {
+        c->failed = true; /* half a handshake: no goodbye to send */
+        return;
+    }
+    c->out.end -= buf_len(&c->out) - c->hs.plain_left;
+    conn_drop_pending_transport(c);
+}
+
+static void conn_on_hs_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct conn *c = w->data;
-    conn_read_some(c);
-    conn_update_read(c);
-    c->ev.on_input(c, c->owner);
+    if (c->hs.active) conn_hs_finish(c, false);
+}
+
+static void conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *c = w->data;
+    if (c->closed) return;
+    if (c->hs.active) {
+        conn_hs_step(c);
+        return;
+    }
+    if (c->closing) {
+        conn_flush(c); /* may finish the close: c is gone then */
+        return;
+    }
+    size_t had = buf_len(&c->in);
+    bool was_eof = c->eof, was_failed = c->failed;
+    if (conn_out_pending(c) && (revents & (c->wr_wait | EV_CUSTOM)))
+        conn_send_some(c, SIZE_MAX);
+    if (conn_reading(c) && (revents & (c->rd_wait | EV_CUSTOM))) conn_read_some(c);
+    conn_arm(c);
+    if (buf_len(&c->in) != had || c->eof != was_eof || c->failed != was_failed)
+        c->ev.on_input(c, c->owner);
     /* on_input may have closed us; don't touch c after a finished close. */
-}
-
-static void conn_on_writable(struct ev_loop *loop, ev_io *w, int revents)
-{
-    struct conn *c = w->data;
-    conn_flush(c);
-    /* Closing completes here, in a loop callback, never inside conn_flush:
-     * the owner may call conn_flush from code that still uses its state. */
-    if (c->closing && (buf_len(&c->out) == 0 || c->failed)) conn_finish_close(c);
 }
 
 static void conn_on_linger(struct ev_loop *loop, ev_timer *w, int revents)
@@ -128,11 +314,14 @@ struct conn *conn_new(struct ev_loop *loop, int fd, const struct conn_events *ev
     c->tp = &conn_plain_transport;
     c->ev = *ev;
     c->owner = owner;
-    ev_io_init(&c->rio, conn_on_readable, fd, EV_READ);
-    ev_io_init(&c->wio, conn_on_writable, fd, EV_WRITE);
+    c->rd_wait = EV_READ;
+    c->wr_wait = EV_WRITE;
+    ev_io_init(&c->rio, conn_on_io, fd, EV_READ);
+    ev_io_init(&c->wio, conn_on_io, fd, EV_WRITE);
     ev_timer_init(&c->linger, conn_on_linger, CONN_LINGER_SECONDS, 0.);
-    c->rio.data = c->wio.data = c->linger.data = c;
-    ev_io_start(loop, &c->rio);
+    ev_timer_init(&c->hs.timer, conn_on_hs_timeout, 1., 0.);
+    c->rio.data = c->wio.data = c->linger.data = c->hs.timer.data = c;
+    conn_arm(c);
     return c;
 }
 
@@ -149,36 +338,30 @@ bool conn_write(struct conn *c, const void *p, size_t n)
 void conn_flush(struct conn *c)
 {
     if (c->closed) return;
-    while (buf_len(&c->out) > 0 && !c->failed) {
-        c->want_read = c->want_write = false;
-        ssize_t n = c->tp->send(c, buf_head(&c->out), buf_len(&c->out));
-        if (n > 0) {
-            buf_consume(&c->out, (size_t)n);
-            continue;
-        }
-        if (n == CONN_ERROR || n == 0) c->failed = true;
-        break;
-    }
-    /* A closing conn keeps the write watcher armed: its callback closes. */
-    bool want_write = (buf_len(&c->out) > 0 && !c->failed) || c->closing;
-    if (want_write && !ev_is_active(&c->wio)) ev_io_start(c->loop, &c->wio);
-    if (!want_write && ev_is_active(&c->wio)) ev_io_stop(c->loop, &c->wio);
+    /* During a handshake the handshake owns the socket; conn_hs_finish()
+     * sends what was queued meanwhile. */
+    if (c->hs.active) return;
+    conn_send_some(c, SIZE_MAX);
+    conn_arm(c);
+    if (c->closing && !conn_out_pending(c)) conn_finish_close(c);
 }
 
 void conn_input_consumed(struct conn *c)
 {
-    if (!c->closed) conn_update_read(c);
+    if (c->closed || c->hs.active) return;
+    conn_arm(c);
+    conn_kick_pending(c);
 }
 
 void conn_close(struct conn *c)
 {
     if (c->closing || c->closed) return;
+    if (c->hs.active) conn_hs_cancel(c);
     c->closing = true;
-    ev_io_stop(c->loop, &c->rio);
     ev_timer_start(c->loop, &c->linger);
     /* Flush from the loop, never inside the caller's stack: the owner may
-     * still be using its state. A zero-timeout write watcher does that. */
-    ev_io_start(c->loop, &c->wio);
+     * still be using its state. conn_arm() starts a watcher for that. */
+    conn_arm(c);
 }
 
 void conn_free(struct conn *c)
@@ -188,8 +371,36 @@ void conn_free(struct conn *c)
         c->failed = true; /* no goodbye: the owner is tearing down */
         conn_close_socket(c);
     }
+    if (c->hs.state) conn_drop_pending_transport(c);
     c->tp->free_state(c);
     buf_free(&c->in);
     buf_free(&c->out);
     free(c);
+}
+
+bool conn_start_handshake(struct conn *c, const struct transport *tp, void *state, double timeout,
+                          conn_handshake_done_fn on_done)
+{
+    if (c->closed || c->closing || c->failed || c->hs.active || !tp->handshake || !on_done ||
+        !(timeout > 0))
+        return false;
+    /* Sent before the switch: never to be read as if it came through it. */
+    buf_clear(&c->in);
+    size_t plain = buf_len(&c->out);
+    plain -= conn_send_some(c, plain);
+    if (c->failed) return false;
+    c->hs.active = true;
+    c->hs.switched = false;
+    c->hs.plain_left = plain;
+    c->hs.tp = tp;
+    c->hs.state = state;
+    c->hs.on_done = on_done;
+    c->hs.wait = plain > 0 ? c->wr_wait : EV_READ;
+    ev_timer_set(&c->hs.timer, timeout, 0.);
+    ev_timer_start(c->loop, &c->hs.timer);
+    conn_arm(c);
+    /* The first step runs from the loop, so on_done never runs inside the
+     * caller (and a client that already sent its hello is not missed). */
+    ev_feed_event(c->loop, &c->wio, EV_CUSTOM);
+    return true;
 }

@@ -31,8 +31,10 @@ enum session_wait {
 };
 
 #define SESSION_SECRETS_MAX 4
-/* An address rendered by addr_parse; longer ones are malformed. */
-#define SMTP_ADDR_MAX (SMTP_LINE_MAX + 64)
+/* An address rendered by addr_parse: re-quoting can double a local part, so
+ * twice the longest MAIL argument plus quotes and NUL. */
+#define SMTP_ADDR_MAX                                                                          \
+    (2 * (SMTP_LINE_MAX + SMTP_MAIL_SIZE_EXTRA + SMTP_MAIL_SMTPUTF8_EXTRA) + 3)
 
 struct session {
     unsigned long id;

@@ -1,0 +1,429 @@
+/* tls.c — the TLS transport (mbedTLS 2.28, non-blocking, server side) and
+ * certificate configs. The only file that includes mbedTLS headers. Must not
+ * know SMTP, and must not touch watchers: conn.c arms them from the
+ * want_read / want_write this file reports.
+ *
+ * mbedTLS contracts honoured here:
+ *   - WANT_READ / WANT_WRITE can come from any call (a read may need to write
+ *     and the reverse): reported through c->want_read / c->want_write;
+ *   - a write that returned WANT_WRITE must be repeated with the same data and
+ *     length (its record is already encrypted inside mbedTLS): tls_send
+ *     remembers that length;
+ *   - decrypted bytes may wait inside mbedTLS where poll cannot see them:
+ *     tls_has_pending reports them, conn.c reads them before going idle. */
+#include "tls.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/pem.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+
+#include "log.h"
+
+struct tls_config {
+    int refs;
+    mbedtls_ssl_config conf;
+    mbedtls_x509_crt chain;
+    mbedtls_pk_context key;
+    mbedtls_x509_crt client_ca;
+};
+
+/* Per-connection state: conn.tp_state while the TLS transport is active. */
+struct tls_conn {
+    struct tls_config *cfg; /* one reference */
+    mbedtls_ssl_context ssl;
+    size_t write_pending; /* length of a write mbedTLS holds after WANT_WRITE */
+    bool established;
+    char err[128];
+};
+
+/* ECDHE key exchange, AEAD only (RFC 7525 §4.2 and what RFC 8996 leaves). */
+static const int tls_ciphersuites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    0,
+};
+
+static const mbedtls_ecp_group_id tls_curves[] = {
+#ifdef MBEDTLS_ECP_DP_CURVE25519_ENABLED
+    MBEDTLS_ECP_DP_CURVE25519,
+#endif
+    MBEDTLS_ECP_DP_SECP256R1,
+    MBEDTLS_ECP_DP_SECP384R1,
+#ifdef MBEDTLS_ECP_DP_SECP521R1_ENABLED
+    MBEDTLS_ECP_DP_SECP521R1,
+#endif
+    MBEDTLS_ECP_DP_NONE,
+};
+
+/* ------------------------------------------------------------------ random */
+
+static mbedtls_entropy_context tls_entropy;
+static mbedtls_ctr_drbg_context tls_drbg;
+static pid_t tls_drbg_pid; /* the process that seeded or last reseeded; 0: none */
+
+/* Seeds once per process. A forked worker inherits its parent's generator
+ * state and would repeat the parent's (and its siblings') "random" bytes, so
+ * a new pid reseeds from fresh entropy first. */
+static bool tls_rng_ready(char *err, size_t errlen)
+{
+    pid_t pid = getpid();
+    if (tls_drbg_pid == pid) return true;
+    int r;
+    if (tls_drbg_pid == 0) {
+        static const char personal[] = "luasmtpd";
+        mbedtls_entropy_init(&tls_entropy);
+        mbedtls_ctr_drbg_init(&tls_drbg);
+        r = mbedtls_ctr_drbg_seed(&tls_drbg, mbedtls_entropy_func, &tls_entropy,
+                                  (const unsigned char *)personal, sizeof personal - 1);
+    } else {
+        r = mbedtls_ctr_drbg_reseed(&tls_drbg, (const unsigned char *)&pid, sizeof pid);
+    }
+    if (r != 0) {
+        char e[100];
+        mbedtls_strerror(r, e, sizeof e);
+        snprintf(err, errlen, "cannot seed the TLS random generator: %s", e);
+        if (tls_drbg_pid == 0) {
+            mbedtls_ctr_drbg_free(&tls_drbg);
+            mbedtls_entropy_free(&tls_entropy);
+        }
+        return false;
+    }
+    tls_drbg_pid = pid;
+    return true;
+}
+
+/* ------------------------------------------------------------------ config */
+
+/* mbedTLS reports a missing file as a parse error; say what the OS said. */
+static bool tls_readable(const char *what, const char *path, char *err, size_t errlen)
+{
+    if (!path || !*path) {
+        snprintf(err, errlen, "no %s file given", what);
+        return false;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot read %s file %s: %s", what, path, strerror(errno));
+        return false;
+    }
+    fclose(f);
+    return true;
+}
+
+static void tls_config_free(struct tls_config *cfg)
+{
+    mbedtls_ssl_config_free(&cfg->conf);
+    mbedtls_x509_crt_free(&cfg->chain);
+    mbedtls_x509_crt_free(&cfg->client_ca);
+    mbedtls_pk_free(&cfg->key);
+    free(cfg);
+}
+
+/* Parses a PEM certificate file into crt; a file with some certificates
+ * mbedTLS cannot parse is refused rather than half-loaded. */
+static bool tls_load_crt(mbedtls_x509_crt *crt, const char *what, const char *path, char *err,
+                         size_t errlen)
+{
+    if (!tls_readable(what, path, err, errlen)) return false;
+    int r = mbedtls_x509_crt_parse_file(crt, path);
+    if (r != 0) {
+        char e[100] = "";
+        if (r < 0) mbedtls_strerror(r, e, sizeof e);
+        else snprintf(e, sizeof e, "%d certificate(s) could not be parsed", r);
+        snprintf(err, errlen, "%s file %s: %s", what, path, e);
+        return false;
+    }
+    return true;
+}
+
+struct tls_config *tls_config_load(const char *cert_file, const char *key_file,
+                                   const char *client_ca_file, char *err, size_t errlen)
+{
+    char e[100];
+    if (!tls_rng_ready(err, errlen)) return NULL;
+    struct tls_config *cfg = calloc(1, sizeof *cfg);
+    if (!cfg) {
+        snprintf(err, errlen, "out of memory loading TLS certificate %s", cert_file);
+        return NULL;
+    }
+    cfg->refs = 1;
+    mbedtls_ssl_config_init(&cfg->conf);
+    mbedtls_x509_crt_init(&cfg->chain);
+    mbedtls_x509_crt_init(&cfg->client_ca);
+    mbedtls_pk_init(&cfg->key);
+
+    if (!tls_load_crt(&cfg->chain, "certificate", cert_file, err, errlen)) goto fail;
+    if (!tls_readable("key", key_file, err, errlen)) goto fail;
+    int r = mbedtls_pk_parse_keyfile(&cfg->key, key_file, NULL);
+    if (r != 0) {
+        mbedtls_strerror(r, e, sizeof e);
+        snprintf(err, errlen, "key file %s: %s", key_file, e);
+        goto fail;
+    }
+    if (!mbedtls_pk_can_do(&cfg->key, MBEDTLS_PK_RSA) &&
+        !mbedtls_pk_can_do(&cfg->key, MBEDTLS_PK_ECDSA)) {
+        snprintf(err, errlen, "key file %s: %s keys are not supported (RSA or ECDSA only)",
+                 key_file, mbedtls_pk_get_name(&cfg->key));
+        goto fail;
+    }
+    if (mbedtls_pk_check_pair(&cfg->chain.pk, &cfg->key) != 0) {
+        snprintf(err, errlen, "key file %s does not match the certificate in %s", key_file,
+                 cert_file);
+        goto fail;
+    }
+    if (client_ca_file &&
+        !tls_load_crt(&cfg->client_ca, "client CA", client_ca_file, err, errlen))
+        goto fail;
+
+    r = mbedtls_ssl_config_defaults(&cfg->conf, MBEDTLS_SSL_IS_SERVER,
+                                    MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+    if (r == 0) r = mbedtls_ssl_conf_own_cert(&cfg->conf, &cfg->chain, &cfg->key);
+    if (r != 0) {
+        mbedtls_strerror(r, e, sizeof e);
+        snprintf(err, errlen, "TLS setup for certificate %s: %s", cert_file, e);
+        goto fail;
+    }
+    mbedtls_ssl_conf_rng(&cfg->conf, mbedtls_ctr_drbg_random, &tls_drbg);
+    mbedtls_ssl_conf_min_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3); /* TLS 1.2 */
+    mbedtls_ssl_conf_ciphersuites(&cfg->conf, tls_ciphersuites);
+    mbedtls_ssl_conf_curves(&cfg->conf, tls_curves);
+#ifdef MBEDTLS_SSL_RENEGOTIATION
+    mbedtls_ssl_conf_renegotiation(&cfg->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
+    if (client_ca_file) {
+        mbedtls_ssl_conf_ca_chain(&cfg->conf, &cfg->client_ca, NULL);
+        mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
+    } else {
+        mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_NONE);
+    }
+    return cfg;
+
+fail:
+    tls_config_free(cfg);
+    return NULL;
+}
+
+void tls_config_hold(struct tls_config *cfg) { cfg->refs++; }
+
+void tls_config_release(struct tls_config *cfg)
+{
+    if (cfg && --cfg->refs == 0) tls_config_free(cfg);
+}
+
+/* --------------------------------------------------------------- transport */
+
+static void tls_note(struct tls_conn *t, int r)
+{
+    mbedtls_strerror(r, t->err, sizeof t->err);
+}
+
+static int tls_bio_send(void *ctx, const unsigned char *buf, size_t len)
+{
+    struct conn *c = ctx;
+    ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+    if (n >= 0) return (int)n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return MBEDTLS_ERR_SSL_WANT_WRITE;
+    if (errno == EPIPE || errno == ECONNRESET) return MBEDTLS_ERR_NET_CONN_RESET;
+    return MBEDTLS_ERR_NET_SEND_FAILED;
+}
+
+static int tls_bio_recv(void *ctx, unsigned char *buf, size_t len)
+{
+    struct conn *c = ctx;
+    ssize_t n = recv(c->fd, buf, len, 0);
+    if (n >= 0) return (int)n; /* 0: mbedTLS turns EOF into CONN_EOF */
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return MBEDTLS_ERR_SSL_WANT_READ;
+    if (errno == ECONNRESET) return MBEDTLS_ERR_NET_CONN_RESET;
+    return MBEDTLS_ERR_NET_RECV_FAILED;
+}
+
+/* CONN_AGAIN with the direction mbedTLS waits for, or CONN_ERROR. */
+static int tls_blocked(struct conn *c, struct tls_conn *t, int r)
+{
+    if (r == MBEDTLS_ERR_SSL_WANT_READ) {
+        c->want_read = true;
+        return CONN_AGAIN;
+    }
+    if (r == MBEDTLS_ERR_SSL_WANT_WRITE) {
+        c->want_write = true;
+        return CONN_AGAIN;
+    }
+    tls_note(t, r);
+    return CONN_ERROR;
+}
+
+static ssize_t tls_recv(struct conn *c, void *buf, size_t len)
+{
+    struct tls_conn *t = c->tp_state;
+    int r = mbedtls_ssl_read(&t->ssl, buf, len);
+    if (r > 0) return r;
+    /* close_notify, or EOF without it (mbedTLS maps CONN_EOF to 0): SMTP
+     * frames its own data, so a truncation cannot pass as a message end. */
+    if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || r == MBEDTLS_ERR_SSL_CONN_EOF) return 0;
+    return tls_blocked(c, t, r);
+}
+
+static ssize_t tls_send(struct conn *c, const void *buf, size_t len)
+{
+    struct tls_conn *t = c->tp_state;
+    if (t->write_pending) {
+        /* mbedTLS answers a repeated write with the length it is given, not
+         * the one it encrypted: it must be the same. */
+        if (len < t->write_pending) {
+            snprintf(t->err, sizeof t->err, "TLS write repeated with less data");
+            return CONN_ERROR;
+        }
+        len = t->write_pending;
+    } else {
+        int max = mbedtls_ssl_get_max_out_record_payload(&t->ssl);
+        if (max > 0 && len > (size_t)max) len = (size_t)max;
+    }
+    int r = mbedtls_ssl_write(&t->ssl, buf, len);
+    if (r >= 0) {
+        t->write_pending = 0;
+        return r;
+    }
+    int rc = tls_blocked(c, t, r);
+    if (rc == CONN_AGAIN) t->write_pending = len;
+    return rc;
+}
+
+static bool tls_has_pending(struct conn *c)
+{
+    struct tls_conn *t = c->tp_state;
+    return mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 || mbedtls_ssl_check_pending(&t->ssl);
+}
+
+/* One non-blocking attempt: a peer that does not read gets no goodbye. */
+static void tls_shutdown(struct conn *c)
+{
+    struct tls_conn *t = c->tp_state;
+    if (t->established) mbedtls_ssl_close_notify(&t->ssl);
+}
+
+static void tls_state_free(struct tls_conn *t)
+{
+    mbedtls_ssl_free(&t->ssl);
+    tls_config_release(t->cfg);
+    free(t);
+}
+
+static void tls_free_state(struct conn *c)
+{
+    tls_state_free(c->tp_state);
+    c->tp_state = NULL;
+}
+
+static int tls_handshake(struct conn *c)
+{
+    struct tls_conn *t = c->tp_state;
+    int r = mbedtls_ssl_handshake(&t->ssl);
+    if (r == 0) {
+        t->established = true;
+        return 1;
+    }
+    r = tls_blocked(c, t, r);
+    if (r == CONN_ERROR) log_msg(LOG_DEBUG, NULL, "TLS handshake failed: %s", t->err);
+    return r;
+}
+
+static const struct transport tls_transport = {
+    "tls", tls_recv, tls_send, tls_has_pending, tls_shutdown, tls_free_state, tls_handshake,
+};
+
+bool tls_start(struct conn *c, struct tls_config *cfg, double timeout,
+               void (*on_done)(struct conn *c, void *owner, bool ok))
+{
+    char err[160];
+    if (!cfg || c->tp == &tls_transport) return false;
+    if (!tls_rng_ready(err, sizeof err)) {
+        log_msg(LOG_ERROR, NULL, "%s", err);
+        return false;
+    }
+    struct tls_conn *t = calloc(1, sizeof *t);
+    if (!t) return false;
+    mbedtls_ssl_init(&t->ssl);
+    t->cfg = cfg;
+    tls_config_hold(cfg);
+    int r = mbedtls_ssl_setup(&t->ssl, &cfg->conf);
+    if (r != 0) {
+        tls_note(t, r);
+        log_msg(LOG_ERROR, NULL, "TLS session setup failed: %s", t->err);
+        tls_state_free(t);
+        return false;
+    }
+    mbedtls_ssl_set_bio(&t->ssl, c, tls_bio_send, tls_bio_recv, NULL);
+    if (!conn_start_handshake(c, &tls_transport, t, timeout, on_done)) {
+        tls_state_free(t);
+        return false;
+    }
+    return true;
+}
+
+bool conn_is_tls(const struct conn *c)
+{
+    if (c->tp != &tls_transport) return false;
+    const struct tls_conn *t = c->tp_state;
+    return t->established;
+}
+
+const char *tls_error(const struct conn *c)
+{
+    if (c->tp != &tls_transport) return "";
+    const struct tls_conn *t = c->tp_state;
+    if (t->err[0]) return t->err;
+    if (!t->established && !c->hs.active) return "handshake did not complete";
+    return "";
+}
+
+/* The verified client certificate as PEM, or NULL. */
+static char *tls_peer_pem(struct tls_conn *t)
+{
+    static const char begin[] = "-----BEGIN CERTIFICATE-----\n";
+    static const char end[] = "-----END CERTIFICATE-----\n";
+    const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
+    /* With VERIFY_OPTIONAL a certificate that failed verification still gets
+     * here; a script must never see it as the client's identity. */
+    if (!crt || mbedtls_ssl_get_verify_result(&t->ssl) != 0) return NULL;
+    size_t need = 0;
+    mbedtls_pem_write_buffer(begin, end, crt->raw.p, crt->raw.len, NULL, 0, &need);
+    if (need == 0) return NULL;
+    unsigned char *pem = malloc(need);
+    if (!pem) return NULL;
+    if (mbedtls_pem_write_buffer(begin, end, crt->raw.p, crt->raw.len, pem, need, &need) != 0) {
+        free(pem);
+        return NULL;
+    }
+    return (char *)pem;
+}
+
+bool tls_info(struct conn *c, char *version, size_t vlen, char *cipher, size_t clen,
+              char **peer_pem)
+{
+    if (peer_pem) *peer_pem = NULL;
+    if (vlen) version[0] = '\0';
+    if (clen) cipher[0] = '\0';
+    if (!conn_is_tls(c)) return false;
+    struct tls_conn *t = c->tp_state;
+    if (vlen) snprintf(version, vlen, "%s", mbedtls_ssl_get_version(&t->ssl));
+    if (clen) snprintf(cipher, clen, "%s", mbedtls_ssl_get_ciphersuite(&t->ssl));
+    if (peer_pem) *peer_pem = tls_peer_pem(t);
+    return true;
+}

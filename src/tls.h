@@ -1,0 +1,68 @@
+/* tls.h — TLS for a conn: server certificates (struct tls_config) and the TLS
+ * transport behind struct transport, with mbedTLS in non-blocking mode.
+ * Owns every mbedTLS call: no other file includes an mbedTLS header. Must not
+ * know SMTP: the caller decides when to start TLS and what to say around it. */
+#ifndef LUASMTPD_TLS_H
+#define LUASMTPD_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "conn.h"
+
+/* One certificate chain + key + mbedtls_ssl_config, refcounted. */
+struct tls_config;
+
+/* Loads a PEM certificate chain (leaf first) and its key (RSA or ECDSA,
+ * unencrypted), checks that they match, and builds a server config: TLS 1.2 or
+ * newer, ECDHE with AEAD cipher suites only, no renegotiation, no session
+ * tickets or cache. With client_ca_file (may be NULL), a client certificate is
+ * requested and verified against it if presented (optional: a client without
+ * one still connects). Returns a config holding one reference (the caller's),
+ * or NULL with a message naming the offending file in err. Seeds the process's
+ * random generator on first use. */
+struct tls_config *tls_config_load(const char *cert_file, const char *key_file,
+                                   const char *client_ca_file, char *err, size_t errlen);
+
+/* Takes / drops a reference. The config is freed with the last one: every
+ * conn in TLS holds its own, so live sessions keep the config they started
+ * with across a reload. */
+void tls_config_hold(struct tls_config *cfg);
+void tls_config_release(struct tls_config *cfg);
+
+/* Switches c to TLS as the server side and starts a non-blocking handshake
+ * (conn_start_handshake() in conn.h has the details):
+ *   - bytes already in c->in are DISCARDED (STARTTLS command injection,
+ *     CVE-2011-0411, CVE-2024-34083); the owner must not look at c->in again
+ *     before on_done;
+ *   - output already queued (the "220 Ready to start TLS" reply) is sent in
+ *     plaintext before the switch; output queued afterwards is encrypted and
+ *     leaves once the handshake is done;
+ *   - on a freshly accepted conn (nothing queued) this is implicit TLS.
+ * on_done(c, owner, ok) is called from the event loop, never from inside
+ * tls_start; ok=false (c is failed: conn_close() it) on a handshake error, EOF
+ * or after timeout seconds. The conn holds a reference to cfg from here on.
+ * Returns false, with on_done never called, if c is closing, closed, failed,
+ * already in TLS or handshaking, if timeout is not positive, or memory runs
+ * out; the owner should then close c. */
+bool tls_start(struct conn *c, struct tls_config *cfg, double timeout,
+               void (*on_done)(struct conn *c, void *owner, bool ok));
+
+/* For session.ssl: the protocol ("TLSv1.2", "TLSv1.3") and cipher suite name
+ * (IANA-style as mbedTLS names it, e.g. "TLS-ECDHE-RSA-WITH-AES-256-GCM-SHA384"),
+ * truncated to vlen / clen. *peer_pem (if peer_pem is not NULL) receives the
+ * client certificate as PEM, malloc'd and the caller's to free, or NULL when
+ * the client sent none or it did not verify against the client CA. Returns
+ * false (outputs empty) unless the TLS handshake on c has completed. */
+bool tls_info(struct conn *c, char *version, size_t vlen, char *cipher, size_t clen,
+              char **peer_pem);
+
+/* True once a TLS handshake on c has completed successfully. */
+bool conn_is_tls(const struct conn *c);
+
+/* Why the last TLS operation on c failed (mbedTLS's description), or "" —
+ * for the owner's log line after on_done(ok=false) or a read error. The
+ * string belongs to c. */
+const char *tls_error(const struct conn *c);
+
+#endif
