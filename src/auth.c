@@ -309,7 +309,16 @@ void auth_command(struct session *s, const char *arg, size_t len)
     /* Copied: a suspended handle_AUTH outlives the command line's buffer. */
     s->auth_initial = nw == 2 ? strndup(words[1], lens[1]) : NULL;
     s->auth_initial_len = nw == 2 ? lens[1] : 0;
-    if (nw == 2) session_add_secret(s, words[1], lens[1]);
+    if (nw == 2) {
+        session_add_secret(s, words[1], lens[1]);
+        uint8_t *decoded = malloc(base64_decoded_max(lens[1]) + 1);
+        ssize_t got = decoded ? base64_decode_strict(words[1], lens[1], decoded) : -1;
+        if (got > 0) session_add_decoded_secret(s, (const char *)decoded, (size_t)got);
+        if (decoded) {
+            memset(decoded, 0, base64_decoded_max(lens[1]) + 1);
+            free(decoded);
+        }
+    }
 
     if (!policy_has_hook(s->policy, HOOK_AUTH)) {
         auth_run_mechanism(s);
@@ -380,7 +389,7 @@ void auth_deliver_line(struct session *s, const char *line, size_t len, bool too
             s->auth_final_sent = true;
             lua_pushnil(co);
         } else {
-            session_add_secret(s, (const char *)out, (size_t)got);
+            session_add_decoded_secret(s, (const char *)out, (size_t)got);
             lua_pushlstring(co, (const char *)out, (size_t)got);
         }
         if (out) {

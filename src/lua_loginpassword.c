@@ -18,6 +18,7 @@ int l_loginpassword_new(lua_State *L)
     luaL_checktype(L, 1, LUA_TSTRING);
     luaL_checktype(L, 2, LUA_TSTRING);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TSTRING);
+    lua_settop(L, 3); /* slot 3 is the authzid (or nil) from here on */
     lua_newuserdata(L, 1);
     lua_createtable(L, 0, 3);
     lua_pushvalue(L, 1);

@@ -93,11 +93,24 @@ void session_replyf(struct session *s, const char *fmt, ...)
 
 void session_add_secret(struct session *s, const char *p, size_t n)
 {
-    if (n < 3) return; /* scrubbing tiny strings would mangle every message */
+    /* Scrubbing works on C strings: a NUL would cut the secret short (an
+     * empty one would match everywhere), so callers pass NUL-free pieces.
+     * Tiny strings are skipped: scrubbing them would mangle every message. */
+    if (n < 3 || memchr(p, '\0', n)) return;
     for (int i = 0; i < SESSION_SECRETS_MAX; i++) {
         if (!s->secrets[i]) {
             s->secrets[i] = strndup(p, n);
             return;
+        }
+    }
+}
+
+void session_add_decoded_secret(struct session *s, const char *p, size_t n)
+{
+    for (size_t start = 0, i = 0; i <= n; i++) {
+        if (i == n || p[i] == '\0') {
+            session_add_secret(s, p + start, i - start);
+            start = i + 1;
         }
     }
 }
@@ -176,6 +189,8 @@ void session_close(struct session *s, const char *why)
     log_msg(LOG_INFO, s->sid, "closing: %s", why);
     s->state = SESSION_CLOSING;
     /* A suspended hook will never see its event now. */
+    if (hook_active(&s->hook))
+        log_msg(LOG_INFO, s->sid, "abandoning suspended hook %s", s->hook.name);
     hook_abandon(&s->hook);
     s->wait = WAIT_NONE;
     ev_timer_stop(s->srv->loop, &s->idle);
@@ -201,9 +216,9 @@ static void session_on_closed(struct conn *c, void *owner)
     struct session *s = owner;
     if (s->state != SESSION_CLOSING) {
         s->state = SESSION_CLOSING;
-        hook_abandon(&s->hook);
         log_msg(LOG_INFO, s->sid, "connection lost%s",
-                s->wait == WAIT_AUTH_LINE ? " while an AUTH hook was waiting" : "");
+                hook_active(&s->hook) ? "; abandoning suspended hook" : "");
+        hook_abandon(&s->hook);
     }
     log_msg(LOG_INFO, s->sid, "disconnected");
     session_free(s);
@@ -456,12 +471,38 @@ static void ehlo_push_auth_line(struct session *s, luaL_Buffer *b)
     }
 }
 
+static void ehlo_reply_default(struct session *s)
+{
+    char lines[8][96];
+    size_t n = ehlo_lines(s, lines);
+    for (size_t i = 0; i < n; i++) session_reply(s, lines[i]);
+    if (auth_offered(s)) {
+        lua_State *L = s->policy->L;
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        ehlo_push_auth_line(s, &b);
+        luaL_pushresult(&b);
+        size_t alen;
+        const char *auth = lua_tolstring(L, -1, &alen);
+        session_reply_len(s, auth, alen);
+        lua_pop(L, 1);
+    }
+    session_reply(s, "250 HELP");
+}
+
 static void ehlo_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
     lsession_sync(s);
     if (!ok) {
         session_reply_hook_error(s, co, false);
+        return;
+    }
+    /* smtpd.MISSING: the default EHLO, as if there were no hook. */
+    if (nres >= 1 && lua_smtpd_is_missing(co, 1)) {
+        lsession_set_string(s, LS_SESSION, "host_name", s->pending_arg, s->pending_arg_len);
+        s->has_host_name = true;
+        ehlo_reply_default(s);
         return;
     }
     /* The hook returns the list of lines replacing the default ones. */
@@ -500,22 +541,12 @@ static void cmd_ehlo(struct session *s, const char *arg, size_t len)
     session_reset_envelope(s);
     s->extended_smtp = true;
     lsession_set_bool(s, LS_SESSION, "extended_smtp", true);
+    s->pending_arg = arg;
+    s->pending_arg_len = len;
     if (!policy_has_hook(s->policy, HOOK_EHLO)) {
         lsession_set_string(s, LS_SESSION, "host_name", arg, len);
         s->has_host_name = true;
-        for (size_t i = 0; i < n; i++) session_reply(s, lines[i]);
-        if (auth_offered(s)) {
-            lua_State *L = s->policy->L;
-            luaL_Buffer b;
-            luaL_buffinit(L, &b);
-            ehlo_push_auth_line(s, &b);
-            luaL_pushresult(&b);
-            size_t alen;
-            const char *auth = lua_tolstring(L, -1, &alen);
-            session_reply_len(s, auth, alen);
-            lua_pop(L, 1);
-        }
-        session_reply(s, "250 HELP");
+        ehlo_reply_default(s);
         return;
     }
     lua_State *co = session_hook_begin(s, HOOK_EHLO);

@@ -30,7 +30,7 @@ enum session_wait {
     WAIT_AUTH_LINE, /* server:challenge_auth(): the client's next line */
 };
 
-#define SESSION_SECRETS_MAX 4
+#define SESSION_SECRETS_MAX 8
 /* An address rendered by addr_parse: re-quoting can double a local part, so
  * twice the longest MAIL argument plus quotes and NUL. */
 #define SMTP_ADDR_MAX                                                                          \
@@ -122,6 +122,9 @@ void session_shutdown(struct session *s);
 
 /* Remembers a string that must be scrubbed from log lines of this session. */
 void session_add_secret(struct session *s, const char *p, size_t n);
+/* Remembers decoded SASL bytes: the whole and each NUL-separated field
+ * (PLAIN's password is the third). */
+void session_add_decoded_secret(struct session *s, const char *p, size_t n);
 void session_clear_secrets(struct session *s);
 /* Replaces every remembered secret in msg (NUL-terminated, in place). */
 void session_scrub(struct session *s, char *msg);

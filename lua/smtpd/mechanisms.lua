@@ -34,11 +34,25 @@ local function decode_initial(server, text)
   return raw
 end
 
+-- What an authenticator may return (auth-api.md 4.4); the C side checks
+-- the details, this names the culprit in the log.
+local valid_result = { userdata = true, table = true, boolean = true }
+
 --- Calls the handler's authenticator, or fails when there is none.
+-- Errors are re-raised prefixed with "authenticator: " so the log names the
+-- hook that failed (LuaJIT's pcall lets the authenticator still suspend).
 local function authenticate(server, mechanism, credentials)
   local authenticator = server.authenticator
   if authenticator == nil then return invalid() end
-  return authenticator(server, server.session, server.envelope, mechanism, credentials)
+  local ok, result = pcall(authenticator, server, server.session, server.envelope,
+    mechanism, credentials)
+  if not ok then
+    error("authenticator: " .. tostring(result), 0)
+  end
+  if result ~= nil and not valid_result[type(result)] then
+    error(("authenticator returned %s; expected an AuthResult"):format(type(result)), 0)
+  end
+  return result
 end
 
 --- Splits "authzid NUL login NUL password" into exactly three fields.
