@@ -290,7 +290,7 @@ static ssize_t tls_send(struct conn *c, const void *buf, size_t len)
             snprintf(t->err, sizeof t->err, "TLS write repeated with less data");
             return CONN_ERROR;
         }
-        len = t->write_pending;
+
     } else {
         int max = mbedtls_ssl_get_max_out_record_payload(&t->ssl);
         if (max > 0 && len > (size_t)max) len = (size_t)max;
