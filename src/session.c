@@ -591,7 +591,7 @@ static void cmd_noop(struct session *s, const char *arg, size_t len)
         return;
     }
     lua_State *co = session_hook_begin(s, HOOK_NOOP);
-    if (arg_given(arg, len)) lua_pushlstring(co, arg, len);
+    if (arg) lua_pushlstring(co, arg, len);
     else lua_pushnil(co);
     session_hook_run(s, 1, noop_after);
 }
@@ -1143,7 +1143,9 @@ static void session_command(struct session *s, const char *line, size_t len)
     }
     const char *arg = NULL;
     size_t arg_len = 0;
-    if (sp) {
+    /* aiosmtpd: nothing after the space is no argument (None), while
+     * spaces only are an empty one (""), which a NOOP hook can see. */
+    if (sp && len - cmd_len - 1 > 0) {
         arg = sp + 1;
         arg_len = len - cmd_len - 1;
         while (arg_len && is_space_byte((unsigned char)*arg)) arg++, arg_len--;
