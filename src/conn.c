@@ -45,7 +45,10 @@ static ssize_t plain_send(struct conn *c, const void *buf, size_t len)
     return CONN_ERROR;
 }
 
-static bool plain_has_pending(struct conn *c) { return false; }
+static bool plain_has_pending(struct conn *c)
+{
+    return false;
+}
 static void plain_shutdown(struct conn *c) {}
 static void plain_free_state(struct conn *c) {}
 
@@ -89,7 +92,8 @@ static void conn_arm(struct conn *c)
         if (conn_out_pending(c)) ev |= c->wr_wait;
         /* A closing conn is finished from a watcher even with nothing left to
          * send: a writable socket fires at once. */
-        else if (c->closing) ev |= EV_WRITE;
+        else if (c->closing)
+            ev |= EV_WRITE;
     }
     conn_set_io(c, &c->rio, ev & EV_READ);
     conn_set_io(c, &c->wio, ev & EV_WRITE);
@@ -174,7 +178,7 @@ static void conn_read_some(struct conn *c)
     }
 }
 
-/* Sends at most limit bytes of c->out; returns how many left. */
+/* Sends at most limit bytes of c->out; returns how many it sent. */
 static size_t conn_send_some(struct conn *c, size_t limit)
 {
     size_t sent = 0;
@@ -189,8 +193,10 @@ static size_t conn_send_some(struct conn *c, size_t limit)
             sent += (size_t)n;
             continue;
         }
-        if (n == CONN_AGAIN) c->wr_wait = conn_wanted(c, EV_WRITE);
-        else c->failed = true;
+        if (n == CONN_AGAIN)
+            c->wr_wait = conn_wanted(c, EV_WRITE);
+        else
+            c->failed = true;
         break;
     }
     return sent;
@@ -273,6 +279,19 @@ static void conn_on_hs_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     if (c->hs.active) conn_hs_finish(c, false);
 }
 
+/* Sends what it can. Only the loop (may_finish) completes a close: from the
+ * owner's stack, on_closed would free the owner under its own feet. */
+static void conn_flush_out(struct conn *c, bool may_finish)
+{
+    if (c->closed) return;
+    /* During a handshake the handshake owns the socket; conn_hs_finish()
+     * sends what was queued meanwhile. */
+    if (c->hs.active) return;
+    conn_send_some(c, SIZE_MAX);
+    conn_arm(c);
+    if (may_finish && c->closing && !conn_out_pending(c)) conn_finish_close(c);
+}
+
 static void conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct conn *c = w->data;
@@ -282,13 +301,12 @@ static void conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
         return;
     }
     if (c->closing) {
-        conn_flush(c); /* may finish the close: c is gone then */
+        conn_flush_out(c, true); /* may finish the close: c is gone then */
         return;
     }
     size_t had = buf_len(&c->in);
     bool was_eof = c->eof, was_failed = c->failed;
-    if (conn_out_pending(c) && (revents & (c->wr_wait | EV_CUSTOM)))
-        conn_send_some(c, SIZE_MAX);
+    if (conn_out_pending(c) && (revents & (c->wr_wait | EV_CUSTOM))) conn_send_some(c, SIZE_MAX);
     if (conn_reading(c) && (revents & (c->rd_wait | EV_CUSTOM))) conn_read_some(c);
     conn_arm(c);
     if (buf_len(&c->in) != had || c->eof != was_eof || c->failed != was_failed)
@@ -337,13 +355,7 @@ bool conn_write(struct conn *c, const void *p, size_t n)
 
 void conn_flush(struct conn *c)
 {
-    if (c->closed) return;
-    /* During a handshake the handshake owns the socket; conn_hs_finish()
-     * sends what was queued meanwhile. */
-    if (c->hs.active) return;
-    conn_send_some(c, SIZE_MAX);
-    conn_arm(c);
-    if (c->closing && !conn_out_pending(c)) conn_finish_close(c);
+    conn_flush_out(c, false);
 }
 
 void conn_input_consumed(struct conn *c)

@@ -60,25 +60,25 @@ struct conn {
     int fd;
     struct ev_loop *loop;
     ev_io rio, wio;
-    ev_timer linger;      /* bounds how long a closing conn waits to flush */
+    ev_timer linger; /* bounds how long a closing conn waits to flush */
     struct buf in, out;
     const struct transport *tp;
     void *tp_state;
     struct conn_events ev;
     void *owner;
-    bool eof;             /* peer closed its side */
-    bool failed;          /* a socket or transport error */
-    bool closing;         /* close once out is flushed */
+    bool eof;     /* peer closed its side */
+    bool failed;  /* a socket or transport error */
+    bool closing; /* close once out is flushed */
     bool closed;
     bool want_read, want_write; /* set by the transport with CONN_AGAIN */
     int rd_wait, wr_wait;       /* EV_READ / EV_WRITE: what a blocked read / write waits for */
     struct {
         bool active;
-        bool switched;        /* tp / tp_state are the new transport's */
-        size_t plain_left;    /* queued output still to leave over the old transport */
+        bool switched;     /* tp / tp_state are the new transport's */
+        size_t plain_left; /* queued output still to leave over the old transport */
         const struct transport *tp;
         void *state;
-        int wait;             /* EV_READ / EV_WRITE the handshake waits for */
+        int wait; /* EV_READ / EV_WRITE the handshake waits for */
         ev_timer timer;
         conn_handshake_done_fn on_done;
     } hs;
@@ -92,15 +92,19 @@ struct conn *conn_new(struct ev_loop *loop, int fd, const struct conn_events *ev
  * then marked failed). Nothing is sent until conn_flush(). */
 bool conn_write(struct conn *c, const void *p, size_t n);
 
-/* Sends what it can now; arms the write watcher for the rest. */
+/* Sends what it can now; arms the write watcher for the rest. Never closes
+ * the socket or calls on_closed itself, even after conn_close(): the loop
+ * does that, so the owner may flush and go on using its state. During a
+ * handshake it sends nothing (see conn_start_handshake). */
 void conn_flush(struct conn *c);
 
 /* The owner consumed input: resume reading if it was paused. */
 void conn_input_consumed(struct conn *c);
 
 /* Stops reading for good, flushes pending output (bounded by a linger
- * timeout), then closes the socket and calls on_closed. Safe to call more
- * than once and from inside on_input. */
+ * timeout), then closes the socket (TLS: after close_notify) and calls
+ * on_closed, always from the event loop. Safe to call more than once and
+ * from inside on_input. During a handshake it cancels the handshake. */
 void conn_close(struct conn *c);
 
 /* Frees the conn; only from on_closed or after it. */
@@ -120,9 +124,10 @@ void conn_free(struct conn *c);
  * conn is then marked failed and the owner should conn_close() it. After
  * ok=true the conn reads again (anything the transport already decoded is
  * delivered to on_input from the loop). conn_close() during the handshake
- * cancels it: on_done is not called. Returns false, with nothing changed and
- * state still the caller's, if c is closing, closed, failed or already
- * handshaking, tp has no handshake, or timeout is not positive. */
+ * cancels it: on_done is not called. Returns false, with state still the
+ * caller's and on_done never called, if c is closing, closed, failed or
+ * already handshaking, tp has no handshake, timeout is not positive, or
+ * sending the queued plaintext fails (c is failed then: close it). */
 bool conn_start_handshake(struct conn *c, const struct transport *tp, void *state, double timeout,
                           conn_handshake_done_fn on_done);
 

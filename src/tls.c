@@ -63,8 +63,7 @@ static const mbedtls_ecp_group_id tls_curves[] = {
 #ifdef MBEDTLS_ECP_DP_CURVE25519_ENABLED
     MBEDTLS_ECP_DP_CURVE25519,
 #endif
-    MBEDTLS_ECP_DP_SECP256R1,
-    MBEDTLS_ECP_DP_SECP384R1,
+    MBEDTLS_ECP_DP_SECP256R1,  MBEDTLS_ECP_DP_SECP384R1,
 #ifdef MBEDTLS_ECP_DP_SECP521R1_ENABLED
     MBEDTLS_ECP_DP_SECP521R1,
 #endif
@@ -144,8 +143,10 @@ static bool tls_load_crt(mbedtls_x509_crt *crt, const char *what, const char *pa
     int r = mbedtls_x509_crt_parse_file(crt, path);
     if (r != 0) {
         char e[100] = "";
-        if (r < 0) mbedtls_strerror(r, e, sizeof e);
-        else snprintf(e, sizeof e, "%d certificate(s) could not be parsed", r);
+        if (r < 0)
+            mbedtls_strerror(r, e, sizeof e);
+        else
+            snprintf(e, sizeof e, "%d certificate(s) could not be parsed", r);
         snprintf(err, errlen, "%s file %s: %s", what, path, e);
         return false;
     }
@@ -187,12 +188,11 @@ struct tls_config *tls_config_load(const char *cert_file, const char *key_file,
                  cert_file);
         goto fail;
     }
-    if (client_ca_file &&
-        !tls_load_crt(&cfg->client_ca, "client CA", client_ca_file, err, errlen))
+    if (client_ca_file && !tls_load_crt(&cfg->client_ca, "client CA", client_ca_file, err, errlen))
         goto fail;
 
-    r = mbedtls_ssl_config_defaults(&cfg->conf, MBEDTLS_SSL_IS_SERVER,
-                                    MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+    r = mbedtls_ssl_config_defaults(&cfg->conf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                    MBEDTLS_SSL_PRESET_DEFAULT);
     if (r == 0) r = mbedtls_ssl_conf_own_cert(&cfg->conf, &cfg->chain, &cfg->key);
     if (r != 0) {
         mbedtls_strerror(r, e, sizeof e);
@@ -220,7 +220,10 @@ fail:
     return NULL;
 }
 
-void tls_config_hold(struct tls_config *cfg) { cfg->refs++; }
+void tls_config_hold(struct tls_config *cfg)
+{
+    cfg->refs++;
+}
 
 void tls_config_release(struct tls_config *cfg)
 {
@@ -239,7 +242,8 @@ static int tls_bio_send(void *ctx, const unsigned char *buf, size_t len)
     struct conn *c = ctx;
     ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
     if (n >= 0) return (int)n;
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return MBEDTLS_ERR_SSL_WANT_WRITE;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return MBEDTLS_ERR_SSL_WANT_WRITE;
     if (errno == EPIPE || errno == ECONNRESET) return MBEDTLS_ERR_NET_CONN_RESET;
     return MBEDTLS_ERR_NET_SEND_FAILED;
 }
@@ -290,7 +294,7 @@ static ssize_t tls_send(struct conn *c, const void *buf, size_t len)
             snprintf(t->err, sizeof t->err, "TLS write repeated with less data");
             return CONN_ERROR;
         }
-
+        len = t->write_pending;
     } else {
         int max = mbedtls_ssl_get_max_out_record_payload(&t->ssl);
         if (max > 0 && len > (size_t)max) len = (size_t)max;
