@@ -149,15 +149,8 @@ static void new_envelope_table(lua_State *L)
     lua_setfield(L, -2, "rcpt_options");
 }
 
-bool lsession_open(struct session *s)
+static void new_session_table(struct session *s, lua_State *L)
 {
-    lua_State *L = main_state(s);
-    struct server_box *box = lua_newuserdata(L, sizeof *box);
-    box->s = s;
-    luaL_getmetatable(L, SERVER_MT);
-    lua_setmetatable(L, -2);
-    s->server_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-
     lua_createtable(L, 0, 10);
     lua_createtable(L, 2, 2); /* peer: {host, port}, also by name */
     lua_pushstring(L, s->peer_host);
@@ -171,6 +164,18 @@ bool lsession_open(struct session *s)
     lua_setfield(L, -2, "peer");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "extended_smtp");
+}
+
+bool lsession_open(struct session *s)
+{
+    lua_State *L = main_state(s);
+    struct server_box *box = lua_newuserdata(L, sizeof *box);
+    box->s = s;
+    luaL_getmetatable(L, SERVER_MT);
+    lua_setmetatable(L, -2);
+    s->server_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    new_session_table(s, L);
     s->session_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     new_envelope_table(L);
@@ -196,6 +201,31 @@ void lsession_new_envelope(struct session *s)
     lua_State *L = main_state(s);
     new_envelope_table(L);
     lua_rawseti(L, LUA_REGISTRYINDEX, s->envelope_ref);
+}
+
+void lsession_new_session(struct session *s)
+{
+    lua_State *L = main_state(s);
+    new_session_table(s, L);
+    lua_rawseti(L, LUA_REGISTRYINDEX, s->session_ref);
+}
+
+void lsession_set_ssl(struct session *s, const char *version, const char *cipher,
+                      const char *peer_pem)
+{
+    lua_State *L = main_state(s);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, version);
+    lua_setfield(L, -2, "version");
+    lua_pushstring(L, cipher);
+    lua_setfield(L, -2, "cipher");
+    if (peer_pem) {
+        lua_pushstring(L, peer_pem);
+        lua_setfield(L, -2, "peercert");
+    }
+    lua_setfield(L, -2, "ssl");
+    lua_pop(L, 1);
 }
 
 void lsession_push_args(struct session *s, lua_State *L)

@@ -21,6 +21,11 @@ bool lsession_open(struct session *s);
 void lsession_close(struct session *s);
 /* A fresh envelope table. */
 void lsession_new_envelope(struct session *s);
+/* A fresh session table (after STARTTLS: RFC 3207 4.2 forgets everything). */
+void lsession_new_session(struct session *s);
+/* session.ssl = { version = ..., cipher = ..., peercert = pem or nil }. */
+void lsession_set_ssl(struct session *s, const char *version, const char *cipher,
+                      const char *peer_pem);
 
 /* Pushes server, session, envelope onto L (the hook's first three args). */
 void lsession_push_args(struct session *s, lua_State *L);

@@ -12,6 +12,7 @@
 #include "log.h"
 #include "policy.h"
 #include "server.h"
+#include "tls.h"
 
 /* How long a graceful stop waits for sessions before cutting them. */
 #define STOP_TIMEOUT_SECONDS 30.0
@@ -26,6 +27,11 @@ struct cli {
     size_t n_ov;
     bool check;
     int ready_fd;
+    const char *tlscert, *tlskey;     /* STARTTLS, and --listen-smtps */
+    const char *smtpscert, *smtpskey; /* makes the --listen sockets implicit TLS */
+    const char *client_ca;            /* verify client certificates if presented */
+    const char *listen_smtps[MAX_LISTEN];
+    size_t n_listen_smtps;
 };
 
 static struct server srv;
@@ -48,6 +54,16 @@ static void usage(FILE *out)
             "      --ident TEXT            greeting text after the hostname\n"
             "      --timeout SECONDS       idle timeout (default 300)\n"
             "      --ready-fd N            write \"ready ADDR...\" to fd N once listening\n"
+            "      --tlscert FILE          certificate chain (PEM) for STARTTLS\n"
+            "      --tlskey FILE           its private key\n"
+            "      --smtpscert FILE        certificate chain: --listen sockets speak TLS from\n"
+            "                              the first byte (implicit TLS, RFC 8314)\n"
+            "      --smtpskey FILE         its private key\n"
+            "      --listen-smtps [HOST][:PORT]  an implicit TLS listener beside the plain ones,\n"
+            "                              with the --tlscert certificate (repeatable)\n"
+            "      --tls-client-ca FILE    verify client certificates against these CAs\n"
+            "      --requiretls            require_starttls: 530 until STARTTLS\n"
+            "      --no-requiretls         do not (the default)\n"
             "  -t, --check                 load and validate the handler, then exit 0/1\n"
             "  -d, --debug                 more logging (repeat for even more)\n"
             "  -v, --version               print the version\n"
@@ -68,7 +84,11 @@ static void add_override(const char *name, const char *value)
 
 static void parse_args(int argc, char **argv)
 {
-    enum { OPT_HANDLER = 256, OPT_HOSTNAME, OPT_IDENT, OPT_TIMEOUT, OPT_READY_FD };
+    enum {
+        OPT_HANDLER = 256, OPT_HOSTNAME, OPT_IDENT, OPT_TIMEOUT, OPT_READY_FD, OPT_TLSCERT,
+        OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
+        OPT_NO_REQUIRETLS
+    };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
         {"option", required_argument, 0, 'o'},   {"size", required_argument, 0, 's'},
@@ -76,7 +96,13 @@ static void parse_args(int argc, char **argv)
         {"ident", required_argument, 0, OPT_IDENT}, {"timeout", required_argument, 0, OPT_TIMEOUT},
         {"ready-fd", required_argument, 0, OPT_READY_FD}, {"check", no_argument, 0, 't'},
         {"debug", no_argument, 0, 'd'},          {"version", no_argument, 0, 'v'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0},
+        {"help", no_argument, 0, 'h'},           {"tlscert", required_argument, 0, OPT_TLSCERT},
+        {"tlskey", required_argument, 0, OPT_TLSKEY}, {"smtpscert", required_argument, 0, OPT_SMTPSCERT},
+        {"smtpskey", required_argument, 0, OPT_SMTPSKEY},
+        {"listen-smtps", required_argument, 0, OPT_LISTEN_SMTPS},
+        {"tls-client-ca", required_argument, 0, OPT_CLIENT_CA},
+        {"requiretls", no_argument, 0, OPT_REQUIRETLS},
+        {"no-requiretls", no_argument, 0, OPT_NO_REQUIRETLS}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
     int c;
@@ -106,6 +132,20 @@ static void parse_args(int argc, char **argv)
         case OPT_IDENT: add_override("ident", optarg); break;
         case OPT_TIMEOUT: add_override("timeout", optarg); break;
         case OPT_READY_FD: cli.ready_fd = atoi(optarg); break;
+        case OPT_TLSCERT: cli.tlscert = optarg; break;
+        case OPT_TLSKEY: cli.tlskey = optarg; break;
+        case OPT_SMTPSCERT: cli.smtpscert = optarg; break;
+        case OPT_SMTPSKEY: cli.smtpskey = optarg; break;
+        case OPT_CLIENT_CA: cli.client_ca = optarg; break;
+        case OPT_REQUIRETLS: add_override("require_starttls", "true"); break;
+        case OPT_NO_REQUIRETLS: add_override("require_starttls", "false"); break;
+        case OPT_LISTEN_SMTPS:
+            if (cli.n_listen_smtps == MAX_LISTEN) {
+                fprintf(stderr, "luasmtpd: too many --listen-smtps addresses\n");
+                exit(2);
+            }
+            cli.listen_smtps[cli.n_listen_smtps++] = optarg;
+            break;
         case 't': cli.check = true; break;
         case 'd': log_max_level++; break;
         case 'v': printf("luasmtpd %s\n", LUASMTPD_VERSION); exit(0);
@@ -119,6 +159,38 @@ static void parse_args(int argc, char **argv)
         exit(2);
     }
     if (cli.n_listen == 0) cli.listen[cli.n_listen++] = "localhost:8025";
+    const char *problem = NULL;
+    if (!cli.tlscert != !cli.tlskey) problem = "--tlscert and --tlskey go together";
+    else if (!cli.smtpscert != !cli.smtpskey) problem = "--smtpscert and --smtpskey go together";
+    else if (cli.n_listen_smtps && !cli.tlscert) problem = "--listen-smtps needs --tlscert/--tlskey";
+    if (problem) {
+        fprintf(stderr, "luasmtpd: %s\n", problem);
+        exit(2);
+    }
+}
+
+/* Loads the certificate pairs given on the command line into fresh configs.
+ * Returns false (nothing replaced) with a message naming the file. */
+static bool load_tls(struct tls_config **tls, struct tls_config **smtps, char *err, size_t errlen)
+{
+    *tls = *smtps = NULL;
+    if (cli.tlscert && !(*tls = tls_config_load(cli.tlscert, cli.tlskey, cli.client_ca, err, errlen)))
+        return false;
+    if (cli.smtpscert &&
+        !(*smtps = tls_config_load(cli.smtpscert, cli.smtpskey, cli.client_ca, err, errlen))) {
+        if (*tls) tls_config_release(*tls);
+        *tls = NULL;
+        return false;
+    }
+    return true;
+}
+
+static void swap_tls(struct tls_config *tls, struct tls_config *smtps)
+{
+    if (srv.tls) tls_config_release(srv.tls);
+    if (srv.smtps_tls) tls_config_release(srv.smtps_tls);
+    srv.tls = tls;
+    srv.smtps_tls = smtps;
 }
 
 /* Start-up facts an operator needs: mechanisms, and why AUTH may be off. */
@@ -134,7 +206,7 @@ static void log_policy(const struct policy *p)
     if (p->opt.auth_required && !p->opt.auth_require_tls)
         log_msg(LOG_WARN, NULL, "auth_required is true but auth_require_tls is false: "
                                 "credentials may cross the network in clear text");
-    if (p->opt.auth_require_tls && !srv.tls_configured)
+    if (p->opt.auth_require_tls && !srv.tls && !srv.smtps_tls)
         log_msg(LOG_WARN, NULL, "AUTH is not offered: auth_require_tls is true and no TLS "
                                 "is configured (set auth_require_tls = false only for testing)");
     else if (!policy_has_hook(p, HOOK_AUTHENTICATOR))
@@ -171,8 +243,16 @@ static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
     if (!p) {
         log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
                 srv.policy->generation, err);
-        return;
     }
+    /* Certificates reload on their own: a bad pair keeps the old one. */
+    struct tls_config *tls, *smtps;
+    if (cli.tlscert || cli.smtpscert) {
+        if (load_tls(&tls, &smtps, err, sizeof err)) {
+            swap_tls(tls, smtps);
+            log_msg(LOG_INFO, NULL, "TLS certificates reloaded");
+        } else log_msg(LOG_ERROR, NULL, "TLS reload refused, keeping the old certificates: %s", err);
+    }
+    if (!p) return;
     struct policy *old = srv.policy;
     srv.policy = p;
     log_policy(p);
@@ -214,8 +294,21 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     srv.loop = EV_DEFAULT;
     srv.policy = p;
+    struct tls_config *tls, *smtps;
+    if (!load_tls(&tls, &smtps, err, sizeof err)) {
+        log_msg(LOG_ERROR, NULL, "%s", err);
+        return 1;
+    }
+    swap_tls(tls, smtps);
     for (size_t i = 0; i < cli.n_listen; i++) {
-        if (!server_listen(&srv, cli.listen[i], err, sizeof err)) {
+        if (!server_listen(&srv, cli.listen[i], cli.smtpscert ? &srv.smtps_tls : NULL, err,
+                           sizeof err)) {
+            log_msg(LOG_ERROR, NULL, "%s", err);
+            return 1;
+        }
+    }
+    for (size_t i = 0; i < cli.n_listen_smtps; i++) {
+        if (!server_listen(&srv, cli.listen_smtps[i], &srv.tls, err, sizeof err)) {
             log_msg(LOG_ERROR, NULL, "%s", err);
             return 1;
         }
@@ -237,5 +330,6 @@ int main(int argc, char **argv)
     ev_run(srv.loop, 0);
     log_msg(LOG_INFO, NULL, "stopped");
     policy_release(srv.policy);
+    swap_tls(NULL, NULL);
     return 0;
 }

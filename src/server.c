@@ -72,7 +72,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         char host[64];
         int port;
         format_addr((struct sockaddr *)&ss, len, host, sizeof host, &port);
-        if (!session_new(srv, fd, host, port))
+        if (!session_new(srv, fd, host, port, l->implicit_tls ? *l->implicit_tls : NULL))
             log_msg(LOG_ERROR, NULL, "out of memory: dropped connection from %s", host);
     }
 }
@@ -104,7 +104,8 @@ static bool split_spec(const char *spec, char *host, size_t hostlen, char *port,
     return atoi(port) <= 65535;
 }
 
-bool server_listen(struct server *srv, const char *spec, char *err, size_t errlen)
+bool server_listen(struct server *srv, const char *spec, struct tls_config **implicit_tls,
+                   char *err, size_t errlen)
 {
     char host[256], port[16];
     if (!split_spec(spec, host, sizeof host, port, sizeof port)) {
@@ -138,6 +139,7 @@ bool server_listen(struct server *srv, const char *spec, char *err, size_t errle
         struct listener *l = &srv->listeners[srv->n_listeners++];
         l->fd = fd;
         l->srv = srv;
+        l->implicit_tls = implicit_tls;
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         getsockname(fd, (struct sockaddr *)&ss, &len);
@@ -164,7 +166,8 @@ void server_start(struct server *srv)
 {
     for (size_t i = 0; i < srv->n_listeners; i++) {
         ev_io_start(srv->loop, &srv->listeners[i].io);
-        log_msg(LOG_INFO, NULL, "listening on %s", srv->listeners[i].addr);
+        log_msg(LOG_INFO, NULL, "listening on %s%s", srv->listeners[i].addr,
+                srv->listeners[i].implicit_tls ? " (implicit TLS)" : "");
     }
 }
 

@@ -9,6 +9,7 @@
 
 struct policy;
 struct session;
+struct tls_config;
 
 #define SERVER_MAX_LISTENERS 16
 
@@ -17,6 +18,9 @@ struct listener {
     ev_io io;
     struct server *srv;
     char addr[80]; /* "127.0.0.1:8025" / "[::1]:8025" */
+    /* RFC 8314 implicit TLS (port 465 style): the server's config slot this
+     * listener uses (srv->tls or srv->smtps_tls), NULL for plain SMTP. */
+    struct tls_config **implicit_tls;
 };
 
 struct server {
@@ -28,13 +32,18 @@ struct server {
     size_t n_sessions;
     unsigned long next_session_id;
     bool stopping;
-    bool tls_configured; /* STARTTLS offered (set by the TLS layer) */
+    /* Certificates: STARTTLS on plain listeners (--tlscert), and implicit
+     * TLS listeners (--smtpscert, else --tlscert). NULL when not configured.
+     * Replaced on SIGHUP; live connections hold their own reference. */
+    struct tls_config *tls;
+    struct tls_config *smtps_tls;
     ev_timer stop_timer; /* bounds a graceful stop */
 };
 
 /* Binds "[HOST][:PORT]" (default host localhost, default port 8025; port 0 =
  * any free port). Returns false with a message in err. */
-bool server_listen(struct server *srv, const char *spec, char *err, size_t errlen);
+bool server_listen(struct server *srv, const char *spec, struct tls_config **implicit_tls,
+                   char *err, size_t errlen);
 
 /* Starts accepting on every listener. */
 void server_start(struct server *srv);

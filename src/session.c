@@ -25,6 +25,7 @@
 #include "policy.h"
 #include "server.h"
 #include "smtp_limits.h"
+#include "tls.h"
 
 /* The commands aiosmtpd implements (its smtp_* methods); the index is also
  * the slot of the command's command_call_limit budget. */
@@ -142,7 +143,25 @@ void session_scrub(struct session *s, char *msg)
 
 /* ---------------------------------------------------------------- lifecycle */
 
-struct session *session_new(struct server *srv, int fd, const char *peer_host, int peer_port)
+/* Bounds a TLS handshake (never longer than the idle timeout). */
+#define TLS_HANDSHAKE_SECONDS 30.0
+
+static void session_on_tls_done(struct conn *c, void *owner, bool ok);
+
+static void session_greet(struct session *s)
+{
+    s->greeted = true;
+    session_replyf(s, "220 %s %s", s->opt->hostname, s->opt->ident);
+    conn_flush(s->conn);
+}
+
+static double handshake_timeout(const struct session *s)
+{
+    return s->opt->timeout < TLS_HANDSHAKE_SECONDS ? s->opt->timeout : TLS_HANDSHAKE_SECONDS;
+}
+
+struct session *session_new(struct server *srv, int fd, const char *peer_host, int peer_port,
+                            struct tls_config *implicit_tls)
 {
     struct session *s = calloc(1, sizeof *s);
     if (!s) return NULL;
@@ -176,10 +195,16 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
     ev_timer_again(srv->loop, &s->idle);
 
     server_add_session(srv, s);
-    log_msg(LOG_INFO, s->sid, "connection from %s port %d (policy generation %u)", peer_host,
-            peer_port, s->policy->generation);
-    session_replyf(s, "220 %s %s", s->opt->hostname, s->opt->ident);
-    conn_flush(s->conn);
+    log_msg(LOG_INFO, s->sid, "connection from %s port %d%s (policy generation %u)", peer_host,
+            peer_port, implicit_tls ? " over implicit TLS" : "", s->policy->generation);
+    if (implicit_tls) {
+        /* RFC 8314: nothing in clear text; the greeting comes after the handshake. */
+        s->state = SESSION_TLS_HANDSHAKE;
+        if (!tls_start(s->conn, implicit_tls, handshake_timeout(s), session_on_tls_done))
+            session_close(s, "cannot start TLS");
+        return s;
+    }
+    session_greet(s);
     return s;
 }
 
@@ -233,6 +258,10 @@ static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
     if (after > 0) {
         w->repeat = after;
         ev_timer_again(loop, w);
+        return;
+    }
+    if (s->state == SESSION_TLS_HANDSHAKE) { /* no channel to reply on */
+        session_close(s, "idle timeout during the TLS handshake");
         return;
     }
     session_replyf(s, "421 4.4.2 %s Error: timeout exceeded", s->opt->hostname);
@@ -453,7 +482,7 @@ static size_t ehlo_lines(struct session *s, char lines[][96])
     snprintf(lines[n++], 96, "250-8BITMIME");
     if (o->enable_smtputf8) snprintf(lines[n++], 96, "250-SMTPUTF8");
     snprintf(lines[n++], 96, "250-PIPELINING");
-    if (s->srv->tls_configured && !s->tls_active) snprintf(lines[n++], 96, "250-STARTTLS");
+    if (s->srv->tls && !s->tls_active) snprintf(lines[n++], 96, "250-STARTTLS");
     return n;
 }
 
@@ -634,7 +663,7 @@ static void cmd_expn(struct session *s, const char *arg, size_t len)
 static bool syntax_available(struct session *s, int cmd)
 {
     if (!command_syntax[cmd]) return false;
-    if (cmd == CMD_STARTTLS) return s->srv->tls_configured;
+    if (cmd == CMD_STARTTLS) return s->srv->tls != NULL;
     return true;
 }
 
@@ -698,11 +727,75 @@ static void cmd_starttls(struct session *s, const char *arg, size_t len)
         return;
     }
     if (s->tls_active) {
-        session_reply(s, "554 5.5.1 Error: TLS already active");
+        session_reply(s, "554 5.5.1 Error: TLS already active"); /* fix */
         return;
     }
-    /* TLS is its own issue; without a certificate this is the answer. */
-    session_reply(s, "454 TLS not available");
+    if (!s->srv->tls) {
+        session_reply(s, "454 TLS not available");
+        return;
+    }
+    session_reply(s, "220 Ready to start TLS");
+    /* tls_start flushes that reply in clear text, then discards every byte
+     * the client sent after the STARTTLS line (CVE-2011-0411, CVE-2024-34083):
+     * the pump must not look at this line or the input again. */
+    s->state = SESSION_TLS_HANDSHAKE;
+    if (!tls_start(s->conn, s->srv->tls, handshake_timeout(s), session_on_tls_done))
+        session_close(s, "cannot start TLS");
+}
+
+/* handle_STARTTLS returned: anything but true refuses every later command
+ * but QUIT (aiosmtpd's _tls_handshake_okay). */
+static void starttls_hook_done(void *owner, bool ok, lua_State *co, int nres)
+{
+    struct session *s = owner;
+    lsession_sync(s);
+    if (!ok) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", lua_tostring(co, -1));
+        session_scrub(s, msg);
+        log_msg(LOG_ERROR, s->sid, "hook handle_STARTTLS failed (session refused): %s", msg);
+        s->tls_refused = true;
+        return;
+    }
+    s->tls_refused = !(nres >= 1 && lua_toboolean(co, 1));
+    if (s->tls_refused) log_msg(LOG_INFO, s->sid, "handle_STARTTLS refused the session");
+}
+
+static void session_on_tls_done(struct conn *c, void *owner, bool ok)
+{
+    struct session *s = owner;
+    if (!ok) {
+        log_msg(LOG_INFO, s->sid, "TLS handshake failed: %s", tls_error(c));
+        session_close(s, "TLS handshake failed");
+        return;
+    }
+    bool implicit = !s->greeted; /* implicit TLS: the greeting is still to come */
+    char version[32], cipher[96];
+    char *pem = NULL;
+    tls_info(c, version, sizeof version, cipher, sizeof cipher, &pem);
+    log_msg(LOG_INFO, s->sid, "TLS established: %s %s%s", version, cipher,
+            pem ? ", client certificate verified" : "");
+    /* RFC 3207 4.2: forget everything learnt before TLS. */
+    s->tls_active = true;
+    s->state = SESSION_COMMAND;
+    s->has_host_name = s->extended_smtp = s->authenticated = false;
+    lsession_new_session(s);
+    lsession_set_ssl(s, version, cipher, pem);
+    free(pem);
+    session_reset_envelope(s);
+    session_touch(s);
+    if (implicit) session_greet(s);
+    else if (policy_has_hook(s->policy, HOOK_STARTTLS)) {
+        lua_State *co = session_hook_begin(s, HOOK_STARTTLS);
+        (void)co;
+        s->hook_after = NULL;
+        if (!hook_run(&s->hook, 3, starttls_hook_done, s)) {
+            log_msg(LOG_ERROR, s->sid, "handle_STARTTLS may not suspend; session refused");
+            hook_abandon(&s->hook);
+            s->tls_refused = true;
+        }
+    }
+    session_pump(s);
 }
 
 /* ---------------------------------------------------------------- MAIL, RCPT */
@@ -1178,7 +1271,7 @@ static void session_command(struct session *s, const char *line, size_t len)
         session_reply(s, "554 Command refused due to lack of security");
         return;
     }
-    if (s->opt->require_starttls && s->srv->tls_configured && !s->tls_active &&
+    if (s->opt->require_starttls && s->srv->tls && !s->tls_active &&
         cmd != CMD_NOOP && cmd != CMD_EHLO && cmd != CMD_STARTTLS && cmd != CMD_QUIT) {
         session_reply(s, "530 Must issue a STARTTLS command first");
         return;
@@ -1243,7 +1336,7 @@ void session_pump(struct session *s)
     if (s->pumping) return;
     s->pumping = true;
     struct buf *in = &s->conn->in;
-    while (s->state != SESSION_CLOSING) {
+    while (s->state != SESSION_CLOSING && s->state != SESSION_TLS_HANDSHAKE) {
         if (hook_active(&s->hook)) {
             if (s->wait != WAIT_AUTH_LINE) break;
             const char *line;

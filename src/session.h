@@ -17,10 +17,12 @@ struct server;
 struct conn;
 struct policy;
 struct options;
+struct tls_config;
 
 enum session_state {
     SESSION_COMMAND, /* reading command lines */
     SESSION_DATA,    /* reading message text after 354 */
+    SESSION_TLS_HANDSHAKE, /* STARTTLS or implicit TLS: input belongs to TLS */
     SESSION_CLOSING, /* a close is scheduled; input is ignored */
 };
 
@@ -54,6 +56,7 @@ struct session {
     bool has_mail_from;    /* a mail transaction is open */
     size_t rcpt_count;
     bool tls_active;
+    bool greeted;          /* the 220 greeting went out */
     bool tls_refused;      /* handle_STARTTLS said no */
 
     int bogus_budget;
@@ -102,7 +105,8 @@ struct session {
 
 /* Creates a session for an accepted socket and sends the greeting. Returns
  * NULL (socket closed) if memory runs out. */
-struct session *session_new(struct server *srv, int fd, const char *peer_host, int peer_port);
+struct session *session_new(struct server *srv, int fd, const char *peer_host, int peer_port,
+                            struct tls_config *implicit_tls);
 
 /* Sends one reply line (CRLF added). Lines queue and leave together when the
  * session next flushes, so replies to pipelined commands share one write. */
