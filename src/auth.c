@@ -192,10 +192,16 @@ static void push_args(struct session *s, lua_State *co)
     }
 }
 
-/* A hook in AUTH that suspends with nothing to wait for is a failure. */
+/* A hook in AUTH that suspends with nothing to wait for is a failure; one
+ * that waits gets hook_timeout to be resumed. */
 static void auth_check_stray_yield(struct session *s, bool finished)
 {
-    if (finished || s->wait != WAIT_NONE) return;
+    if (finished) return;
+    if (s->wait != WAIT_NONE) {
+        ev_timer_set(&s->hook_deadline, s->opt->hook_timeout, 0.);
+        ev_timer_start(s->srv->loop, &s->hook_deadline);
+        return;
+    }
     lua_State *co = s->hook.co;
     lua_pushfstring(co, "%s yielded without waiting for anything", s->hook.name);
     lua_pushvalue(co, -1);
@@ -359,8 +365,22 @@ static bool is_py_space(unsigned char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
+void auth_on_hook_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct session *s = w->data;
+    if (!hook_active(&s->hook) || s->state == SESSION_CLOSING) return;
+    log_msg(LOG_ERROR, s->sid, "hook %s still waiting after hook_timeout (%.0f s): abandoned",
+            s->hook.name, s->opt->hook_timeout);
+    hook_abandon(&s->hook);
+    s->wait = WAIT_NONE;
+    session_reply(s, "454 4.7.0 Temporary authentication failure");
+    auth_finish(s);
+    session_pump(s);
+}
+
 void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long)
 {
+    ev_timer_stop(s->srv->loop, &s->hook_deadline);
     s->wait = WAIT_NONE;
     lua_State *co = s->hook.co;
     if (too_long) {

@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <ev.h>
+
 struct session;
 
 /* Handles "AUTH <arg>" (arg NULL or empty when absent). May resume Lua. */
@@ -25,5 +27,8 @@ void auth_deliver_line(struct session *s, const char *line, size_t len, bool too
 
 /* Wipes and frees what an AUTH attempt remembered (session teardown). */
 void auth_forget(struct session *s);
+
+/* hook_timeout expired for a suspended AUTH hook: 454, attempt failed. */
+void auth_on_hook_deadline(struct ev_loop *loop, ev_timer *w, int revents);
 
 #endif

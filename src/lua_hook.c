@@ -6,10 +6,28 @@
 #include "lua_hook.h"
 
 #include <lauxlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "log.h"
 #include "policy.h"
+
+char *hook_status_slot;
+size_t hook_status_slot_size;
+
+/* Tells the watchdog (worker processes) which hook runs, so a worker killed
+ * for a stuck loop can be blamed on the right hook. */
+static void hook_status_set(const struct hook_state *h)
+{
+    if (hook_status_slot)
+        snprintf(hook_status_slot, hook_status_slot_size, "%s [%s]", h->name ? h->name : "?",
+                 h->sid ? h->sid : "-");
+}
+
+static void hook_status_clear(void)
+{
+    if (hook_status_slot) hook_status_slot[0] = '\0';
+}
 
 lua_State *hook_begin(struct hook_state *h, int func_ref, const char *name)
 {
@@ -50,7 +68,11 @@ bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner)
     h->cont = cont;
     h->owner = owner;
     h->running = true;
+    policy_enter_hook(h->policy);
+    hook_status_set(h);
     int status = lua_resume(h->co, nargs);
+    hook_status_clear();
+    policy_leave_hook(h->policy);
     h->running = false;
     return hook_settle(h, status);
 }
@@ -58,7 +80,11 @@ bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner)
 bool hook_resume(struct hook_state *h, int nargs)
 {
     h->running = true;
+    policy_enter_hook(h->policy);
+    hook_status_set(h);
     int status = lua_resume(h->co, nargs);
+    hook_status_clear();
+    policy_leave_hook(h->policy);
     h->running = false;
     return hook_settle(h, status);
 }

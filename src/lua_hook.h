@@ -43,6 +43,11 @@ bool hook_resume(struct hook_state *h, int nargs);
 /* The session is gone: drop the suspended coroutine without resuming it. */
 void hook_abandon(struct hook_state *h);
 
+/* Where to write "hook-name [session]" while a hook runs (shared memory
+ * the master's watchdog reads), or NULL. */
+extern char *hook_status_slot;
+extern size_t hook_status_slot_size;
+
 static inline bool hook_active(const struct hook_state *h) { return h->co != NULL; }
 
 #endif

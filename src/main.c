@@ -18,6 +18,10 @@
 #define STOP_TIMEOUT_SECONDS 30.0
 #define MAX_OVERRIDES 64
 #define MAX_LISTEN 16
+/* Defaults for a retired generation's sessions and for --watch debouncing
+ * (an editor's save is several file events; reload once they settle). */
+#define DEFAULT_DRAIN_TIMEOUT 300.0
+#define WATCH_SETTLE_SECONDS 0.3
 
 struct cli {
     const char *handler;
@@ -32,6 +36,8 @@ struct cli {
     const char *client_ca;            /* verify client certificates if presented */
     const char *listen_smtps[MAX_LISTEN];
     size_t n_listen_smtps;
+    bool watch;
+    double drain_timeout;
 };
 
 static struct server srv;
@@ -62,6 +68,10 @@ static void usage(FILE *out)
             "      --listen-smtps [HOST][:PORT]  an implicit TLS listener beside the plain ones,\n"
             "                              with the --tlscert certificate (repeatable)\n"
             "      --tls-client-ca FILE    verify client certificates against these CAs\n"
+            "      --watch                 reload when the handler script changes (development)\n"
+            "      --drain-timeout SECONDS after a reload, sessions still on the old script get\n"
+            "                              421 at their next command after this long (300)\n"
+            "      --load-timeout SECONDS  a script whose top level runs longer is refused (5)\n"
             "      --requiretls            require_starttls: 530 until STARTTLS\n"
             "      --no-requiretls         do not (the default)\n"
             "  -t, --check                 load and validate the handler, then exit 0/1\n"
@@ -82,12 +92,23 @@ static void add_override(const char *name, const char *value)
     cli.n_ov++;
 }
 
+static double seconds_arg(const char *flag, const char *v)
+{
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || *end || !(x > 0)) {
+        fprintf(stderr, "luasmtpd: %s expects a positive number of seconds, got '%s'\n", flag, v);
+        exit(2);
+    }
+    return x;
+}
+
 static void parse_args(int argc, char **argv)
 {
     enum {
         OPT_HANDLER = 256, OPT_HOSTNAME, OPT_IDENT, OPT_TIMEOUT, OPT_READY_FD, OPT_TLSCERT,
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
-        OPT_NO_REQUIRETLS
+        OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -102,9 +123,13 @@ static void parse_args(int argc, char **argv)
         {"listen-smtps", required_argument, 0, OPT_LISTEN_SMTPS},
         {"tls-client-ca", required_argument, 0, OPT_CLIENT_CA},
         {"requiretls", no_argument, 0, OPT_REQUIRETLS},
-        {"no-requiretls", no_argument, 0, OPT_NO_REQUIRETLS}, {0, 0, 0, 0},
+        {"no-requiretls", no_argument, 0, OPT_NO_REQUIRETLS},
+        {"watch", no_argument, 0, OPT_WATCH},
+        {"drain-timeout", required_argument, 0, OPT_DRAIN_TIMEOUT},
+        {"load-timeout", required_argument, 0, OPT_LOAD_TIMEOUT}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
+    cli.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
     int c;
     while ((c = getopt_long(argc, argv, "l:o:s:utdvh", longopts, NULL)) != -1) {
         switch (c) {
@@ -132,6 +157,11 @@ static void parse_args(int argc, char **argv)
         case OPT_IDENT: add_override("ident", optarg); break;
         case OPT_TIMEOUT: add_override("timeout", optarg); break;
         case OPT_READY_FD: cli.ready_fd = atoi(optarg); break;
+        case OPT_WATCH: cli.watch = true; break;
+        case OPT_DRAIN_TIMEOUT: cli.drain_timeout = seconds_arg("--drain-timeout", optarg); break;
+        case OPT_LOAD_TIMEOUT:
+            policy_load_timeout = seconds_arg("--load-timeout", optarg);
+            break;
         case OPT_TLSCERT: cli.tlscert = optarg; break;
         case OPT_TLSKEY: cli.tlskey = optarg; break;
         case OPT_SMTPSCERT: cli.smtpscert = optarg; break;
@@ -163,6 +193,7 @@ static void parse_args(int argc, char **argv)
     if (!cli.tlscert != !cli.tlskey) problem = "--tlscert and --tlskey go together";
     else if (!cli.smtpscert != !cli.smtpskey) problem = "--smtpscert and --smtpskey go together";
     else if (cli.n_listen_smtps && !cli.tlscert) problem = "--listen-smtps needs --tlscert/--tlskey";
+    if (cli.watch && !cli.handler) problem = "--watch needs --handler";
     if (problem) {
         fprintf(stderr, "luasmtpd: %s\n", problem);
         exit(2);
@@ -233,10 +264,10 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 
 /* SIGHUP: build a new generation beside the running one; on any error keep
  * the old one. Sessions finish on the generation they started with. */
-static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
+static void reload(struct ev_loop *loop, const char *why)
 {
     char err[2048];
-    log_msg(LOG_INFO, NULL, "SIGHUP received: reloading %s",
+    log_msg(LOG_INFO, NULL, "%s: reloading %s", why,
             cli.handler ? cli.handler : "the default handler");
     struct policy *p = load_policy(err, sizeof err);
     ev_now_update(loop); /* loading a script can take a while */
@@ -255,8 +286,34 @@ static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
     if (!p) return;
     struct policy *old = srv.policy;
     srv.policy = p;
+    old->retired_at = ev_now(loop);
     log_policy(p);
+    if (old->refcount > 1)
+        log_msg(LOG_INFO, NULL, "generation %u retired; %d sessions finish on it", old->generation,
+                old->refcount - 1);
     policy_release(old);
+}
+
+static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    reload(loop, "SIGHUP received");
+}
+
+/* --watch: the script file changed (written in place, or replaced by a
+ * rename as editors do); reload once the events settle. */
+static ev_timer watch_settle;
+
+static void on_watch_settled(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    reload(loop, "the script changed");
+}
+
+static void on_script_changed(struct ev_loop *loop, ev_stat *w, int revents)
+{
+    if (!w->attr.st_nlink) return; /* deleted; a rename into place follows */
+    ev_timer_stop(loop, &watch_settle);
+    ev_timer_set(&watch_settle, WATCH_SETTLE_SECONDS, 0.);
+    ev_timer_start(loop, &watch_settle);
 }
 
 static void write_ready(void)
@@ -325,6 +382,16 @@ int main(int argc, char **argv)
     ev_signal_start(srv.loop, &sigint);
     ev_signal_start(srv.loop, &sighup);
 
+    srv.drain_timeout = cli.drain_timeout;
+    ev_stat watcher;
+    if (cli.watch) {
+        ev_timer_init(&watch_settle, on_watch_settled, WATCH_SETTLE_SECONDS, 0.);
+        /* ev_stat polls too (every second), so a rename that replaces the
+         * inode is seen even where inotify watches the old one. */
+        ev_stat_init(&watcher, on_script_changed, cli.handler, 1.0);
+        ev_stat_start(srv.loop, &watcher);
+        log_msg(LOG_INFO, NULL, "watching %s for changes", cli.handler);
+    }
     server_start(&srv);
     write_ready();
     ev_run(srv.loop, 0);

@@ -20,6 +20,9 @@
 #define DEFAULT_TIMEOUT 300.0
 #define DEFAULT_CALL_LIMIT 20L
 #define DEFAULT_AUTH_FAILURE_LIMIT 5L
+/* Ours: how long a suspended hook may wait, and the Lua heap of a generation. */
+#define DEFAULT_HOOK_TIMEOUT 60.0
+#define DEFAULT_LUA_MEMORY_LIMIT 256L
 
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE };
 
@@ -43,6 +46,8 @@ static const struct opt_def opt_defs[] = {
     {"auth_allow_authzid", T_BOOL},
     {"bare_newline", T_BARE_NEWLINE},
     {"proxy_protocol_timeout", T_NUMBER},
+    {"hook_timeout", T_NUMBER},
+    {"lua_memory_limit", T_INT},
     {NULL, 0},
 };
 
@@ -61,6 +66,8 @@ void options_init_defaults(struct options *o)
     o->call_limit_default = DEFAULT_CALL_LIMIT;
     o->auth_failure_limit = DEFAULT_AUTH_FAILURE_LIMIT;
     o->bare_newline = BARE_NEWLINE_REJECT;
+    o->hook_timeout = DEFAULT_HOOK_TIMEOUT;
+    o->lua_memory_limit = DEFAULT_LUA_MEMORY_LIMIT;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -193,12 +200,14 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         if (!parse_long(v, &n)) return wrong_type(d, err, errlen);
         if (!strcmp(name, "data_size_limit")) o->data_size_limit = n;
         else if (!strcmp(name, "auth_failure_limit")) o->auth_failure_limit = n;
+        else o->lua_memory_limit = n;
         return true;
     case T_NUMBER: {
         char *end;
         double x = strtod(v, &end);
         if (end == v || *end || !(x > 0)) return wrong_type(d, err, errlen);
         if (!strcmp(name, "timeout")) o->timeout = x;
+        else if (!strcmp(name, "hook_timeout")) o->hook_timeout = x;
         else o->proxy_protocol_timeout = x;
         return true;
     }
@@ -268,11 +277,13 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
     case T_INT:
         if (!lua_is_integer(L, idx, &n)) return wrong_type(d, err, errlen);
         if (!strcmp(name, "data_size_limit")) o->data_size_limit = n;
-        else o->auth_failure_limit = n;
+        else if (!strcmp(name, "auth_failure_limit")) o->auth_failure_limit = n;
+        else o->lua_memory_limit = n;
         return true;
     case T_NUMBER:
         if (t != LUA_TNUMBER || !(lua_tonumber(L, idx) > 0)) return wrong_type(d, err, errlen);
         if (!strcmp(name, "timeout")) o->timeout = lua_tonumber(L, idx);
+        else if (!strcmp(name, "hook_timeout")) o->hook_timeout = lua_tonumber(L, idx);
         else o->proxy_protocol_timeout = lua_tonumber(L, idx);
         return true;
     case T_STRING:

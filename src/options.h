@@ -41,6 +41,8 @@ struct options {
     bool auth_allow_authzid;
     enum bare_newline_mode bare_newline;
     double proxy_protocol_timeout; /* 0 = PROXY protocol off */
+    double hook_timeout;       /* seconds a hook may stay suspended on an event */
+    long lua_memory_limit;     /* MiB a generation's Lua heap may use in hooks; 0 = none */
 };
 
 void options_init_defaults(struct options *o);

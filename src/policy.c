@@ -19,6 +19,9 @@
 #include "log.h"
 #include "lua_bind.h"
 
+#include <luajit.h>
+#include <time.h>
+
 const char *const policy_hook_names[HOOK_COUNT] = {
     "handle_HELO", "handle_EHLO",     "handle_MAIL",     "handle_RCPT",     "handle_DATA",
     "handle_RSET", "handle_QUIT",     "handle_NOOP",     "handle_VRFY",     "handle_STARTTLS",
@@ -26,6 +29,38 @@ const char *const policy_hook_names[HOOK_COUNT] = {
 };
 
 static unsigned next_generation = 1;
+
+double policy_load_timeout = 5.0;
+
+/* The allocator every generation runs on: LuaJIT's own, counted. */
+static void *policy_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct policy *p = ud;
+    lua_Alloc base = (lua_Alloc)p->base_alloc;
+    size_t old = ptr ? osize : 0;
+    if (nsize > old && p->in_hook && p->heap_limit && p->heap_bytes + (nsize - old) > p->heap_limit)
+        return NULL; /* LuaJIT raises "not enough memory" in the hook */
+    void *r = base(p->base_alloc_ud, ptr, osize, nsize);
+    if (r || nsize == 0) p->heap_bytes = p->heap_bytes - old + nsize;
+    return r;
+}
+
+static double monotonic_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double load_deadline;
+
+/* Count hook while the script's top level runs (the JIT is off then, so the
+ * hook fires even in tight loops). */
+static void load_budget_hook(lua_State *L, lua_Debug *ar)
+{
+    if (monotonic_seconds() > load_deadline)
+        luaL_error(L, "the script's top level did not finish within %.1f s", policy_load_timeout);
+}
 
 static int traceback(lua_State *L)
 {
@@ -269,7 +304,15 @@ static bool run_script(struct policy *p, const char *path, char *err, size_t err
     lua_setfenv(L, -2);   /* env, chunk */
     lua_pushcfunction(L, traceback);
     lua_insert(L, -2);    /* env, traceback, chunk */
-    if (lua_pcall(L, 0, 1, -2)) {
+    /* A top level that never returns must not hang start-up or a reload:
+     * interpret it with a count hook checking a deadline. */
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+    load_deadline = monotonic_seconds() + policy_load_timeout;
+    lua_sethook(L, load_budget_hook, LUA_MASKCOUNT, 10000);
+    int rc = lua_pcall(L, 0, 1, -2);
+    lua_sethook(L, NULL, 0, 0);
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
+    if (rc) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         return false;
     }
@@ -303,6 +346,11 @@ struct policy *policy_load(const char *path, const struct option_override *ov, s
         goto failed;
     }
     lua_State *L = p->L;
+    lua_Alloc base;
+    base = lua_getallocf(L, &p->base_alloc_ud);
+    p->base_alloc = (void *)base;
+    p->heap_bytes = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+    lua_setallocf(L, policy_alloc, p);
     luaL_openlibs(L);
     lua_smtpd_preload(L);
     l_server_register(L);
@@ -324,6 +372,7 @@ struct policy *policy_load(const char *path, const struct option_override *ov, s
         }
     }
     if (!options_finalize(&p->opt, err, errlen)) goto failed;
+    p->heap_limit = (size_t)p->opt.lua_memory_limit * 1024 * 1024;
     apply_exclusions_and_sort(p);
     return p;
 

@@ -66,7 +66,24 @@ struct policy {
         int ref;
     } pool[POLICY_POOL_MAX];
     int n_pool;
+    /* Memory: LuaJIT's allocator wrapped to count the heap; the limit is
+     * enforced only while a hook runs (policy_enter_hook), so C code outside
+     * protected calls never meets an allocation failure. */
+    void *base_alloc;
+    void *base_alloc_ud;
+    size_t heap_bytes;
+    size_t heap_limit; /* bytes, 0 = none */
+    bool in_hook;
+    /* Set when a reload replaced this generation (ev time); 0 while current. */
+    double retired_at;
 };
+
+/* Seconds a script's top level may run while loading (a reload or start-up
+ * refuses a script that takes longer). */
+extern double policy_load_timeout;
+
+static inline void policy_enter_hook(struct policy *p) { p->in_hook = true; }
+static inline void policy_leave_hook(struct policy *p) { p->in_hook = false; }
 
 /* Builds a generation from the script at path (NULL: the embedded default
  * handler), applying options: defaults, then the script's `options`, then

@@ -32,6 +32,7 @@ struct server {
     size_t n_sessions;
     unsigned long next_session_id;
     bool stopping;
+    double drain_timeout; /* seconds a retired generation's sessions may go on */
     /* Certificates: STARTTLS on plain listeners (--tlscert), and implicit
      * TLS listeners (--smtpscert, else --tlscert). NULL when not configured.
      * Replaced on SIGHUP; live connections hold their own reference. */

@@ -188,6 +188,8 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
     s->server_ref = s->session_ref = s->envelope_ref = LUA_NOREF;
     lsession_open(s);
 
+    ev_init(&s->hook_deadline, auth_on_hook_deadline);
+    s->hook_deadline.data = s;
     ev_init(&s->idle, session_on_idle);
     s->idle.data = s;
     s->last_activity = ev_now(srv->loop);
@@ -219,6 +221,7 @@ void session_close(struct session *s, const char *why)
     hook_abandon(&s->hook);
     s->wait = WAIT_NONE;
     ev_timer_stop(s->srv->loop, &s->idle);
+    ev_timer_stop(s->srv->loop, &s->hook_deadline);
     conn_close(s->conn);
 }
 
@@ -230,6 +233,7 @@ static void session_free(struct session *s)
     free(s->pending_opts);
     data_end(&s->data);
     ev_timer_stop(s->srv->loop, &s->idle);
+    ev_timer_stop(s->srv->loop, &s->hook_deadline);
     server_remove_session(s->srv, s);
     policy_release(s->policy);
     conn_free(s->conn);
@@ -1220,6 +1224,15 @@ static bool is_space_byte(unsigned char c)
 /* One command line, CR/LF already stripped (aiosmtpd's _handle_client). */
 static void session_command(struct session *s, const char *line, size_t len)
 {
+    /* A reload retired this session's generation long enough ago: make the
+     * client come back on the new one rather than hold the old one open. */
+    if (s->policy->retired_at > 0 &&
+        ev_now(s->srv->loop) - s->policy->retired_at > s->srv->drain_timeout) {
+        session_replyf(s, "421 4.3.2 %s Error: policy reloaded, try again later",
+                       s->opt->hostname);
+        session_close(s, "drain timeout of a retired policy generation");
+        return;
+    }
     if (len == 0) {
         session_reply(s, "500 Error: bad syntax");
         return;

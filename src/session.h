@@ -97,6 +97,7 @@ struct session {
     size_t pending_addr_len;
 
     ev_timer idle;
+    ev_timer hook_deadline; /* hook_timeout for a hook suspended on an event */
     ev_tstamp last_activity;
     bool pumping;           /* inside session_pump(): don't re-enter */
     bool shutting_down;     /* server stop requested: close after this command */
