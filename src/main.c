@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "master.h"
 #include "policy.h"
 #include "server.h"
 #include "tls.h"
@@ -22,6 +23,7 @@
  * (an editor's save is several file events; reload once they settle). */
 #define DEFAULT_DRAIN_TIMEOUT 300.0
 #define WATCH_SETTLE_SECONDS 0.3
+#define DEFAULT_WATCHDOG_SECONDS 10.0
 
 struct cli {
     const char *handler;
@@ -38,6 +40,14 @@ struct cli {
     size_t n_listen_smtps;
     bool watch;
     double drain_timeout;
+    int workers;        /* 0: single process (the default) */
+    double watchdog;
+    int worker_slot;    /* >= 0 in a worker started by the master */
+    int worker_status_fd;
+    /* The arguments every worker gets (everything but listen addresses and
+     * the master's own flags). */
+    char *pass[256];
+    size_t n_pass;
 };
 
 static struct server srv;
@@ -72,6 +82,10 @@ static void usage(FILE *out)
             "      --drain-timeout SECONDS after a reload, sessions still on the old script get\n"
             "                              421 at their next command after this long (300)\n"
             "      --load-timeout SECONDS  a script whose top level runs longer is refused (5)\n"
+            "      --workers N|auto        N worker processes under a supervising master\n"
+            "                              (auto: one per CPU); default: one process\n"
+            "      --watchdog SECONDS      with --workers: kill and replace a worker whose\n"
+            "                              event loop is stuck this long (10; 0 = off)\n"
             "      --requiretls            require_starttls: 530 until STARTTLS\n"
             "      --no-requiretls         do not (the default)\n"
             "  -t, --check                 load and validate the handler, then exit 0/1\n"
@@ -92,6 +106,16 @@ static void add_override(const char *name, const char *value)
     cli.n_ov++;
 }
 
+static void pass(const char *opt, const char *arg)
+{
+    if (cli.n_pass + 3 > sizeof cli.pass / sizeof cli.pass[0]) {
+        fprintf(stderr, "luasmtpd: too many arguments\n");
+        exit(2);
+    }
+    cli.pass[cli.n_pass++] = strdup(opt);
+    if (arg) cli.pass[cli.n_pass++] = strdup(arg);
+}
+
 static double seconds_arg(const char *flag, const char *v)
 {
     char *end;
@@ -108,7 +132,8 @@ static void parse_args(int argc, char **argv)
     enum {
         OPT_HANDLER = 256, OPT_HOSTNAME, OPT_IDENT, OPT_TIMEOUT, OPT_READY_FD, OPT_TLSCERT,
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
-        OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT
+        OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT, OPT_WORKERS,
+        OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -126,12 +151,36 @@ static void parse_args(int argc, char **argv)
         {"no-requiretls", no_argument, 0, OPT_NO_REQUIRETLS},
         {"watch", no_argument, 0, OPT_WATCH},
         {"drain-timeout", required_argument, 0, OPT_DRAIN_TIMEOUT},
-        {"load-timeout", required_argument, 0, OPT_LOAD_TIMEOUT}, {0, 0, 0, 0},
+        {"load-timeout", required_argument, 0, OPT_LOAD_TIMEOUT},
+        {"workers", required_argument, 0, OPT_WORKERS},
+        {"watchdog", required_argument, 0, OPT_WATCHDOG},
+        {"worker-slot", required_argument, 0, OPT_WORKER_SLOT},
+        {"worker-status-fd", required_argument, 0, OPT_WORKER_STATUS_FD}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
     cli.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
+    cli.watchdog = DEFAULT_WATCHDOG_SECONDS;
+    cli.worker_slot = -1;
+    cli.worker_status_fd = -1;
+    pass(argv[0], NULL);
     int c;
-    while ((c = getopt_long(argc, argv, "l:o:s:utdvh", longopts, NULL)) != -1) {
+    int longindex;
+    while ((c = getopt_long(argc, argv, "l:o:s:utdvh", longopts, &longindex)) != -1) {
+        /* Workers get every option but addresses and the master's own. */
+        bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
+                           c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
+                           c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD || c == 't' ||
+                           c == 'v' || c == 'h' || c == '?';
+        if (!master_only) {
+            char shortopt[3] = {'-', (char)c, 0};
+            const char *name = c < 256 ? shortopt : NULL;
+            char longname[64];
+            if (!name) {
+                snprintf(longname, sizeof longname, "--%s", longopts[longindex].name);
+                name = longname;
+            }
+            pass(name, optarg);
+        }
         switch (c) {
         case 'l':
             if (cli.n_listen == MAX_LISTEN) {
@@ -158,6 +207,19 @@ static void parse_args(int argc, char **argv)
         case OPT_TIMEOUT: add_override("timeout", optarg); break;
         case OPT_READY_FD: cli.ready_fd = atoi(optarg); break;
         case OPT_WATCH: cli.watch = true; break;
+        case OPT_WORKERS:
+            if (!strcmp(optarg, "auto")) cli.workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
+            else cli.workers = atoi(optarg);
+            if (cli.workers < 1 || cli.workers > MASTER_MAX_WORKERS) {
+                fprintf(stderr, "luasmtpd: --workers expects 1..%d or auto\n", MASTER_MAX_WORKERS);
+                exit(2);
+            }
+            break;
+        case OPT_WATCHDOG:
+            cli.watchdog = !strcmp(optarg, "0") ? 0 : seconds_arg("--watchdog", optarg);
+            break;
+        case OPT_WORKER_SLOT: cli.worker_slot = atoi(optarg); break;
+        case OPT_WORKER_STATUS_FD: cli.worker_status_fd = atoi(optarg); break;
         case OPT_DRAIN_TIMEOUT: cli.drain_timeout = seconds_arg("--drain-timeout", optarg); break;
         case OPT_LOAD_TIMEOUT:
             policy_load_timeout = seconds_arg("--load-timeout", optarg);
@@ -348,6 +410,33 @@ int main(int argc, char **argv)
         log_msg(LOG_ERROR, NULL, "cannot load handler: %s", err);
         return 1;
     }
+    if (cli.workers > 0 && cli.worker_slot < 0) {
+        /* The master: the script and certificates were checked above; each
+         * worker loads its own. */
+        struct tls_config *tls, *smtps;
+        if (!load_tls(&tls, &smtps, err, sizeof err)) {
+            log_msg(LOG_ERROR, NULL, "%s", err);
+            return 1;
+        }
+        if (tls) tls_config_release(tls);
+        if (smtps) tls_config_release(smtps);
+        policy_release(p);
+        struct master_config mc = {
+            .workers = cli.workers, .worker_argv = cli.pass, .worker_argc = cli.n_pass,
+            .listen = cli.listen, .n_listen = cli.n_listen, .listen_smtps = cli.listen_smtps,
+            .n_listen_smtps = cli.n_listen_smtps, .watchdog = cli.watchdog,
+            .stop_timeout = STOP_TIMEOUT_SECONDS, .ready_fd = cli.ready_fd,
+            .watch_path = cli.watch ? cli.handler : NULL,
+        };
+        return master_run(&mc);
+    }
+    bool worker = cli.worker_slot >= 0;
+    if (worker && !master_worker_attach(cli.worker_status_fd, cli.worker_slot)) {
+        log_msg(LOG_ERROR, NULL, "worker %d: cannot attach to the master's status memory",
+                cli.worker_slot);
+        return 1;
+    }
+    if (worker) log_msg(LOG_INFO, NULL, "worker %d (pid %d)", cli.worker_slot, (int)getpid());
     signal(SIGPIPE, SIG_IGN);
     srv.loop = EV_DEFAULT;
     srv.policy = p;
@@ -358,14 +447,15 @@ int main(int argc, char **argv)
     }
     swap_tls(tls, smtps);
     for (size_t i = 0; i < cli.n_listen; i++) {
-        if (!server_listen(&srv, cli.listen[i], cli.smtpscert ? &srv.smtps_tls : NULL, err,
-                           sizeof err)) {
+        if (!server_listen(&srv, cli.listen[i], cli.smtpscert ? &srv.smtps_tls : NULL,
+                           worker ? LISTEN_REUSEPORT : 0, err, sizeof err)) {
             log_msg(LOG_ERROR, NULL, "%s", err);
             return 1;
         }
     }
     for (size_t i = 0; i < cli.n_listen_smtps; i++) {
-        if (!server_listen(&srv, cli.listen_smtps[i], &srv.tls, err, sizeof err)) {
+        if (!server_listen(&srv, cli.listen_smtps[i], &srv.tls, worker ? LISTEN_REUSEPORT : 0,
+                           err, sizeof err)) {
             log_msg(LOG_ERROR, NULL, "%s", err);
             return 1;
         }

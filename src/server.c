@@ -105,7 +105,7 @@ static bool split_spec(const char *spec, char *host, size_t hostlen, char *port,
 }
 
 bool server_listen(struct server *srv, const char *spec, struct tls_config **implicit_tls,
-                   char *err, size_t errlen)
+                   int flags, char *err, size_t errlen)
 {
     char host[256], port[16];
     if (!split_spec(spec, host, sizeof host, port, sizeof port)) {
@@ -130,8 +130,10 @@ bool server_listen(struct server *srv, const char *spec, struct tls_config **imp
         if (fd < 0) continue;
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (flags & LISTEN_REUSEPORT) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
         if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, SOMAXCONN)) {
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) ||
+            (!(flags & LISTEN_BIND_ONLY) && listen(fd, SOMAXCONN))) {
             snprintf(last_error, sizeof last_error, "%s", strerror(errno));
             close(fd);
             continue;

@@ -43,8 +43,12 @@ struct server {
 
 /* Binds "[HOST][:PORT]" (default host localhost, default port 8025; port 0 =
  * any free port). Returns false with a message in err. */
+/* flags for server_listen */
+#define LISTEN_REUSEPORT 1 /* share the port with sibling worker processes */
+#define LISTEN_BIND_ONLY 2 /* reserve the port without accepting (the master) */
+
 bool server_listen(struct server *srv, const char *spec, struct tls_config **implicit_tls,
-                   char *err, size_t errlen);
+                   int flags, char *err, size_t errlen);
 
 /* Starts accepting on every listener. */
 void server_start(struct server *srv);

@@ -1,0 +1,47 @@
+/* master.h — the process model behind --workers N: a master that reserves
+ * the listening ports, runs N worker processes (each a normal luasmtpd with
+ * its own event loop and Lua state, accepting on its own SO_REUSEPORT
+ * socket), forwards SIGHUP, restarts a worker that dies, stops them
+ * gracefully, and kills a worker whose event loop stopped turning (a Lua
+ * hook stuck in an endless loop cannot be interrupted once JIT-compiled).
+ * Must not load Lua or parse SMTP. */
+#ifndef LUASMTPD_MASTER_H
+#define LUASMTPD_MASTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* One worker's slot in the shared memory the watchdog reads. */
+struct worker_status {
+    double heartbeat;   /* CLOCK_MONOTONIC seconds, written by the worker's loop */
+    pid_t pid;
+    char hook[112];     /* "hook-name [session]" while a hook runs, else "" */
+};
+
+#define MASTER_MAX_WORKERS 256
+
+struct master_config {
+    int workers;
+    /* The worker command line without listen addresses; the master appends
+     * -l / --listen-smtps with the concrete addresses it reserved. */
+    char **worker_argv;
+    size_t worker_argc;
+    const char **listen;        /* specs as given; port 0 resolved once */
+    size_t n_listen;
+    const char **listen_smtps;
+    size_t n_listen_smtps;
+    double watchdog;            /* seconds without a loop turn; 0 = off */
+    double stop_timeout;
+    int ready_fd;               /* -1: none */
+    const char *watch_path;     /* --watch: forward a reload when it changes */
+};
+
+/* Runs the master until it is stopped; returns the exit status. */
+int master_run(const struct master_config *mc);
+
+/* Worker side (--worker-status-fd F --worker-slot I): maps the slot and
+ * starts the heartbeat on the default loop. Returns false on error. */
+bool master_worker_attach(int status_fd, int slot);
+
+#endif
