@@ -304,12 +304,13 @@ static void conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
         conn_flush_out(c, true); /* may finish the close: c is gone then */
         return;
     }
-    size_t had = buf_len(&c->in);
+    size_t had = buf_len(&c->in), had_out = buf_len(&c->out);
     bool was_eof = c->eof, was_failed = c->failed;
     if (conn_out_pending(c) && (revents & (c->wr_wait | EV_CUSTOM))) conn_send_some(c, SIZE_MAX);
     if (conn_reading(c) && (revents & (c->rd_wait | EV_CUSTOM))) conn_read_some(c);
     conn_arm(c);
-    if (buf_len(&c->in) != had || c->eof != was_eof || c->failed != was_failed)
+    bool drained = c->out_resume && had_out > c->out_resume && buf_len(&c->out) <= c->out_resume;
+    if (buf_len(&c->in) != had || c->eof != was_eof || c->failed != was_failed || drained)
         c->ev.on_input(c, c->owner);
     /* on_input may have closed us; don't touch c after a finished close. */
 }

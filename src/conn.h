@@ -71,6 +71,9 @@ struct conn {
     bool closing; /* close once out is flushed */
     bool closed;
     bool want_read, want_write; /* set by the transport with CONN_AGAIN */
+    /* Output back-pressure: when queued output drains to this many bytes or
+     * fewer, on_input is called so an owner that paused can go on (0: off). */
+    size_t out_resume;
     int rd_wait, wr_wait;       /* EV_READ / EV_WRITE: what a blocked read / write waits for */
     struct {
         bool active;

@@ -23,6 +23,16 @@
 /* Ours: how long a suspended hook may wait, and the Lua heap of a generation. */
 #define DEFAULT_HOOK_TIMEOUT 60.0
 #define DEFAULT_LUA_MEMORY_LIMIT 256L
+/* Limits (ours; Postfix's defaults in spirit): at most 1000 sessions, 100
+ * from one address; a command line completes within 60 s; DATA averages at
+ * least 256 bytes/s; 100 recipients (RFC 5321 4.5.3.1.8's minimum); 20
+ * error replies. */
+#define DEFAULT_MAX_CONNECTIONS 1000L
+#define DEFAULT_MAX_CONNECTIONS_PER_IP 100L
+#define DEFAULT_COMMAND_TIMEOUT 60.0
+#define DEFAULT_DATA_RATE_MIN 256L
+#define DEFAULT_RCPT_LIMIT 100L
+#define DEFAULT_ERROR_LIMIT 20L
 
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE };
 
@@ -48,6 +58,12 @@ static const struct opt_def opt_defs[] = {
     {"proxy_protocol_timeout", T_NUMBER},
     {"hook_timeout", T_NUMBER},
     {"lua_memory_limit", T_INT},
+    {"max_connections", T_INT},
+    {"max_connections_per_ip", T_INT},
+    {"command_timeout", T_NUMBER},
+    {"data_rate_min", T_INT},
+    {"rcpt_limit", T_INT},
+    {"error_limit", T_INT},
     {NULL, 0},
 };
 
@@ -68,6 +84,12 @@ void options_init_defaults(struct options *o)
     o->bare_newline = BARE_NEWLINE_REJECT;
     o->hook_timeout = DEFAULT_HOOK_TIMEOUT;
     o->lua_memory_limit = DEFAULT_LUA_MEMORY_LIMIT;
+    o->max_connections = DEFAULT_MAX_CONNECTIONS;
+    o->max_connections_per_ip = DEFAULT_MAX_CONNECTIONS_PER_IP;
+    o->command_timeout = DEFAULT_COMMAND_TIMEOUT;
+    o->data_rate_min = DEFAULT_DATA_RATE_MIN;
+    o->rcpt_limit = DEFAULT_RCPT_LIMIT;
+    o->error_limit = DEFAULT_ERROR_LIMIT;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -88,6 +110,27 @@ void options_free(struct options *o)
     free(o->ident);
     for (size_t i = 0; i < o->n_auth_exclude_mechanism; i++) free(o->auth_exclude_mechanism[i]);
     memset(o, 0, sizeof *o);
+}
+
+/* Where an integer / number option lives; the name is known valid. */
+static long *int_slot(struct options *o, const char *name)
+{
+    if (!strcmp(name, "data_size_limit")) return &o->data_size_limit;
+    if (!strcmp(name, "auth_failure_limit")) return &o->auth_failure_limit;
+    if (!strcmp(name, "lua_memory_limit")) return &o->lua_memory_limit;
+    if (!strcmp(name, "max_connections")) return &o->max_connections;
+    if (!strcmp(name, "max_connections_per_ip")) return &o->max_connections_per_ip;
+    if (!strcmp(name, "data_rate_min")) return &o->data_rate_min;
+    if (!strcmp(name, "rcpt_limit")) return &o->rcpt_limit;
+    return &o->error_limit;
+}
+
+static double *number_slot(struct options *o, const char *name)
+{
+    if (!strcmp(name, "timeout")) return &o->timeout;
+    if (!strcmp(name, "hook_timeout")) return &o->hook_timeout;
+    if (!strcmp(name, "command_timeout")) return &o->command_timeout;
+    return &o->proxy_protocol_timeout;
 }
 
 static const struct opt_def *opt_find(const char *name)
@@ -198,17 +241,13 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         return true;
     case T_INT:
         if (!parse_long(v, &n)) return wrong_type(d, err, errlen);
-        if (!strcmp(name, "data_size_limit")) o->data_size_limit = n;
-        else if (!strcmp(name, "auth_failure_limit")) o->auth_failure_limit = n;
-        else o->lua_memory_limit = n;
+        *int_slot(o, name) = n;
         return true;
     case T_NUMBER: {
         char *end;
         double x = strtod(v, &end);
         if (end == v || *end || !(x > 0)) return wrong_type(d, err, errlen);
-        if (!strcmp(name, "timeout")) o->timeout = x;
-        else if (!strcmp(name, "hook_timeout")) o->hook_timeout = x;
-        else o->proxy_protocol_timeout = x;
+        *number_slot(o, name) = x;
         return true;
     }
     case T_STRING:
@@ -276,15 +315,11 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         return options_set_string(o, name, lua_toboolean(L, idx) ? "true" : "false", err, errlen);
     case T_INT:
         if (!lua_is_integer(L, idx, &n)) return wrong_type(d, err, errlen);
-        if (!strcmp(name, "data_size_limit")) o->data_size_limit = n;
-        else if (!strcmp(name, "auth_failure_limit")) o->auth_failure_limit = n;
-        else o->lua_memory_limit = n;
+        *int_slot(o, name) = n;
         return true;
     case T_NUMBER:
         if (t != LUA_TNUMBER || !(lua_tonumber(L, idx) > 0)) return wrong_type(d, err, errlen);
-        if (!strcmp(name, "timeout")) o->timeout = lua_tonumber(L, idx);
-        else if (!strcmp(name, "hook_timeout")) o->hook_timeout = lua_tonumber(L, idx);
-        else o->proxy_protocol_timeout = lua_tonumber(L, idx);
+        *number_slot(o, name) = lua_tonumber(L, idx);
         return true;
     case T_STRING:
         if (t != LUA_TSTRING) return wrong_type(d, err, errlen);

@@ -43,6 +43,13 @@ struct options {
     double proxy_protocol_timeout; /* 0 = PROXY protocol off */
     double hook_timeout;       /* seconds a hook may stay suspended on an event */
     long lua_memory_limit;     /* MiB a generation's Lua heap may use in hooks; 0 = none */
+    /* Limits on what a client controls (0 = none). */
+    long max_connections;      /* in total */
+    long max_connections_per_ip;
+    double command_timeout;    /* seconds to complete one command line once begun */
+    long data_rate_min;        /* bytes/s a DATA transfer must average after a grace */
+    long rcpt_limit;           /* recipients per message */
+    long error_limit;          /* error replies per session before 421 */
 };
 
 void options_init_defaults(struct options *o);

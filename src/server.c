@@ -173,6 +173,40 @@ void server_start(struct server *srv)
     }
 }
 
+static unsigned ip_hash(const char *ip)
+{
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (; *ip; ip++) h = (h ^ (unsigned char)*ip) * 16777619u;
+    return h % SERVER_IP_BUCKETS;
+}
+
+long server_ip_acquire(struct server *srv, const char *ip)
+{
+    struct ip_count **head = &srv->per_ip[ip_hash(ip)];
+    for (struct ip_count *e = *head; e; e = e->next)
+        if (!strcmp(e->ip, ip)) return ++e->count;
+    struct ip_count *e = calloc(1, sizeof *e);
+    if (!e) return 0;
+    snprintf(e->ip, sizeof e->ip, "%s", ip);
+    e->count = 1;
+    e->next = *head;
+    *head = e;
+    return 1;
+}
+
+void server_ip_release(struct server *srv, const char *ip)
+{
+    for (struct ip_count **p = &srv->per_ip[ip_hash(ip)]; *p; p = &(*p)->next) {
+        if (strcmp((*p)->ip, ip)) continue;
+        if (--(*p)->count == 0) {
+            struct ip_count *gone = *p;
+            *p = gone->next;
+            free(gone);
+        }
+        return;
+    }
+}
+
 void server_add_session(struct server *srv, struct session *s)
 {
     s->next = srv->sessions;

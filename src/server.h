@@ -12,6 +12,14 @@ struct session;
 struct tls_config;
 
 #define SERVER_MAX_LISTENERS 16
+#define SERVER_IP_BUCKETS 1024
+
+/* How many sessions one client address has open. */
+struct ip_count {
+    struct ip_count *next;
+    long count;
+    char ip[64];
+};
 
 struct listener {
     int fd;
@@ -33,6 +41,7 @@ struct server {
     unsigned long next_session_id;
     bool stopping;
     double drain_timeout; /* seconds a retired generation's sessions may go on */
+    struct ip_count *per_ip[SERVER_IP_BUCKETS];
     /* Certificates: STARTTLS on plain listeners (--tlscert), and implicit
      * TLS listeners (--smtpscert, else --tlscert). NULL when not configured.
      * Replaced on SIGHUP; live connections hold their own reference. */
@@ -56,6 +65,11 @@ void server_start(struct server *srv);
 /* Graceful stop: close listeners, tell sessions, exit the loop once they are
  * gone or after timeout seconds. */
 void server_stop(struct server *srv, double timeout);
+
+/* Counts a session from ip; returns the address's count including it (0 if
+ * memory ran out). server_ip_release undoes it. */
+long server_ip_acquire(struct server *srv, const char *ip);
+void server_ip_release(struct server *srv, const char *ip);
 
 void server_add_session(struct server *srv, struct session *s);
 void server_remove_session(struct server *srv, struct session *s);

@@ -75,6 +75,7 @@ void session_reply_len(struct session *s, const char *line, size_t len)
     }
     conn_write(s->conn, line, len);
     conn_write(s->conn, "\r\n", 2);
+    if (len > 0 && (line[0] == '4' || line[0] == '5')) s->errors++;
 }
 
 void session_reply(struct session *s, const char *line) { session_reply_len(s, line, strlen(line)); }
@@ -143,6 +144,13 @@ void session_scrub(struct session *s, char *msg)
 
 /* ---------------------------------------------------------------- lifecycle */
 
+/* data_rate_min is judged only after this long, and checked this often. */
+#define DATA_RATE_GRACE_SECONDS 30.0
+#define DATA_RATE_CHECK_SECONDS 5.0
+/* Replies queued for a client that doesn't read: past this, stop taking
+ * its commands until the output drains to half. */
+#define SESSION_OUTPUT_HWM (256 * 1024)
+
 /* Bounds a TLS handshake (never longer than the idle timeout). */
 #define TLS_HANDSHAKE_SECONDS 30.0
 
@@ -199,6 +207,23 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
     server_add_session(srv, s);
     log_msg(LOG_INFO, s->sid, "connection from %s port %d%s (policy generation %u)", peer_host,
             peer_port, implicit_tls ? " over implicit TLS" : "", s->policy->generation);
+    long from_ip = server_ip_acquire(srv, peer_host);
+    s->ip_counted = from_ip > 0;
+    const struct options *o = s->opt;
+    if (o->max_connections && srv->n_sessions > (size_t)o->max_connections) {
+        session_replyf(s, "421 4.3.2 %s Error: too many connections, try again later",
+                       o->hostname);
+        session_close(s, "max_connections reached");
+        conn_flush(s->conn);
+        return s;
+    }
+    if (o->max_connections_per_ip && from_ip > o->max_connections_per_ip) {
+        session_replyf(s, "421 4.7.0 %s Error: too many connections from %s", o->hostname,
+                       peer_host);
+        session_close(s, "max_connections_per_ip reached");
+        conn_flush(s->conn);
+        return s;
+    }
     if (implicit_tls) {
         /* RFC 8314: nothing in clear text; the greeting comes after the handshake. */
         s->state = SESSION_TLS_HANDSHAKE;
@@ -235,6 +260,7 @@ static void session_free(struct session *s)
     ev_timer_stop(s->srv->loop, &s->idle);
     ev_timer_stop(s->srv->loop, &s->hook_deadline);
     server_remove_session(s->srv, s);
+    if (s->ip_counted) server_ip_release(s->srv, s->peer_host);
     policy_release(s->policy);
     conn_free(s->conn);
     free(s);
@@ -258,9 +284,34 @@ static void session_on_closed(struct conn *c, void *owner)
 static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct session *s = w->data;
-    ev_tstamp after = s->last_activity - ev_now(loop) + s->opt->timeout;
+    ev_tstamp now = ev_now(loop);
+    const struct options *o = s->opt;
+    /* Slowloris: a command line begun must be finished in command_timeout,
+     * however slowly its bytes keep coming. */
+    if (o->command_timeout && s->line_started && now - s->line_started >= o->command_timeout) {
+        session_replyf(s, "421 4.4.2 %s Error: timeout exceeded", o->hostname);
+        session_close(s, "command line not completed within command_timeout");
+        return;
+    }
+    /* A DATA transfer must average data_rate_min after a grace period. */
+    if (s->state == SESSION_DATA && o->data_rate_min) {
+        double elapsed = now - s->data_started;
+        if (elapsed > DATA_RATE_GRACE_SECONDS &&
+            (double)s->data.num_bytes / elapsed < (double)o->data_rate_min) {
+            session_replyf(s, "421 4.4.2 %s Error: timeout exceeded", o->hostname);
+            session_close(s, "DATA slower than data_rate_min");
+            return;
+        }
+    }
+    ev_tstamp after = s->last_activity - now + o->timeout;
     if (after > 0) {
-        w->repeat = after;
+        if (o->command_timeout && s->line_started) {
+            ev_tstamp cmd = s->line_started + o->command_timeout - now;
+            if (cmd < after) after = cmd;
+        }
+        if (s->state == SESSION_DATA && o->data_rate_min && after > DATA_RATE_CHECK_SECONDS)
+            after = DATA_RATE_CHECK_SECONDS;
+        w->repeat = after > 0.001 ? after : 0.001;
         ev_timer_again(loop, w);
         return;
     }
@@ -273,6 +324,15 @@ static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 static void session_touch(struct session *s) { s->last_activity = ev_now(s->srv->loop); }
+
+/* Lets the idle timer recompute its next deadline from the loop (a command
+ * line or a DATA transfer began). */
+static void session_replan_timer(struct session *s)
+{
+    if (s->state == SESSION_CLOSING) return;
+    s->idle.repeat = 0.001;
+    ev_timer_again(s->srv->loop, &s->idle);
+}
 
 void session_shutdown(struct session *s)
 {
@@ -1037,6 +1097,10 @@ static void cmd_rcpt(struct session *s, const char *arg, size_t len)
         session_reply(s, "503 Error: need MAIL command");
         return;
     }
+    if (s->opt->rcpt_limit && s->rcpt_count >= (size_t)s->opt->rcpt_limit) {
+        session_reply(s, "452 4.5.3 Error: too many recipients");
+        return;
+    }
     const char *syntaxerr = s->extended_smtp
                                 ? "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]"
                                 : "501 Syntax: RCPT TO: <address>";
@@ -1109,6 +1173,8 @@ static void cmd_data(struct session *s, const char *arg, size_t len)
     session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
     data_begin(&s->data, (size_t)s->opt->data_size_limit, s->opt->bare_newline);
     s->state = SESSION_DATA;
+    s->data_started = ev_now(s->srv->loop);
+    if (s->opt->data_rate_min) session_replan_timer(s);
 }
 
 static void data_after(struct session *s, const struct hook_result *r)
@@ -1377,10 +1443,22 @@ void session_pump(struct session *s)
             session_close(s, "server stopping");
             break;
         }
+        /* A client that doesn't read its replies gets no more of them. */
+        if (buf_len(&s->conn->out) > SESSION_OUTPUT_HWM) {
+            s->conn->out_resume = SESSION_OUTPUT_HWM / 2;
+            break;
+        }
         const char *line;
         size_t len, consumed;
         bool too_long;
-        if (!session_next_line(s, AUTH_LINE_MAX, &line, &len, &too_long, &consumed)) break;
+        if (!session_next_line(s, AUTH_LINE_MAX, &line, &len, &too_long, &consumed)) {
+            if ((buf_len(in) > 0 || s->discard_line) && !s->line_started) {
+                s->line_started = ev_now(s->srv->loop);
+                session_replan_timer(s);
+            }
+            break;
+        }
+        s->line_started = 0;
         if (too_long) {
             buf_consume(in, consumed);
             session_reply(s, "500 Command line too long");
@@ -1388,6 +1466,11 @@ void session_pump(struct session *s)
         }
         session_command(s, line, len);
         buf_consume(in, consumed);
+        if (s->opt->error_limit && s->errors >= s->opt->error_limit &&
+            s->state != SESSION_CLOSING) {
+            session_replyf(s, "421 4.7.0 %s Error: too many errors", s->opt->hostname);
+            session_close(s, "error_limit reached");
+        }
     }
     s->pumping = false;
     conn_input_consumed(s->conn);

@@ -57,6 +57,10 @@ struct session {
     size_t rcpt_count;
     bool tls_active;
     bool greeted;          /* the 220 greeting went out */
+    bool ip_counted;       /* holds a server_ip_acquire() count */
+    long errors;           /* error replies sent (error_limit) */
+    ev_tstamp line_started; /* first byte of an unfinished command line, or 0 */
+    ev_tstamp data_started; /* DATA began (data_rate_min) */
     bool tls_refused;      /* handle_STARTTLS said no */
 
     int bogus_budget;
