@@ -6,6 +6,7 @@
  * follows the suspend sequence validate → check context → send → arm the
  * wait → lua_yield. Must not block the loop. */
 #include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "auth.h"
@@ -14,6 +15,7 @@
 #include "lua_bind.h"
 #include "lua_session.h"
 #include "policy.h"
+#include "proxy.h"
 #include "session.h"
 
 struct server_box {
@@ -207,6 +209,10 @@ void lsession_new_session(struct session *s)
 {
     lua_State *L = main_state(s);
     new_session_table(s, L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref); /* the old one */
+    lua_getfield(L, -1, "proxy_data");
+    lua_setfield(L, -3, "proxy_data");
+    lua_pop(L, 1);
     lua_rawseti(L, LUA_REGISTRYINDEX, s->session_ref);
 }
 
@@ -225,6 +231,54 @@ void lsession_set_ssl(struct session *s, const char *version, const char *cipher
         lua_setfield(L, -2, "peercert");
     }
     lua_setfield(L, -2, "ssl");
+    lua_pop(L, 1);
+}
+
+void lsession_set_proxy_data(struct session *s, lua_State *L, const struct proxy_info *pi,
+                             const char *raw, size_t raw_len)
+{
+    lua_createtable(L, 0, 12);
+    lua_pushinteger(L, pi->version);
+    lua_setfield(L, -2, "version");
+    if (pi->version == 2) {
+        lua_pushstring(L, pi->local ? "LOCAL" : "PROXY");
+        lua_setfield(L, -2, "command");
+    }
+    lua_pushstring(L, proxy_family_name(pi->family));
+    lua_setfield(L, -2, "family");
+    lua_pushstring(L, proxy_protocol_name(pi->protocol));
+    lua_setfield(L, -2, "protocol");
+    if (pi->has_addr) {
+        lua_pushlstring(L, pi->src_addr, pi->src_addr_len);
+        lua_setfield(L, -2, "src_addr");
+        lua_pushlstring(L, pi->dst_addr, pi->dst_addr_len);
+        lua_setfield(L, -2, "dst_addr");
+        if (pi->src_port >= 0) {
+            lua_pushinteger(L, pi->src_port);
+            lua_setfield(L, -2, "src_port");
+            lua_pushinteger(L, pi->dst_port);
+            lua_setfield(L, -2, "dst_port");
+        }
+    }
+    lua_pushlstring(L, (const char *)pi->rest, pi->rest_len);
+    lua_setfield(L, -2, "rest");
+    lua_pushlstring(L, raw, raw_len);
+    lua_setfield(L, -2, "whole_raw");
+    lua_createtable(L, 0, (int)pi->n_tlv);
+    for (size_t i = 0; i < pi->n_tlv; i++) {
+        const char *name = proxy_tlv_name(pi->tlv[i].type);
+        char unknown[8];
+        if (!name) {
+            snprintf(unknown, sizeof unknown, "x%02X", pi->tlv[i].type);
+            name = unknown;
+        }
+        lua_pushlstring(L, (const char *)pi->tlv[i].value, pi->tlv[i].len);
+        lua_setfield(L, -2, name);
+    }
+    lua_setfield(L, -2, "tlv");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "proxy_data");
     lua_pop(L, 1);
 }
 

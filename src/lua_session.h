@@ -27,6 +27,12 @@ void lsession_new_session(struct session *s);
 void lsession_set_ssl(struct session *s, const char *version, const char *cipher,
                       const char *peer_pem);
 
+struct proxy_info;
+/* session.proxy_data from a parsed PROXY header (aiosmtpd's ProxyData
+ * names), and pushes the same table onto L for handle_PROXY. */
+void lsession_set_proxy_data(struct session *s, lua_State *L, const struct proxy_info *pi,
+                             const char *raw, size_t raw_len);
+
 /* Pushes server, session, envelope onto L (the hook's first three args). */
 void lsession_push_args(struct session *s, lua_State *L);
 void lsession_push_table(struct session *s, lua_State *L, enum lsession_table t);

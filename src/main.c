@@ -86,6 +86,8 @@ static void usage(FILE *out)
             "                              (auto: one per CPU); default: one process\n"
             "      --watchdog SECONDS      with --workers: kill and replace a worker whose\n"
             "                              event loop is stuck this long (10; 0 = off)\n"
+            "      --proxy-protocol[=SECONDS]  expect a PROXY v1/v2 header first, within\n"
+            "                              SECONDS (proxy_protocol_timeout, default 10)\n"
             "      --requiretls            require_starttls: 530 until STARTTLS\n"
             "      --no-requiretls         do not (the default)\n"
             "  -t, --check                 load and validate the handler, then exit 0/1\n"
@@ -133,7 +135,7 @@ static void parse_args(int argc, char **argv)
         OPT_HANDLER = 256, OPT_HOSTNAME, OPT_IDENT, OPT_TIMEOUT, OPT_READY_FD, OPT_TLSCERT,
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
         OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT, OPT_WORKERS,
-        OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD
+        OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -154,6 +156,7 @@ static void parse_args(int argc, char **argv)
         {"load-timeout", required_argument, 0, OPT_LOAD_TIMEOUT},
         {"workers", required_argument, 0, OPT_WORKERS},
         {"watchdog", required_argument, 0, OPT_WATCHDOG},
+        {"proxy-protocol", optional_argument, 0, OPT_PROXY_PROTOCOL},
         {"worker-slot", required_argument, 0, OPT_WORKER_SLOT},
         {"worker-status-fd", required_argument, 0, OPT_WORKER_STATUS_FD}, {0, 0, 0, 0},
     };
@@ -172,14 +175,16 @@ static void parse_args(int argc, char **argv)
                            c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD || c == 't' ||
                            c == 'v' || c == 'h' || c == '?';
         if (!master_only) {
-            char shortopt[3] = {'-', (char)c, 0};
-            const char *name = c < 256 ? shortopt : NULL;
-            char longname[64];
-            if (!name) {
-                snprintf(longname, sizeof longname, "--%s", longopts[longindex].name);
-                name = longname;
+            if (c < 256) {
+                char shortopt[3] = {'-', (char)c, 0};
+                pass(shortopt, optarg);
+            } else {
+                /* "--name=value": the one form optional arguments accept. */
+                char longname[4096];
+                snprintf(longname, sizeof longname, "--%s%s%s", longopts[longindex].name,
+                         optarg ? "=" : "", optarg ? optarg : "");
+                pass(longname, NULL);
             }
-            pass(name, optarg);
         }
         switch (c) {
         case 'l':
@@ -219,6 +224,7 @@ static void parse_args(int argc, char **argv)
             cli.watchdog = !strcmp(optarg, "0") ? 0 : seconds_arg("--watchdog", optarg);
             break;
         case OPT_WORKER_SLOT: cli.worker_slot = atoi(optarg); break;
+        case OPT_PROXY_PROTOCOL: add_override("proxy_protocol_timeout", optarg ? optarg : "10"); break;
         case OPT_WORKER_STATUS_FD: cli.worker_status_fd = atoi(optarg); break;
         case OPT_DRAIN_TIMEOUT: cli.drain_timeout = seconds_arg("--drain-timeout", optarg); break;
         case OPT_LOAD_TIMEOUT:
@@ -296,6 +302,10 @@ static void log_policy(const struct policy *p)
                               p->mechs[i].name, p->mechs[i].builtin ? "(builtin)" : "");
     log_msg(LOG_INFO, NULL, "handler %s loaded (policy generation %u); AUTH mechanisms: %s",
             p->script_name, p->generation, p->n_mechs ? names : "(none)");
+    if (p->opt.proxy_protocol_timeout > 0 && !policy_has_hook(p, HOOK_PROXY))
+        log_msg(LOG_WARN, NULL, "PROXY protocol is on but the script has no handle_PROXY: every "
+                                "connection will be closed (as in aiosmtpd); define handle_PROXY "
+                                "returning true to accept");
     if (p->opt.auth_required && !p->opt.auth_require_tls)
         log_msg(LOG_WARN, NULL, "auth_required is true but auth_require_tls is false: "
                                 "credentials may cross the network in clear text");

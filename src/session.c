@@ -26,6 +26,7 @@
 #include "server.h"
 #include "smtp_limits.h"
 #include "tls.h"
+#include "proxy.h"
 
 /* The commands aiosmtpd implements (its smtp_* methods); the index is also
  * the slot of the command's command_call_limit budget. */
@@ -168,6 +169,23 @@ static double handshake_timeout(const struct session *s)
     return s->opt->timeout < TLS_HANDSHAKE_SECONDS ? s->opt->timeout : TLS_HANDSHAKE_SECONDS;
 }
 
+static void session_replan_timer(struct session *s);
+
+/* After the connection (and a PROXY header, if expected): implicit TLS or
+ * the greeting. */
+static void session_begin_smtp(struct session *s, struct tls_config *implicit_tls)
+{
+    if (implicit_tls) {
+        /* RFC 8314: nothing in clear text; the greeting comes after the handshake. */
+        s->state = SESSION_TLS_HANDSHAKE;
+        if (!tls_start_implicit(s->conn, implicit_tls, handshake_timeout(s), session_on_tls_done))
+            session_close(s, "cannot start TLS");
+        return;
+    }
+    s->state = SESSION_COMMAND;
+    session_greet(s);
+}
+
 struct session *session_new(struct server *srv, int fd, const char *peer_host, int peer_port,
                             struct tls_config *implicit_tls)
 {
@@ -224,14 +242,15 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
         conn_flush(s->conn);
         return s;
     }
-    if (implicit_tls) {
-        /* RFC 8314: nothing in clear text; the greeting comes after the handshake. */
-        s->state = SESSION_TLS_HANDSHAKE;
-        if (!tls_start(s->conn, implicit_tls, handshake_timeout(s), session_on_tls_done))
-            session_close(s, "cannot start TLS");
+    if (o->proxy_protocol_timeout > 0) {
+        /* The load balancer speaks first; TLS and the greeting wait. */
+        s->state = SESSION_PROXY;
+        s->pending_implicit_tls = implicit_tls;
+        s->proxy_deadline = ev_now(srv->loop) + o->proxy_protocol_timeout;
+        session_replan_timer(s);
         return s;
     }
-    session_greet(s);
+    session_begin_smtp(s, implicit_tls);
     return s;
 }
 
@@ -286,6 +305,15 @@ static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
     struct session *s = w->data;
     ev_tstamp now = ev_now(loop);
     const struct options *o = s->opt;
+    if (s->state == SESSION_PROXY) {
+        if (now >= s->proxy_deadline) { /* aiosmtpd: a late header closes silently */
+            session_close(s, "no PROXY header within proxy_protocol_timeout");
+            return;
+        }
+        w->repeat = s->proxy_deadline - now;
+        ev_timer_again(loop, w);
+        return;
+    }
     /* Slowloris: a command line begun must be finished in command_timeout,
      * however slowly its bytes keep coming. */
     if (o->command_timeout && s->line_started && now - s->line_started >= o->command_timeout) {
@@ -839,14 +867,17 @@ static void session_on_tls_done(struct conn *c, void *owner, bool ok)
     tls_info(c, version, sizeof version, cipher, sizeof cipher, &pem);
     log_msg(LOG_INFO, s->sid, "TLS established: %s %s%s", version, cipher,
             pem ? ", client certificate verified" : "");
-    /* RFC 3207 4.2: forget everything learnt before TLS. */
     s->tls_active = true;
     s->state = SESSION_COMMAND;
-    s->has_host_name = s->extended_smtp = s->authenticated = false;
-    lsession_new_session(s);
+    if (!implicit) {
+        /* RFC 3207 4.2: forget everything learnt before TLS (but not what
+         * the PROXY header said about the connection). */
+        s->has_host_name = s->extended_smtp = s->authenticated = false;
+        lsession_new_session(s);
+        session_reset_envelope(s);
+    }
     lsession_set_ssl(s, version, cipher, pem);
     free(pem);
-    session_reset_envelope(s);
     session_touch(s);
     if (implicit) session_greet(s);
     else if (policy_has_hook(s->policy, HOOK_STARTTLS)) {
@@ -1477,10 +1508,75 @@ void session_pump(struct session *s)
     conn_flush(s->conn);
 }
 
+/* handle_PROXY returned: anything truthy lets the session go on; nothing,
+ * MISSING (no hook, as in aiosmtpd), false or an error closes it silently. */
+static void proxy_hook_done(void *owner, bool ok, lua_State *co, int nres)
+{
+    struct session *s = owner;
+    lsession_sync(s);
+    bool accept = ok && nres >= 1 && lua_toboolean(co, 1) && !lua_smtpd_is_missing(co, 1);
+    if (!ok) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", lua_tostring(co, -1));
+        log_msg(LOG_ERROR, s->sid, "hook handle_PROXY failed: %s", msg);
+    }
+    if (!accept) {
+        session_close(s, "rejected by handle_PROXY");
+        return;
+    }
+    session_begin_smtp(s, s->pending_implicit_tls);
+}
+
+/* Reads the PROXY header (design: before the greeting). */
+static void session_read_proxy(struct session *s)
+{
+    struct buf *in = &s->conn->in;
+    struct proxy_info pi;
+    enum proxy_status st = proxy_parse((const uint8_t *)buf_head(in), buf_len(in), &pi);
+    if (st == PROXY_NEED_MORE) {
+        if (s->conn->eof || s->conn->failed) session_close(s, "closed before the PROXY header");
+        return;
+    }
+    if (st == PROXY_INVALID) {
+        log_msg(LOG_WARN, s->sid, "invalid PROXY header: %s", pi.error);
+        session_close(s, "invalid PROXY header");
+        return;
+    }
+    if (pi.has_addr)
+        log_msg(LOG_INFO, s->sid, "PROXY v%d %s from %s port %d", pi.version,
+                proxy_family_name(pi.family), pi.src_addr, pi.src_port);
+    else log_msg(LOG_INFO, s->sid, "PROXY v%d %s", pi.version, pi.local ? "LOCAL" : "UNKNOWN");
+    lua_State *co = NULL;
+    if (policy_has_hook(s->policy, HOOK_PROXY)) {
+        co = session_hook_begin(s, HOOK_PROXY);
+        lsession_set_proxy_data(s, co, &pi, buf_head(in), pi.header_len);
+    } else {
+        lsession_set_proxy_data(s, s->policy->L, &pi, buf_head(in), pi.header_len);
+        lua_pop(s->policy->L, 1);
+    }
+    buf_consume(in, pi.header_len); /* pointers in pi are dead from here */
+    if (!co) {
+        log_msg(LOG_WARN, s->sid, "no handle_PROXY hook: closing (define one returning true)");
+        session_close(s, "no handle_PROXY to accept the connection");
+        return;
+    }
+    s->hook_after = NULL;
+    if (!hook_run(&s->hook, 4, proxy_hook_done, s)) {
+        log_msg(LOG_ERROR, s->sid, "handle_PROXY may not suspend: closing");
+        hook_abandon(&s->hook);
+        session_close(s, "handle_PROXY suspended");
+    }
+}
+
 static void session_on_input(struct conn *c, void *owner)
 {
     struct session *s = owner;
     if (s->state == SESSION_CLOSING) return;
+    if (s->state == SESSION_PROXY) {
+        session_read_proxy(s);
+        if (s->state == SESSION_PROXY || s->state == SESSION_CLOSING) return;
+        if (s->state == SESSION_TLS_HANDSHAKE) return;
+    }
     session_pump(s);
     if (s->state == SESSION_CLOSING) return;
     if (c->failed || c->eof) {

@@ -23,6 +23,7 @@ enum session_state {
     SESSION_COMMAND, /* reading command lines */
     SESSION_DATA,    /* reading message text after 354 */
     SESSION_TLS_HANDSHAKE, /* STARTTLS or implicit TLS: input belongs to TLS */
+    SESSION_PROXY,   /* waiting for the PROXY protocol header */
     SESSION_CLOSING, /* a close is scheduled; input is ignored */
 };
 
@@ -58,6 +59,8 @@ struct session {
     bool tls_active;
     bool greeted;          /* the 220 greeting went out */
     bool ip_counted;       /* holds a server_ip_acquire() count */
+    struct tls_config *pending_implicit_tls; /* TLS to start once PROXY is read */
+    ev_tstamp proxy_deadline;
     long errors;           /* error replies sent (error_limit) */
     ev_tstamp line_started; /* first byte of an unfinished command line, or 0 */
     ev_tstamp data_started; /* DATA began (data_rate_min) */

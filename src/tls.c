@@ -45,6 +45,9 @@ struct tls_conn {
     mbedtls_ssl_context ssl;
     size_t write_pending; /* length of a write mbedTLS holds after WANT_WRITE */
     bool established;
+    /* Implicit TLS behind a PROXY header: TLS bytes that arrived with the
+     * header, fed to mbedTLS before the socket. */
+    struct buf early;
     char err[128];
 };
 
@@ -237,6 +240,8 @@ static void tls_note(struct tls_conn *t, int r)
     mbedtls_strerror(r, t->err, sizeof t->err);
 }
 
+static const struct transport tls_transport;
+
 static int tls_bio_send(void *ctx, const unsigned char *buf, size_t len)
 {
     struct conn *c = ctx;
@@ -251,6 +256,14 @@ static int tls_bio_send(void *ctx, const unsigned char *buf, size_t len)
 static int tls_bio_recv(void *ctx, unsigned char *buf, size_t len)
 {
     struct conn *c = ctx;
+    /* Once the handshake has switched transports, our state is tp_state. */
+    struct tls_conn *t = c->tp == &tls_transport ? c->tp_state : c->hs.state;
+    if (t && buf_len(&t->early) > 0) {
+        size_t n = buf_len(&t->early) < len ? buf_len(&t->early) : len;
+        memcpy(buf, buf_head(&t->early), n);
+        buf_consume(&t->early, n);
+        return (int)n;
+    }
     ssize_t n = recv(c->fd, buf, len, 0);
     if (n >= 0) return (int)n; /* 0: mbedTLS turns EOF into CONN_EOF */
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return MBEDTLS_ERR_SSL_WANT_READ;
@@ -312,7 +325,8 @@ static ssize_t tls_send(struct conn *c, const void *buf, size_t len)
 static bool tls_has_pending(struct conn *c)
 {
     struct tls_conn *t = c->tp_state;
-    return mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 || mbedtls_ssl_check_pending(&t->ssl);
+    return buf_len(&t->early) > 0 || mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 ||
+           mbedtls_ssl_check_pending(&t->ssl);
 }
 
 /* One non-blocking attempt: a peer that does not read gets no goodbye. */
@@ -326,6 +340,7 @@ static void tls_state_free(struct tls_conn *t)
 {
     mbedtls_ssl_free(&t->ssl);
     tls_config_release(t->cfg);
+    buf_free(&t->early);
     free(t);
 }
 
@@ -352,8 +367,23 @@ static const struct transport tls_transport = {
     "tls", tls_recv, tls_send, tls_has_pending, tls_shutdown, tls_free_state, tls_handshake,
 };
 
+static bool tls_begin(struct conn *c, struct tls_config *cfg, double timeout,
+                      void (*on_done)(struct conn *c, void *owner, bool ok), bool keep_input);
+
 bool tls_start(struct conn *c, struct tls_config *cfg, double timeout,
                void (*on_done)(struct conn *c, void *owner, bool ok))
+{
+    return tls_begin(c, cfg, timeout, on_done, false);
+}
+
+bool tls_start_implicit(struct conn *c, struct tls_config *cfg, double timeout,
+                        void (*on_done)(struct conn *c, void *owner, bool ok))
+{
+    return tls_begin(c, cfg, timeout, on_done, true);
+}
+
+static bool tls_begin(struct conn *c, struct tls_config *cfg, double timeout,
+                      void (*on_done)(struct conn *c, void *owner, bool ok), bool keep_input)
 {
     char err[160];
     if (!cfg || c->tp == &tls_transport) return false;
@@ -374,6 +404,12 @@ bool tls_start(struct conn *c, struct tls_config *cfg, double timeout,
         return false;
     }
     mbedtls_ssl_set_bio(&t->ssl, c, tls_bio_send, tls_bio_recv, NULL);
+    /* Implicit TLS: what arrived already (after a PROXY header) is the
+     * start of the TLS stream, not plaintext to discard. */
+    if (keep_input && !buf_append(&t->early, buf_head(&c->in), buf_len(&c->in))) {
+        tls_state_free(t);
+        return false;
+    }
     if (!conn_start_handshake(c, &tls_transport, t, timeout, on_done)) {
         tls_state_free(t);
         return false;

@@ -48,6 +48,12 @@ void tls_config_release(struct tls_config *cfg);
 bool tls_start(struct conn *c, struct tls_config *cfg, double timeout,
                void (*on_done)(struct conn *c, void *owner, bool ok));
 
+/* The same for implicit TLS (RFC 8314): bytes already in c->in are kept and
+ * handed to the handshake first, since after a PROXY header they are the
+ * client's ClientHello. */
+bool tls_start_implicit(struct conn *c, struct tls_config *cfg, double timeout,
+                        void (*on_done)(struct conn *c, void *owner, bool ok));
+
 /* For session.ssl: the protocol ("TLSv1.2", "TLSv1.3") and cipher suite name
  * (IANA-style as mbedTLS names it, e.g. "TLS-ECDHE-RSA-WITH-AES-256-GCM-SHA384"),
  * truncated to vlen / clen. *peer_pem (if peer_pem is not NULL) receives the
