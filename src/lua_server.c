@@ -264,18 +264,40 @@ void lsession_set_proxy_data(struct session *s, lua_State *L, const struct proxy
     lua_setfield(L, -2, "rest");
     lua_pushlstring(L, raw, raw_len);
     lua_setfield(L, -2, "whole_raw");
-    lua_createtable(L, 0, (int)pi->n_tlv);
-    for (size_t i = 0; i < pi->n_tlv; i++) {
-        const char *name = proxy_tlv_name(pi->tlv[i].type);
-        char unknown[8];
-        if (!name) {
-            snprintf(unknown, sizeof unknown, "x%02X", pi->tlv[i].type);
-            name = unknown;
-        }
-        lua_pushlstring(L, (const char *)pi->tlv[i].value, pi->tlv[i].len);
-        lua_setfield(L, -2, name);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "valid");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -2, "error");
+    if (pi->version == 2 && pi->has_addr && pi->rest_len > 0) {
+        lua_pushinteger(L, (lua_Integer)(pi->header_len - pi->rest_len)); /* 0-based, as aiosmtpd */
+        lua_setfield(L, -2, "tlv_start");
     }
-    lua_setfield(L, -2, "tlv");
+    if (pi->n_tlv > 0) { /* aiosmtpd's ProxyTLV names; nil when there are none */
+        lua_createtable(L, 0, (int)pi->n_tlv);
+        for (size_t i = 0; i < pi->n_tlv; i++) {
+            const struct proxy_tlv *t = &pi->tlv[i];
+            if (t->type == PROXY_TLV_SSL && t->parent == 0 && t->len >= 5) {
+                lua_pushboolean(L, 1);
+                lua_setfield(L, -2, "SSL");
+                lua_pushinteger(L, t->value[0]);
+                lua_setfield(L, -2, "SSL_CLIENT");
+                lua_pushnumber(L, (lua_Number)(((uint32_t)t->value[1] << 24) |
+                                               ((uint32_t)t->value[2] << 16) |
+                                               ((uint32_t)t->value[3] << 8) | t->value[4]));
+                lua_setfield(L, -2, "SSL_VERIFY");
+                continue;
+            }
+            const char *name = proxy_tlv_name(t->type);
+            char unknown[8];
+            if (!name) {
+                snprintf(unknown, sizeof unknown, "x%02X", t->type);
+                name = unknown;
+            }
+            lua_pushlstring(L, (const char *)t->value, t->len);
+            lua_setfield(L, -2, name);
+        }
+        lua_setfield(L, -2, "tlv");
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "proxy_data");

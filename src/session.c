@@ -1542,9 +1542,12 @@ static void session_read_proxy(struct session *s)
         session_close(s, "invalid PROXY header");
         return;
     }
-    if (pi.has_addr)
+    if (pi.has_addr) {
+        char esc[512]; /* a UNIX path is raw bytes from the proxy */
         log_msg(LOG_INFO, s->sid, "PROXY v%d %s from %s port %d", pi.version,
-                proxy_family_name(pi.family), pi.src_addr, pi.src_port);
+                proxy_family_name(pi.family),
+                log_escape(pi.src_addr, pi.src_addr_len, esc, sizeof esc), pi.src_port);
+    }
     else log_msg(LOG_INFO, s->sid, "PROXY v%d %s", pi.version, pi.local ? "LOCAL" : "UNKNOWN");
     lua_State *co = NULL;
     if (policy_has_hook(s->policy, HOOK_PROXY)) {

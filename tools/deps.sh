@@ -3,7 +3,8 @@
 # Idempotent; needs root (or sudo). Only Debian packages are used.
 set -eu
 PACKAGES="build-essential cmake pkg-config libluajit-5.1-dev luajit libev-dev libmbedtls-dev
-  lua-busted lua-socket lua-sec lua-check swaks python3-aiosmtpd curl openssl"
+  lua-busted lua-socket lua-sec lua-check swaks python3-aiosmtpd curl openssl haproxy
+  libssl-dev valgrind"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
