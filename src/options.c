@@ -31,6 +31,7 @@
 #define DEFAULT_MAX_CONNECTIONS_PER_IP 100L
 #define DEFAULT_COMMAND_TIMEOUT 60.0
 #define DEFAULT_DATA_RATE_MIN 256L
+#define DEFAULT_DATA_RATE_GRACE 30.0
 #define DEFAULT_RCPT_LIMIT 100L
 #define DEFAULT_ERROR_LIMIT 20L
 
@@ -62,6 +63,7 @@ static const struct opt_def opt_defs[] = {
     {"max_connections_per_ip", T_INT},
     {"command_timeout", T_NUMBER},
     {"data_rate_min", T_INT},
+    {"data_rate_grace", T_NUMBER},
     {"rcpt_limit", T_INT},
     {"error_limit", T_INT},
     {NULL, 0},
@@ -88,6 +90,7 @@ void options_init_defaults(struct options *o)
     o->max_connections_per_ip = DEFAULT_MAX_CONNECTIONS_PER_IP;
     o->command_timeout = DEFAULT_COMMAND_TIMEOUT;
     o->data_rate_min = DEFAULT_DATA_RATE_MIN;
+    o->data_rate_grace = DEFAULT_DATA_RATE_GRACE;
     o->rcpt_limit = DEFAULT_RCPT_LIMIT;
     o->error_limit = DEFAULT_ERROR_LIMIT;
 }
@@ -130,6 +133,7 @@ static double *number_slot(struct options *o, const char *name)
     if (!strcmp(name, "timeout")) return &o->timeout;
     if (!strcmp(name, "hook_timeout")) return &o->hook_timeout;
     if (!strcmp(name, "command_timeout")) return &o->command_timeout;
+    if (!strcmp(name, "data_rate_grace")) return &o->data_rate_grace;
     return &o->proxy_protocol_timeout;
 }
 

@@ -48,6 +48,7 @@ struct options {
     long max_connections_per_ip;
     double command_timeout;    /* seconds to complete one command line once begun */
     long data_rate_min;        /* bytes/s a DATA transfer must average after a grace */
+    double data_rate_grace;    /* seconds of DATA before data_rate_min is judged */
     long rcpt_limit;           /* recipients per message */
     long error_limit;          /* error replies per session before 421 */
 };

@@ -145,8 +145,7 @@ void session_scrub(struct session *s, char *msg)
 
 /* ---------------------------------------------------------------- lifecycle */
 
-/* data_rate_min is judged only after this long, and checked this often. */
-#define DATA_RATE_GRACE_SECONDS 30.0
+/* data_rate_min is checked this often (after data_rate_grace). */
 #define DATA_RATE_CHECK_SECONDS 5.0
 /* Replies queued for a client that doesn't read: past this, stop taking
  * its commands until the output drains to half. */
@@ -324,7 +323,7 @@ static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
     /* A DATA transfer must average data_rate_min after a grace period. */
     if (s->state == SESSION_DATA && o->data_rate_min) {
         double elapsed = now - s->data_started;
-        if (elapsed > DATA_RATE_GRACE_SECONDS &&
+        if (elapsed > o->data_rate_grace &&
             (double)s->data.num_bytes / elapsed < (double)o->data_rate_min) {
             session_replyf(s, "421 4.4.2 %s Error: timeout exceeded", o->hostname);
             session_close(s, "DATA slower than data_rate_min");
@@ -337,8 +336,11 @@ static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
             ev_tstamp cmd = s->line_started + o->command_timeout - now;
             if (cmd < after) after = cmd;
         }
-        if (s->state == SESSION_DATA && o->data_rate_min && after > DATA_RATE_CHECK_SECONDS)
-            after = DATA_RATE_CHECK_SECONDS;
+        if (s->state == SESSION_DATA && o->data_rate_min) {
+            double check = DATA_RATE_CHECK_SECONDS < o->data_rate_grace ? DATA_RATE_CHECK_SECONDS
+                                                                         : o->data_rate_grace;
+            if (after > check) after = check;
+        }
         w->repeat = after > 0.001 ? after : 0.001;
         ev_timer_again(loop, w);
         return;
