@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 int log_max_level = LOG_INFO;
+char log_process_tag[16];
 
 static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG", "TRACE"};
 
@@ -25,6 +26,7 @@ void log_vmsg(enum log_level level, const char *sid, const char *fmt, va_list ap
     int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
     n += snprintf(line + n, sizeof line - n, ".%03dZ %s ", (int)(tv.tv_usec / 1000),
                   level_names[level]);
+    if (log_process_tag[0]) n += snprintf(line + n, sizeof line - n, "%s ", log_process_tag);
     if (sid) n += snprintf(line + n, sizeof line - n, "[%s] ", sid);
     int m = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
     if (m < 0) m = 0;

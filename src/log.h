@@ -13,6 +13,10 @@ enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3, LOG_T
 /* Messages above this level are dropped; -d raises it. */
 extern int log_max_level;
 
+/* Printed before the session id when set ("w0" in worker 0), so the lines of
+ * several worker processes can be told apart. */
+extern char log_process_tag[16];
+
 #define log_enabled(level) ((int)(level) <= log_max_level)
 
 /* Logs one line. sid may be NULL for server-wide events. */

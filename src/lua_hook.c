@@ -55,6 +55,10 @@ static bool hook_settle(struct hook_state *h, int status)
         policy_coroutine_put(h->policy, co, ref);
         return true;
     }
+    /* A hook that hit lua_memory_limit leaves its garbage behind, and LuaJIT
+     * has no emergency collection under a refusing allocator: collect now,
+     * outside the hook, or every later hook fails too. */
+    if (status == LUA_ERRMEM) lua_gc(h->policy->L, LUA_GCCOLLECT, 0);
     /* Keep the error value and add a traceback above it for the log. */
     const char *msg = lua_tostring(co, -1);
     luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
@@ -63,8 +67,16 @@ static bool hook_settle(struct hook_state *h, int status)
     return true;
 }
 
+/* Near the memory limit, collect before a hook runs rather than let it
+ * fail for garbage that a collection would free. */
+static void hook_make_room(struct policy *p)
+{
+    if (p->heap_limit && p->heap_bytes > p->heap_limit / 4 * 3) lua_gc(p->L, LUA_GCCOLLECT, 0);
+}
+
 bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner)
 {
+    hook_make_room(h->policy);
     h->cont = cont;
     h->owner = owner;
     h->running = true;
@@ -79,6 +91,7 @@ bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner)
 
 bool hook_resume(struct hook_state *h, int nargs)
 {
+    hook_make_room(h->policy);
     h->running = true;
     policy_enter_hook(h->policy);
     hook_status_set(h);

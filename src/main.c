@@ -404,6 +404,12 @@ static void write_ready(void)
 
 int main(int argc, char **argv)
 {
+    /* A SIGHUP before the loop handles it would kill us while the script
+     * loads (the default action); hold it until ev_signal is in place. */
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, NULL);
     parse_args(argc, argv);
     char err[2048];
     struct policy *p = load_policy(err, sizeof err);
@@ -446,7 +452,10 @@ int main(int argc, char **argv)
                 cli.worker_slot);
         return 1;
     }
-    if (worker) log_msg(LOG_INFO, NULL, "worker %d (pid %d)", cli.worker_slot, (int)getpid());
+    if (worker) {
+        snprintf(log_process_tag, sizeof log_process_tag, "w%d", cli.worker_slot);
+        log_msg(LOG_INFO, NULL, "worker %d (pid %d)", cli.worker_slot, (int)getpid());
+    }
     signal(SIGPIPE, SIG_IGN);
     srv.loop = EV_DEFAULT;
     srv.policy = p;
@@ -481,6 +490,7 @@ int main(int argc, char **argv)
     ev_signal_start(srv.loop, &sigterm);
     ev_signal_start(srv.loop, &sigint);
     ev_signal_start(srv.loop, &sighup);
+    sigprocmask(SIG_UNBLOCK, &hup, NULL);
 
     srv.drain_timeout = cli.drain_timeout;
     ev_stat watcher;

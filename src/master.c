@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -117,14 +118,23 @@ static void worker_spawn(struct ev_loop *loop, struct worker *w)
 {
     char *bufs[4] = {0};
     char **argv = worker_args(w, bufs);
+    /* Before the fork: a worker that starts fast writes its first heartbeat
+     * before the parent would get to this line. */
+    status[w->slot].heartbeat = 0;
+    status[w->slot].hook[0] = '\0';
     pid_t pid = argv ? fork() : -1;
     if (pid == 0) {
         /* The child keeps only what the worker needs across exec. */
         fcntl(status_fd, F_SETFD, 0);
         fcntl(ready_pipe[1], F_SETFD, 0);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        /* Die with the master, even if it is killed outright. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        /* SIGHUP stays blocked until the worker's loop handles it: a reload
+         * forwarded while it still loads its script must not kill it. */
+        sigset_t hup;
+        sigemptyset(&hup);
+        sigaddset(&hup, SIGHUP);
+        sigprocmask(SIG_SETMASK, &hup, NULL);
         execv("/proc/self/exe", argv);
         _exit(127);
     }
@@ -138,8 +148,6 @@ static void worker_spawn(struct ev_loop *loop, struct worker *w)
     }
     w->pid = pid;
     w->started = monotonic();
-    status[w->slot].heartbeat = 0;
-    status[w->slot].hook[0] = '\0';
     running++;
     ev_child_set(&w->child, pid, 0);
     ev_child_start(loop, &w->child);
@@ -278,6 +286,10 @@ int master_run(const struct master_config *config)
     ev_signal_start(loop, &sigterm);
     ev_signal_start(loop, &sigint);
     ev_signal_start(loop, &sighup);
+    sigset_t hup; /* main() held SIGHUP until a handler was in place */
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_UNBLOCK, &hup, NULL);
     ev_timer watchdog;
     if (mc->watchdog > 0) {
         ev_timer_init(&watchdog, on_watchdog, WATCHDOG_CHECK_SECONDS, WATCHDOG_CHECK_SECONDS);

@@ -91,6 +91,43 @@ static void function_position(lua_State *L, int idx, char *out, size_t outlen)
     else snprintf(out, outlen, "?");
 }
 
+#define DEFINITION_LINES_KEY "smtpd.definition_lines"
+
+/* __newindex of the script's environment while it loads: remembers the line
+ * of each top-level assignment, so errors about `options` or a handler entry
+ * can say file:line. */
+static int record_definition(lua_State *L)
+{
+    lua_Debug ar;
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar) && ar.currentline > 0 &&
+        lua_type(L, 2) == LUA_TSTRING) {
+        lua_getfield(L, LUA_REGISTRYINDEX, DEFINITION_LINES_KEY);
+        lua_pushvalue(L, 2);
+        lua_pushinteger(L, ar.currentline);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 0;
+}
+
+/* "file:line" where key was assigned at top level, else just the file. */
+static void definition_position(struct policy *p, const char *key, char *out, size_t outlen)
+{
+    lua_State *L = p->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, DEFINITION_LINES_KEY);
+    int line = 0;
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, key);
+        line = (int)lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (line > 0) snprintf(out, outlen, "%s:%d", p->script_name, line);
+    else snprintf(out, outlen, "%s", p->script_name);
+}
+
 static int find_hook(const char *key)
 {
     for (int i = 0; i < HOOK_COUNT; i++)
@@ -199,7 +236,9 @@ static bool read_handler(struct policy *p, char *err, size_t errlen)
         bool is_mech = !strncmp(key, "auth_", 5);
         if (is_hook_name || is_mech) {
             if (lua_type(L, -1) != LUA_TFUNCTION) {
-                fail(err, errlen, script, "handler entry '%s' must be a function, got %s", key,
+                char pos[300];
+                definition_position(p, key, pos, sizeof pos);
+                fail(err, errlen, pos, "handler entry '%s' must be a function, got %s", key,
                      luaL_typename(L, -1));
                 return false;
             }
@@ -223,21 +262,22 @@ static bool read_handler(struct policy *p, char *err, size_t errlen)
             lua_pushvalue(L, -1);
             if (!add_mechanism(p, name, false)) return false;
         } else if (!strcmp(key, "options")) {
+            char pos[300];
+            definition_position(p, "options", pos, sizeof pos);
             if (lua_type(L, -1) != LUA_TTABLE) {
-                fail(err, errlen, script, "'options' must be a table, got %s",
-                     luaL_typename(L, -1));
+                fail(err, errlen, pos, "'options' must be a table, got %s", luaL_typename(L, -1));
                 return false;
             }
             int opts = lua_gettop(L);
             lua_pushnil(L);
             while (lua_next(L, opts)) {
                 if (lua_type(L, -2) != LUA_TSTRING) {
-                    fail(err, errlen, script, "option names must be strings");
+                    fail(err, errlen, pos, "option names must be strings");
                     return false;
                 }
                 char msg[256];
                 if (!options_set_lua(&p->opt, lua_tostring(L, -2), L, -1, msg, sizeof msg)) {
-                    fail(err, errlen, script, "%s", msg);
+                    fail(err, errlen, pos, "%s", msg);
                     return false;
                 }
                 lua_pop(L, 1);
@@ -293,11 +333,16 @@ static bool run_script(struct policy *p, const char *path, char *err, size_t err
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         return false;
     }
-    /* The script runs in its own environment; reads fall back to globals. */
+    /* The script runs in its own environment; reads fall back to globals,
+     * and top-level assignments are noted with their line while it loads. */
     lua_newtable(L);
-    lua_createtable(L, 0, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, DEFINITION_LINES_KEY);
+    lua_newtable(L);
+    lua_createtable(L, 0, 2);
     lua_pushvalue(L, LUA_GLOBALSINDEX);
     lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, record_definition);
+    lua_setfield(L, -2, "__newindex");
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
     lua_insert(L, -3);    /* env, chunk, env */
@@ -317,6 +362,11 @@ static bool run_script(struct policy *p, const char *path, char *err, size_t err
         return false;
     }
     lua_remove(L, -2); /* env, result */
+    /* Loading is over: later global assignments from hooks go straight in. */
+    lua_getmetatable(L, -2);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "__newindex");
+    lua_pop(L, 1);
     if (lua_type(L, -1) == LUA_TTABLE) lua_remove(L, -2); /* form 2: the returned table */
     else if (lua_isnil(L, -1)) lua_pop(L, 1);              /* form 1: the globals it defined */
     else {
@@ -336,7 +386,6 @@ struct policy *policy_load(const char *path, const struct option_override *ov, s
         return NULL;
     }
     p->refcount = 1;
-    p->generation = next_generation++;
     p->script_name = strdup(path ? path : "(default handler)");
     for (int i = 0; i < HOOK_COUNT; i++) p->hook_ref[i] = LUA_NOREF;
     options_init_defaults(&p->opt);
@@ -374,6 +423,7 @@ struct policy *policy_load(const char *path, const struct option_override *ov, s
     if (!options_finalize(&p->opt, err, errlen)) goto failed;
     p->heap_limit = (size_t)p->opt.lua_memory_limit * 1024 * 1024;
     apply_exclusions_and_sort(p);
+    p->generation = next_generation++; /* refused loads don't use up numbers */
     return p;
 
 failed:
@@ -386,7 +436,12 @@ void policy_hold(struct policy *p) { p->refcount++; }
 void policy_release(struct policy *p)
 {
     if (!p || --p->refcount > 0) return;
-    if (p->L) lua_close(p->L); /* frees every ref, pooled coroutine and table */
+    if (p->L) {
+        /* LuaJIT frees its memory arena on close only when its own
+         * allocator is installed: put it back, or every generation leaks. */
+        if (p->base_alloc) lua_setallocf(p->L, (lua_Alloc)p->base_alloc, p->base_alloc_ud);
+        lua_close(p->L); /* frees every ref, pooled coroutine and table */
+    }
     free(p->mechs);
     free(p->script_name);
     options_free(&p->opt);
