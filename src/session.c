@@ -1476,10 +1476,15 @@ void session_pump(struct session *s)
             session_close(s, "server stopping");
             break;
         }
-        /* A client that doesn't read its replies gets no more of them. */
+        /* A client that doesn't read its replies gets no more of them: send
+         * what the socket takes now, and pause only if it stays full (the
+         * conn calls on_input again once the output drains). */
         if (buf_len(&s->conn->out) > SESSION_OUTPUT_HWM) {
-            s->conn->out_resume = SESSION_OUTPUT_HWM / 2;
-            break;
+            conn_flush(s->conn);
+            if (buf_len(&s->conn->out) > SESSION_OUTPUT_HWM / 2) {
+                s->conn->out_resume = SESSION_OUTPUT_HWM / 2;
+                break;
+            }
         }
         const char *line;
         size_t len, consumed;

@@ -10,6 +10,14 @@
 -- and stop give up after a few seconds. Waiting on the FIFOs uses LuaJIT's
 -- built-in FFI (`poll(2)`), so the helper runs on Linux under LuaJIT only.
 --
+-- TLS: `start{ tls = "starttls" | "implicit" | "both" }` gives the server a
+-- throw-away certificate (made with the `openssl` command at test time, or
+-- your own with `cert = { cert = PATH, key = PATH }`); the client speaks TLS
+-- through LuaSec (`require "ssl"`, Debian's `lua-sec`) with `c:starttls()`,
+-- `srv:connect{ tls = true }` or `srv:connect_tls()`, after which `cmd`,
+-- `reply`, `send`, `data` and `auth_*` work as before. The client never
+-- verifies the server's certificate (it is a test certificate).
+--
 -- @module smtpd.testing
 -- @usage
 -- local testing = require "smtpd.testing"
@@ -23,6 +31,16 @@
 --     c:close()
 --   end)
 -- end)
+-- @usage
+-- -- AUTH over STARTTLS, with the default auth_require_tls = true:
+-- local srv = testing.start{ handler = "policy.lua", tls = "starttls" }
+-- local c = srv:connect()
+-- c:cmd("EHLO client.test")
+-- assert(c:starttls())
+-- c:cmd("EHLO client.test")
+-- assert(c:auth_plain("alice", "s3cret") == 235)
+-- c:close()
+-- srv:stop()
 local socket = require "socket"
 local mime = require "mime"
 local ffi = require "ffi"
@@ -35,6 +53,8 @@ M.timeout = 5
 M.start_timeout = 10
 --- Seconds `stop` waits after SIGTERM before it sends SIGKILL.
 M.stop_timeout = 5
+--- Seconds an `openssl` command (making certificates) may run.
+M.openssl_timeout = 60
 
 -- FFI declarations; pcall because another module may have declared them.
 for _, decl in ipairs{
@@ -54,6 +74,21 @@ local O_RDONLY, O_NONBLOCK, O_CLOEXEC = 0, 0x800, 0x80000
 local POLLIN = 0x1
 local EINTR, EAGAIN = 4, 11
 local SIGTERM, SIGKILL = 15, 9
+local SIGNALS = { HUP = 1, INT = 2, KILL = 9, USR1 = 10, USR2 = 12, TERM = 15, STOP = 19, CONT = 18 }
+
+-- LuaSec reports a timeout inside TLS as "wantread"/"wantwrite".
+local function is_timeout(err)
+  return err == "timeout" or err == "wantread" or err == "wantwrite"
+end
+
+-- LuaSec, loaded on first use so that plain-text tests do not need it.
+local function ssl_module()
+  local ok, ssl = pcall(require, "ssl")
+  if not ok then
+    error("smtpd.testing: TLS needs LuaSec (require \"ssl\"; Debian: lua-sec): " .. tostring(ssl), 3)
+  end
+  return ssl
+end
 
 local function shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
@@ -137,6 +172,100 @@ local function option_value(name, v)
 end
 
 -- ---------------------------------------------------------------------------
+-- Certificates
+
+-- Runs a shell command with a bounded time; raises with its output if it fails.
+local function run_bounded(cmd, what)
+  local p = assert(io.popen("timeout " .. string.format("%d", M.openssl_timeout) .. " sh -c " ..
+    shell_quote(cmd) .. " </dev/null 2>&1; echo \"exit=$?\""))
+  local out = p:read("*a")
+  p:close()
+  local body, status = out:match("^(.*)exit=(%d+)\n$")
+  if status ~= "0" then
+    error(("smtpd.testing: %s failed (status %s):\n%s"):format(what, tostring(status), body or out), 0)
+  end
+  return body
+end
+
+local serial = 0
+
+--- Makes a throw-away certificate and key with the `openssl` command.
+-- RSA 2048 (or ECDSA P-256), valid for two days. Self-signed unless `ca` is
+-- given.
+-- @tparam[opt] table opts
+--   `cn` (common name, default "localhost"),
+--   `dir` (directory for the files; default: a new temporary directory,
+--   which the caller removes),
+--   `name` (file name stem, default "cert": writes NAME.pem and NAME.key),
+--   `ca` (a table from an earlier `make_cert{ is_ca = true }`: sign with it),
+--   `is_ca` (true: a CA certificate that can sign others),
+--   `client` (true: extendedKeyUsage clientAuth, for client certificates),
+--   `alg` ("rsa", the default, or "ec" for an ECDSA P-256 key; faster).
+-- @treturn table `{ cert = PATH, key = PATH, dir = DIR, cn = CN }`; raises
+--   with openssl's output on failure.
+-- @usage
+-- local ca = testing.make_cert{ cn = "Test CA", is_ca = true }
+-- local client = testing.make_cert{ cn = "client", ca = ca, dir = ca.dir, name = "client", client = true }
+function M.make_cert(opts)
+  opts = opts or {}
+  local dir = opts.dir or make_tempdir()
+  local name = opts.name or "cert"
+  local cn = opts.cn or "localhost"
+  local cert, key = dir .. "/" .. name .. ".pem", dir .. "/" .. name .. ".key"
+  local subj = shell_quote("/CN=" .. cn)
+  local newkey = "-newkey rsa:2048"
+  if opts.alg == "ec" then
+    newkey = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1"
+  elseif opts.alg ~= nil and opts.alg ~= "rsa" then
+    error("smtpd.testing: make_cert: alg must be \"rsa\" or \"ec\"", 2)
+  end
+  if not opts.ca then
+    local ext = ""
+    if opts.is_ca then
+      ext = " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+    end
+    run_bounded("openssl req -x509 " .. newkey .. " -nodes -subj " .. subj .. " -days 2" .. ext ..
+      " -keyout " .. shell_quote(key) .. " -out " .. shell_quote(cert), "openssl req -x509")
+  else
+    local csr, extfile = dir .. "/" .. name .. ".csr", dir .. "/" .. name .. ".ext"
+    local ext = { "basicConstraints=CA:FALSE",
+      opts.alg == "ec" and "keyUsage=digitalSignature" or "keyUsage=digitalSignature,keyEncipherment",
+      opts.client and "extendedKeyUsage=clientAuth" or "extendedKeyUsage=serverAuth" }
+    write_file(extfile, table.concat(ext, "\n") .. "\n")
+    serial = serial + 1
+    run_bounded("openssl req -new " .. newkey .. " -nodes -subj " .. subj .. " -keyout " ..
+      shell_quote(key) .. " -out " .. shell_quote(csr) .. " && openssl x509 -req -in " ..
+      shell_quote(csr) .. " -CA " .. shell_quote(opts.ca.cert) .. " -CAkey " ..
+      shell_quote(opts.ca.key) .. " -set_serial " .. string.format("%d", os.time() * 1000 + serial) ..
+      " -days 2 -extfile " .. shell_quote(extfile) .. " -out " .. shell_quote(cert), "openssl x509 -req")
+    os.remove(csr)
+    os.remove(extfile)
+  end
+  return { cert = cert, key = key, dir = dir, cn = cn }
+end
+
+-- The default server certificate: made once per process (RSA key generation
+-- can take a second), kept in memory, and written into each server's own
+-- directory, so that a spec may replace a server's files freely.
+local default_pem, default_key
+
+local function default_cert(dir)
+  if not default_pem then
+    local made = M.make_cert{ name = "server" }
+    default_pem, default_key = read_file(made.cert), read_file(made.key)
+    os.execute("rm -rf " .. shell_quote(made.dir))
+    if default_pem == "" or default_key == "" then
+      default_pem, default_key = nil, nil
+      error("smtpd.testing: could not read the certificate just made", 0)
+    end
+  end
+  local pair = { cert = dir .. "/server.pem", key = dir .. "/server.key" }
+  write_file(pair.cert, default_pem)
+  write_file(pair.key, default_key)
+  return pair
+end
+
+-- ---------------------------------------------------------------------------
 -- Client
 
 local Client = {}
@@ -153,14 +282,32 @@ M.b64 = b64
 -- @tparam string host
 -- @tparam number port
 -- @tparam[opt] table opts `timeout` (seconds, default `testing.timeout`),
---   `greeting` (false: do not read the greeting)
+--   `greeting` (false: do not read the greeting),
+--   `tls` (true, or a table of `tls_handshake` options: implicit TLS, the
+--   handshake comes before the greeting),
+--   `sockopts` (LuaSocket `setoption` names and values applied before
+--   connecting, e.g. `{ ["recv-buffer-size"] = 4096 }`)
 -- @return a client, or nil and an error message
 -- @usage local c = assert(testing.connect("127.0.0.1", 2525))
+-- @usage local c = assert(testing.connect("127.0.0.1", 4650, { tls = true }))
 function M.connect(host, port, opts)
   opts = opts or {}
-  local sock = socket.tcp()
+  local sock
+  if opts.sockopts then
+    -- socket.tcp() makes its descriptor only on connect; options need one now.
+    sock = host:find(":", 1, true) and socket.tcp6() or socket.tcp4()
+  else
+    sock = socket.tcp()
+  end
   local timeout = opts.timeout or M.timeout
   sock:settimeout(timeout)
+  for name, value in pairs(opts.sockopts or {}) do
+    local set, serr = sock:setoption(name, value)
+    if not set then
+      sock:close()
+      return nil, "setoption " .. name .. ": " .. tostring(serr)
+    end
+  end
   local ok, err = sock:connect(host, port)
   if not ok then
     sock:close()
@@ -168,6 +315,13 @@ function M.connect(host, port, opts)
   end
   local c = setmetatable({ sock = sock, timeout = timeout, pending = "",
     closed = false, transcript = {} }, Client)
+  if opts.tls then
+    local hs_ok, hs_err = c:tls_handshake(type(opts.tls) == "table" and opts.tls or nil)
+    if not hs_ok then
+      c:close()
+      return nil, "TLS handshake with " .. host .. ":" .. tostring(port) .. ": " .. tostring(hs_err)
+    end
+  end
   if opts.greeting ~= false then
     local code, text, lines = c:reply()
     if not code then
@@ -202,7 +356,7 @@ function Client:send(data)
       i = last + 1
     else
       if partial and partial >= i then i = partial + 1 end
-      if err ~= "timeout" or socket.gettime() >= deadline then
+      if not is_timeout(err) or socket.gettime() >= deadline then
         return nil, err
       end
     end
@@ -237,7 +391,7 @@ function Client:_line(deadline, max)
       n = n + 1
       if b == "\n" then return table.concat(got) end
       if n > max then return nil, "line too long", table.concat(got) end
-    elseif err == "timeout" then
+    elseif is_timeout(err) then
       self.pending = table.concat(got)
       return nil, "timeout"
     else
@@ -347,11 +501,108 @@ function Client:is_closed(timeout)
   if b then
     self.pending = self.pending .. b
     return false
-  elseif err == "timeout" then
+  elseif is_timeout(err) then
     return false
   end
   self.closed = true
   return true
+end
+
+--- Runs a client TLS handshake on the connection as it is now.
+-- `starttls` and `connect{ tls = true }` call it; call it yourself after
+-- sending STARTTLS by hand. The server's certificate is not verified.
+-- Bytes already received in clear text and not yet read are an error
+-- (a server must send nothing after `220 Ready to start TLS`).
+-- @tparam[opt] table opts
+--   `certificate`, `key` (paths: present a client certificate),
+--   `protocol` (LuaSec protocol, default "any"; e.g. "tlsv1_1" to offer
+--   only TLS 1.1), `ciphers` (OpenSSL cipher string),
+--   `servername` (SNI), `timeout` (seconds, default: the client's timeout).
+-- @return true, or nil and an error message ("timeout" if the handshake
+--   did not finish in time)
+function Client:tls_handshake(opts)
+  opts = opts or {}
+  if self.sock == nil then return nil, "closed" end
+  if self.tls then return nil, "TLS already active on this client" end
+  if self.pending ~= "" then
+    return nil, ("clear text from the server before the handshake: %q"):format(self.pending)
+  end
+  local ssl = ssl_module()
+  local params = { mode = "client", protocol = opts.protocol or "any", verify = "none",
+    options = { "all" }, certificate = opts.certificate, key = opts.key, ciphers = opts.ciphers }
+  local conn, err = ssl.wrap(self.sock, params)
+  if not conn then return nil, "ssl.wrap: " .. tostring(err) end
+  if opts.servername then conn:sni(opts.servername) end
+  log(self, "C:", "(TLS handshake)")
+  local deadline = socket.gettime() + (opts.timeout or self.timeout)
+  while true do
+    conn:settimeout(math.max(0, deadline - socket.gettime()))
+    local ok, herr = conn:dohandshake()
+    if ok then break end
+    if not is_timeout(herr) then
+      conn:close()
+      self.sock, self.closed = nil, true
+      log(self, "S:", "(TLS handshake failed: " .. tostring(herr) .. ")")
+      return nil, tostring(herr)
+    end
+    if socket.gettime() >= deadline then
+      conn:close()
+      self.sock, self.closed = nil, true
+      log(self, "S:", "(TLS handshake timed out)")
+      return nil, "timeout"
+    end
+  end
+  self.sock, self.tls = conn, true
+  local info = conn:info() or {}
+  log(self, "S:", ("(TLS established: %s %s)"):format(tostring(info.protocol), tostring(info.cipher)))
+  return true
+end
+
+--- STARTTLS: sends the command, expects `220`, then runs `tls_handshake`.
+-- The session starts over afterwards: send EHLO again.
+-- @tparam[opt] table opts as for `tls_handshake`
+-- @return 220, text and lines on success; the reply (code, text, lines) if
+--   it was not 220; nil and an error message if the handshake failed
+-- @usage assert.equal(220, (c:starttls()))
+function Client:starttls(opts)
+  local code, text, lines = self:cmd("STARTTLS")
+  if code ~= 220 then return code, text, lines end
+  local ok, err = self:tls_handshake(opts)
+  if not ok then return nil, "TLS handshake: " .. tostring(err), lines end
+  return code, text, lines
+end
+
+--- True once the connection speaks TLS.
+-- @treturn boolean
+function Client:is_tls()
+  return self.tls == true
+end
+
+--- What LuaSec says about the TLS connection (`conn:info()`).
+-- @treturn table with at least `protocol` (e.g. "TLSv1.2") and `cipher`
+--   (OpenSSL's name), plus `bits`, `algbits` and the like; nil before TLS
+-- @usage assert.matches("^TLSv1%.[23]$", c:ssl_info().protocol)
+function Client:ssl_info()
+  if not self.tls or self.sock == nil then return nil end
+  return self.sock:info()
+end
+
+--- The server's certificate (a LuaSec X509 object: `:subject()`,
+-- `:pem()`, ...), or nil before TLS.
+function Client:peer_certificate()
+  if not self.tls or self.sock == nil then return nil end
+  return self.sock:getpeercertificate()
+end
+
+--- The common name (CN) in the server certificate's subject, or nil.
+-- @treturn string
+function Client:peer_cn()
+  local cert = self:peer_certificate()
+  if not cert then return nil end
+  for _, entry in ipairs(cert:subject()) do
+    if entry.short_name == "CN" or entry.name == "commonName" then return entry.value end
+  end
+  return nil
 end
 
 --- Closes the client side of the connection. Idempotent.
@@ -387,6 +638,22 @@ local function build_args(opts, dir)
   end
   args[#args + 1] = "-l"
   args[#args + 1] = opts.listen or "127.0.0.1:0"
+  if opts.tls then
+    local cert, key = opts.cert.cert, opts.cert.key
+    if opts.tls == "implicit" then
+      for _, a in ipairs{ "--smtpscert", cert, "--smtpskey", key } do args[#args + 1] = a end
+    else
+      for _, a in ipairs{ "--tlscert", cert, "--tlskey", key } do args[#args + 1] = a end
+    end
+    if opts.tls == "both" then
+      args[#args + 1] = "--listen-smtps"
+      args[#args + 1] = opts.listen_smtps or "127.0.0.1:0"
+    end
+  end
+  if opts.client_ca then
+    args[#args + 1] = "--tls-client-ca"
+    args[#args + 1] = opts.client_ca
+  end
   if opts.hostname ~= false then
     args[#args + 1] = "--hostname"
     args[#args + 1] = opts.hostname or "mx.test"
@@ -418,12 +685,41 @@ end
 --   `listen` (default "127.0.0.1:0"),
 --   `binary` (default: env `LUASMTPD_BIN`, else "build/luasmtpd"),
 --   `timeout` (seconds for the ready line, default `testing.start_timeout`).
+--
+--   TLS: `tls` is one of
+--
+--   - `"starttls"`: `--tlscert/--tlskey`; `port` is a plain listener that
+--     offers STARTTLS;
+--   - `"implicit"`: `--smtpscert/--smtpskey`; the listener speaks TLS from
+--     the first byte; `port` and `smtps_port` are that listener, and
+--     `connect()` does the TLS handshake by itself;
+--   - `"both"`: `--tlscert/--tlskey` plus `--listen-smtps` (`listen_smtps`,
+--     default "127.0.0.1:0"); `port` is plain with STARTTLS, `smtps_port`
+--     speaks implicit TLS (`connect{ tls = true }` or `connect_tls()`).
+--
+--   `cert` (`{ cert = PATH, key = PATH }`; default: a self-signed
+--   certificate for CN=localhost, made with `make_cert` on first use and
+--   reused for the rest of the process, copied into the server's temporary
+--   directory, which `stop` removes), `client_ca` (path:
+--   `--tls-client-ca`, so clients may present certificates).
 -- @return a server object with fields `host`, `port`, `pid`, `listeners`
---   (array of "HOST:PORT"). Raises an error holding the server's stderr if
---   it does not start.
+--   (array of "HOST:PORT"), and with `tls`: `tls` (the mode),
+--   `smtps_host`/`smtps_port` (the first implicit-TLS listener, or nil) and `cert`
+--   (the `{ cert, key }` paths in use; replace those files and send
+--   `signal("HUP")` to test a certificate reload). Raises an error holding
+--   the server's stderr if it does not start.
 -- @usage local srv = testing.start{ source = "function handle_NOOP() return '250 hi' end" }
+-- @usage local srv = testing.start{ handler = "policy.lua", tls = "both" }
+-- local c = srv:connect_tls()   -- implicit TLS on srv.smtps_port
 function M.start(opts)
   opts = opts or {}
+  if opts.tls ~= nil and opts.tls ~= "starttls" and opts.tls ~= "implicit" and opts.tls ~= "both" then
+    error("smtpd.testing: tls must be \"starttls\", \"implicit\" or \"both\", got " ..
+      tostring(opts.tls), 2)
+  end
+  if opts.cert ~= nil and (type(opts.cert) ~= "table" or not opts.cert.cert or not opts.cert.key) then
+    error("smtpd.testing: cert must be { cert = PATH, key = PATH }", 2)
+  end
   local dir = make_tempdir()
   local self = setmetatable({ dir = dir, stopped = false }, Server)
   -- Best-effort cleanup if the object is collected without stop().
@@ -433,6 +729,11 @@ function M.start(opts)
   local ok, err = pcall(function()
     local ready_path, exit_path = dir .. "/ready", dir .. "/exit"
     self.out_path, self.err_path = dir .. "/stdout", dir .. "/stderr"
+    if opts.tls then
+      local cert = opts.cert or default_cert(dir)
+      opts = setmetatable({ cert = { cert = cert.cert, key = cert.key } }, { __index = opts })
+      self.tls, self.cert = opts.tls, opts.cert
+    end
     mkfifo(ready_path)
     mkfifo(exit_path)
     -- Open both FIFOs for reading first (non-blocking), so the writers'
@@ -487,6 +788,16 @@ function M.start(opts)
       error("bad ready line: " .. ("%q"):format(line), 0)
     end
     self.host, self.port = host, tonumber(port)
+    -- The ready line lists the --listen sockets, then the --listen-smtps ones.
+    local smtps = opts.tls == "implicit" and 1 or opts.tls == "both" and 2 or nil
+    if smtps then
+      local shost, sport = (self.listeners[smtps] or ""):match("^%[?(.-)%]?:(%d+)$")
+      if not shost then
+        self:stop()
+        error("no implicit TLS listener in the ready line: " .. ("%q"):format(line), 0)
+      end
+      self.smtps_host, self.smtps_port = shost, tonumber(sport)
+    end
   end)
   if not ok then
     self:stop()
@@ -537,8 +848,15 @@ function Server:stdout()
 end
 
 --- Sends a signal to the server.
--- @tparam[opt] number sig default SIGTERM (15)
+-- @param[opt] sig a number or a name ("HUP", "SIGHUP", "TERM", ...);
+--   default SIGTERM (15)
+-- @usage srv:signal("HUP")   -- reload the handler script and certificates
 function Server:signal(sig)
+  if type(sig) == "string" then
+    local n = SIGNALS[sig:upper():gsub("^SIG", "")]
+    if not n then error("smtpd.testing: unknown signal " .. sig, 2) end
+    sig = n
+  end
   if self.pid and self:running() then C.kill(self.pid, sig or SIGTERM) end
 end
 
@@ -570,11 +888,49 @@ function Server:stop()
   return self.status or nil
 end
 
---- Connects to the server (its first listener) and reads the greeting.
+--- Connects to the server and reads the greeting.
+-- Without `tls`, connects to the first listener (`port`); on a server
+-- started with `tls = "implicit"` that listener speaks TLS, so the
+-- handshake is done by default. With `tls` (true, or a table of
+-- `tls_handshake` options), connects to `smtps_port` and does the TLS
+-- handshake before reading the greeting. `tls = false` connects in clear
+-- text to `port` whatever the mode.
 -- @tparam[opt] table opts as for `testing.connect`
 -- @return a client; raises an error if the connection fails
+-- @usage local c = srv:connect{ tls = { certificate = "client.pem", key = "client.key" } }
 function Server:connect(opts)
-  local c, err = M.connect(self.host, self.port, opts)
+  opts = opts or {}
+  local host, port = self.host, self.port
+  local tls = opts.tls
+  if tls == nil and self.tls == "implicit" then tls = true end
+  if tls then
+    if not self.smtps_port then
+      error("smtpd.testing: this server has no implicit TLS listener (start it with " ..
+        "tls = \"implicit\" or \"both\")", 2)
+    end
+    host, port = self.smtps_host, self.smtps_port
+  end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.tls = tls or nil
+  local c, err = M.connect(host, port, o)
+  if not c then error("smtpd.testing: " .. err .. "\nstderr:\n" .. self:stderr(), 2) end
+  return c
+end
+
+--- Connects to the implicit TLS listener (`smtps_port`): TLS handshake,
+-- then the greeting. Same as `connect{ tls = opts or true }`.
+-- @tparam[opt] table opts `tls_handshake` options, plus `timeout` and
+--   `greeting` as for `testing.connect`
+-- @return a client; raises an error if the connection or handshake fails
+function Server:connect_tls(opts)
+  opts = opts or {}
+  if not self.smtps_port then
+    error("smtpd.testing: this server has no implicit TLS listener (start it with " ..
+      "tls = \"implicit\" or \"both\")", 2)
+  end
+  local c, err = M.connect(self.smtps_host, self.smtps_port,
+    { tls = opts, timeout = opts.timeout, greeting = opts.greeting })
   if not c then error("smtpd.testing: " .. err .. "\nstderr:\n" .. self:stderr(), 2) end
   return c
 end
@@ -636,6 +992,12 @@ end
 -- - `conn = "b"`: the connection the step uses (default "a"); a connection
 --   opens, and its greeting is read, on first use.
 -- - `greeting = "220 ..."`: the greeting the connection must send.
+-- - `tls = true` (or a table of `tls_handshake` options) on a connection's
+--   first step: open it on the implicit TLS listener (`smtps_port`). On a
+--   server started with `tls = "implicit"` every connection does so.
+-- - `{ starttls = true }` (or a table of `tls_handshake` options): send
+--   STARTTLS, expect 220 and do the TLS handshake; the step may also send a
+--   line and read its reply, after the handshake.
 -- - `check = function(srv, conns) end`: arbitrary assertions.
 --
 -- On a mismatch every connection is closed and an error is raised that
@@ -648,7 +1010,7 @@ function M.dialogue(srv, steps)
   local conns = {}
   local function fail(i, step, msg)
     local where = ("step %d (%s)"):format(i, step[1] and ("%q"):format(step[1])
-      or step.send and ("send %q"):format(step.send) or "read")
+      or step.send and ("send %q"):format(step.send) or step.starttls and "STARTTLS" or "read")
     local t = {}
     for name, cc in pairs(conns) do
       t[#t + 1] = ("--- connection %s ---\n%s"):format(name, cc:transcript_text())
@@ -662,7 +1024,13 @@ function M.dialogue(srv, steps)
     local c = conns[name]
     if not c and not step.close then
       local err
-      c, err = M.connect(srv.host, srv.port)
+      local tls = step.tls
+      if tls == nil and srv.tls == "implicit" then tls = true end
+      if tls then
+        c, err = M.connect(srv.smtps_host or srv.host, srv.smtps_port or srv.port, { tls = tls })
+      else
+        c, err = M.connect(srv.host, srv.port)
+      end
       if not c then fail(i, step, tostring(err)) end
       conns[name] = c
       if step.greeting and c.greeting ~= step.greeting then
@@ -674,6 +1042,12 @@ function M.dialogue(srv, steps)
     if step.close then
       if c then c:close() end
     else
+      if step.starttls then
+        local code, err, lines = c:starttls(type(step.starttls) == "table" and step.starttls or nil)
+        if code ~= 220 then
+          fail(i, step, "STARTTLS: " .. (code and ("expected 220, got " .. show(lines)) or tostring(err)))
+        end
+      end
       if step.send then
         local ok, err = c:send(step.send)
         if not ok then fail(i, step, "send failed: " .. tostring(err)) end
@@ -741,7 +1115,8 @@ end
 -- server, then checks what it logged and printed.
 --
 -- A case is a table: `name`, `source` or `handler` (as for `start`),
--- `options`, `args`, `hostname`, `dialogue` (steps, see `dialogue`) or
+-- `options`, `args`, `hostname`, `tls`, `cert`, `client_ca` (as for
+-- `start`), `dialogue` (steps, see `dialogue`) or
 -- `dialogues` (several step lists, run one after the other on the same
 -- server), `stderr_has` / `stderr_lacks` / `stdout_has` / `stdout_lacks`
 -- (arrays of plain strings), `stderr_matches` / `stdout_matches` (patterns),
@@ -753,7 +1128,8 @@ end
 -- end
 function M.run_case(case)
   local srv = M.start{ source = case.source, handler = case.handler, options = case.options,
-    args = case.args, hostname = case.hostname, binary = case.binary }
+    args = case.args, hostname = case.hostname, binary = case.binary, tls = case.tls,
+    cert = case.cert, client_ca = case.client_ca }
   local ok, err = pcall(function()
     local lists = case.dialogues or { case.dialogue or {} }
     for _, steps in ipairs(lists) do
