@@ -317,12 +317,11 @@ void auth_command(struct session *s, const char *arg, size_t len)
     s->auth_initial_len = nw == 2 ? lens[1] : 0;
     if (nw == 2) {
         session_add_secret(s, words[1], lens[1]);
-        uint8_t *decoded = malloc(base64_decoded_max(lens[1]) + 1);
-        ssize_t got = decoded ? base64_decode_strict(words[1], lens[1], decoded) : -1;
-        if (got > 0) session_add_decoded_secret(s, (const char *)decoded, (size_t)got);
-        if (decoded) {
-            memset(decoded, 0, base64_decoded_max(lens[1]) + 1);
-            free(decoded);
+        uint8_t decoded[AUTH_LINE_MAX]; /* >= base64_decoded_max of any AUTH line */
+        ssize_t got = base64_decode_strict(words[1], lens[1], decoded);
+        if (got > 0) {
+            session_add_decoded_secret(s, (const char *)decoded, (size_t)got);
+            memset(decoded, 0, (size_t)got);
         }
     }
 

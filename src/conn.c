@@ -142,6 +142,18 @@ static void conn_finish_close(struct conn *c)
 /* Reads until the transport would block, the input is full or EOF. Never
  * holds more than CONN_INPUT_MAX: what does not fit stays in the socket or the
  * transport until the owner consumes input. */
+/* Buffers that grew for a burst (DATA, a pipelined batch) are released
+ * once empty, so idle connections stay small. */
+static void conn_shrink(struct buf *b)
+{
+    if (buf_len(b) == 0 && b->cap > CONN_KEEP_BUFFER) buf_free(b);
+}
+
+/* Reads land here unless the conn's own buffer already has room: an idle
+ * connection then holds a buffer the size of what it was sent, not a whole
+ * read chunk (RSS per idle connection). */
+static char conn_scratch[CONN_READ_CHUNK];
+
 static void conn_read_some(struct conn *c)
 {
     bool recheck = true;
@@ -149,15 +161,22 @@ static void conn_read_some(struct conn *c)
     while (buf_len(&c->in) < CONN_INPUT_MAX) {
         size_t room = CONN_INPUT_MAX - buf_len(&c->in);
         if (room > CONN_READ_CHUNK) room = CONN_READ_CHUNK;
-        char *w = buf_reserve(&c->in, room);
-        if (!w) {
-            c->failed = true;
-            return;
-        }
+        size_t free_room = c->in.cap - c->in.end;
+        bool direct = free_room >= CONN_DIRECT_READ_MIN;
+        if (direct && room > free_room) room = free_room;
+        char *w = direct ? c->in.data + c->in.end : conn_scratch;
         c->want_read = c->want_write = false;
         ssize_t n = c->tp->recv(c, w, room);
         if (n > 0) {
-            buf_commit(&c->in, (size_t)n);
+            if (direct) buf_commit(&c->in, (size_t)n);
+            else if (!buf_append(&c->in, w, (size_t)n)) {
+                c->failed = true;
+                return;
+            }
+            /* A short read drained the socket: don't pay for a recv that
+             * would say EAGAIN (level-triggered, we hear of more). Decoded
+             * TLS input the socket can't signal is still read. */
+            if ((size_t)n < room && !c->tp->has_pending(c)) return;
             continue;
         }
         if (n == 0) {
@@ -288,6 +307,7 @@ static void conn_flush_out(struct conn *c, bool may_finish)
      * sends what was queued meanwhile. */
     if (c->hs.active) return;
     conn_send_some(c, SIZE_MAX);
+    conn_shrink(&c->out);
     conn_arm(c);
     if (may_finish && c->closing && !conn_out_pending(c)) conn_finish_close(c);
 }
@@ -361,6 +381,7 @@ void conn_flush(struct conn *c)
 
 void conn_input_consumed(struct conn *c)
 {
+    conn_shrink(&c->in);
     if (c->closed || c->hs.active) return;
     conn_arm(c);
     conn_kick_pending(c);

@@ -18,6 +18,11 @@
 
 /* Largest single read from the transport (one TLS record's worth). */
 #define CONN_READ_CHUNK 16384
+/* Read straight into the conn's buffer only when it has this much room;
+ * smaller reads go through a shared scratch buffer. */
+#define CONN_DIRECT_READ_MIN 2048
+/* An empty buffer bigger than this is released (idle connections stay small). */
+#define CONN_KEEP_BUFFER 4096
 
 /* Transport return values besides byte counts. */
 #define CONN_AGAIN (-2) /* would block; see conn.want_read / want_write */

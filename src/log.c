@@ -20,12 +20,18 @@ void log_vmsg(enum log_level level, const char *sid, const char *fmt, va_list ap
     if (!log_enabled(level)) return;
     char line[4096];
     struct timeval tv;
-    struct tm tm;
     gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof line - n, ".%03dZ %s ", (int)(tv.tv_usec / 1000),
-                  level_names[level]);
+    /* The date part changes once a second; format it only then. */
+    static time_t cached_sec = -1;
+    static char cached[32];
+    if (tv.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = tv.tv_sec;
+    }
+    int n = snprintf(line, sizeof line, "%s.%03dZ %s ", cached, (int)(tv.tv_usec / 1000),
+                     level_names[level]);
     if (log_process_tag[0]) n += snprintf(line + n, sizeof line - n, "%s ", log_process_tag);
     if (sid) n += snprintf(line + n, sizeof line - n, "[%s] ", sid);
     int m = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);

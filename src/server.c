@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -29,6 +30,21 @@ static ev_timer accept_pause;
 static void format_addr(const struct sockaddr *sa, socklen_t len, char *host, size_t hostlen,
                         int *port)
 {
+    /* inet_ntop for the common families: getnameinfo costs far more. */
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, (socklen_t)hostlen);
+        *port = ntohs(in->sin_port);
+        return;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+            inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], host, (socklen_t)hostlen);
+        else inet_ntop(AF_INET6, &in6->sin6_addr, host, (socklen_t)hostlen);
+        *port = ntohs(in6->sin6_port);
+        return;
+    }
     char serv[16];
     if (getnameinfo(sa, len, host, hostlen, serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV)) {
         snprintf(host, hostlen, "?");

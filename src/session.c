@@ -256,7 +256,7 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
 void session_close(struct session *s, const char *why)
 {
     if (s->state == SESSION_CLOSING) return;
-    log_msg(LOG_INFO, s->sid, "closing: %s", why);
+    s->close_reason = why;
     s->state = SESSION_CLOSING;
     /* A suspended hook will never see its event now. */
     if (hook_active(&s->hook))
@@ -273,7 +273,6 @@ static void session_free(struct session *s)
     hook_abandon(&s->hook);
     lsession_close(s);
     auth_forget(s);
-    free(s->pending_opts);
     data_end(&s->data);
     ev_timer_stop(s->srv->loop, &s->idle);
     ev_timer_stop(s->srv->loop, &s->hook_deadline);
@@ -289,11 +288,12 @@ static void session_on_closed(struct conn *c, void *owner)
     struct session *s = owner;
     if (s->state != SESSION_CLOSING) {
         s->state = SESSION_CLOSING;
-        log_msg(LOG_INFO, s->sid, "connection lost%s",
-                hook_active(&s->hook) ? "; abandoning suspended hook" : "");
+        s->close_reason = hook_active(&s->hook) ? "connection lost; abandoned a suspended hook"
+                                                 : "connection lost";
         hook_abandon(&s->hook);
     }
-    log_msg(LOG_INFO, s->sid, "disconnected");
+    log_msg(LOG_INFO, s->sid, "closed: %s (%u message%s)",
+            s->close_reason ? s->close_reason : "?", s->messages, s->messages == 1 ? "" : "s");
     session_free(s);
 }
 
@@ -999,11 +999,10 @@ static void mail_after(struct session *s, const struct hook_result *r)
     } else if (r->outcome == HOOK_STATUS) session_reply_len(s, r->status, r->len);
     if (r->outcome != HOOK_FAILED) {
         char esc[600];
-        log_msg(LOG_INFO, s->sid, "sender: %s",
-                log_escape(s->pending_addr, s->pending_addr_len, esc, sizeof esc));
+        if (log_enabled(LOG_DEBUG))
+            log_msg(LOG_DEBUG, s->sid, "sender: %s",
+                    log_escape(s->pending_addr, s->pending_addr_len, esc, sizeof esc));
     }
-    free(s->pending_opts);
-    s->pending_opts = NULL;
 }
 
 static void cmd_mail(struct session *s, const char *arg, size_t len)
@@ -1040,12 +1039,9 @@ static void cmd_mail(struct session *s, const char *arg, size_t len)
         return;
     }
     /* aiosmtpd upper-cases the whole parameter string first. */
-    char *opts = strndup(a.rest, a.rest_len);
-    if (!opts) {
-        session_reply(s, "451 4.3.0 Error: local error in processing");
-        return;
-    }
-    for (char *p = opts; *p; p++) *p = (char)toupper((unsigned char)*p);
+    char opts[AUTH_LINE_MAX + 1];
+    for (size_t i = 0; i < a.rest_len; i++) opts[i] = (char)toupper((unsigned char)a.rest[i]);
+    opts[a.rest_len] = '\0';
     struct mail_param ps[MAX_PARAMS];
     int np = parse_params(opts, a.rest_len, ps, MAX_PARAMS);
     const char *fail = NULL;
@@ -1084,14 +1080,12 @@ static void cmd_mail(struct session *s, const char *arg, size_t len)
         fail = syntaxerr;
     if (!fail && np > 0) fail = "555 MAIL FROM parameters not recognized or not implemented";
     if (fail) {
-        free(opts);
         session_reply(s, fail);
         return;
     }
-    free(s->pending_opts);
     s->pending_opts = opts;
     s->pending_opts_len = a.rest_len;
-    memcpy(s->pending_addr, a.addr, a.addr_len);
+    s->pending_addr = a.addr;
     s->pending_addr_len = a.addr_len;
     if (!policy_has_hook(s->policy, HOOK_MAIL)) {
         struct hook_result r = {HOOK_MISSING, NULL, 0};
@@ -1115,11 +1109,10 @@ static void rcpt_after(struct session *s, const struct hook_result *r)
     } else if (r->outcome == HOOK_STATUS) session_reply_len(s, r->status, r->len);
     if (r->outcome != HOOK_FAILED) {
         char esc[600];
-        log_msg(LOG_INFO, s->sid, "recip: %s",
-                log_escape(s->pending_addr, s->pending_addr_len, esc, sizeof esc));
+        if (log_enabled(LOG_DEBUG))
+            log_msg(LOG_DEBUG, s->sid, "recip: %s",
+                    log_escape(s->pending_addr, s->pending_addr_len, esc, sizeof esc));
     }
-    free(s->pending_opts);
-    s->pending_opts = NULL;
 }
 
 static void cmd_rcpt(struct session *s, const char *arg, size_t len)
@@ -1159,24 +1152,19 @@ static void cmd_rcpt(struct session *s, const char *arg, size_t len)
         session_reply(s, syntaxerr);
         return;
     }
-    char *opts = strndup(a.rest, a.rest_len);
-    if (!opts) {
-        session_reply(s, "451 4.3.0 Error: local error in processing");
-        return;
-    }
-    for (char *p = opts; *p; p++) *p = (char)toupper((unsigned char)*p);
+    char opts[AUTH_LINE_MAX + 1];
+    for (size_t i = 0; i < a.rest_len; i++) opts[i] = (char)toupper((unsigned char)a.rest[i]);
+    opts[a.rest_len] = '\0';
     struct mail_param ps[MAX_PARAMS];
     int np = parse_params(opts, a.rest_len, ps, MAX_PARAMS);
     if (np != 0) {
-        free(opts);
         session_reply(s, np < 0 ? syntaxerr
                                 : "555 RCPT TO parameters not recognized or not implemented");
         return;
     }
-    free(s->pending_opts);
     s->pending_opts = opts;
     s->pending_opts_len = a.rest_len;
-    memcpy(s->pending_addr, a.addr, a.addr_len);
+    s->pending_addr = a.addr;
     s->pending_addr_len = a.addr_len;
     if (!policy_has_hook(s->policy, HOOK_RCPT)) {
         struct hook_result r = {HOOK_MISSING, NULL, 0};
@@ -1214,12 +1202,24 @@ static void data_after(struct session *s, const struct hook_result *r)
 {
     size_t size = buf_len(&s->data.content);
     data_end(&s->data);
+    if (r->outcome != HOOK_FAILED) {
+        /* One line per message: size, sender, recipients, and the reply. */
+        char from[300] = "";
+        lua_State *L = s->policy->L;
+        lsession_push_table(s, L, LS_ENVELOPE);
+        lua_getfield(L, -1, "mail_from");
+        size_t n = 0;
+        const char *f = lua_tolstring(L, -1, &n);
+        if (f) log_escape(f, n, from, sizeof from);
+        lua_pop(L, 2);
+        const char *reply = r->outcome == HOOK_STATUS ? r->status : "250 OK";
+        int reply_len = r->outcome == HOOK_STATUS ? (int)(r->len > 80 ? 80 : r->len) : 6;
+        if (reply[0] == '2') s->messages++;
+        log_msg(LOG_INFO, s->sid, "message: %zu bytes from <%s> for %zu recipient%s: %.*s", size,
+                from, s->rcpt_count, s->rcpt_count == 1 ? "" : "s", reply_len, reply);
+    }
     session_reset_envelope(s);
     reply_status_or(s, r, "250 OK");
-    if (r->outcome != HOOK_FAILED)
-        log_msg(LOG_INFO, s->sid, "message of %zu bytes: %.*s", size,
-                r->outcome == HOOK_STATUS ? (int)(r->len > 60 ? 60 : r->len) : 6,
-                r->outcome == HOOK_STATUS ? r->status : "250 OK");
 }
 
 static void session_data_finished(struct session *s)

@@ -98,10 +98,14 @@ struct session {
     void *hook_after;       /* command_after_fn of the running hook */
     const char *pending_arg;
     size_t pending_arg_len;
-    char *pending_opts;     /* upper-cased MAIL/RCPT parameters */
+    /* MAIL/RCPT: buffers on the command's stack, valid while it runs (hooks
+     * for MAIL and RCPT never outlive the command). */
+    const char *pending_opts; /* upper-cased parameters */
     size_t pending_opts_len;
-    char pending_addr[SMTP_ADDR_MAX];
+    const char *pending_addr;
     size_t pending_addr_len;
+    const char *close_reason; /* for the one "closed" log line */
+    unsigned messages;        /* accepted in this session */
 
     ev_timer idle;
     ev_timer hook_deadline; /* hook_timeout for a hook suspended on an event */
