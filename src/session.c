@@ -1414,7 +1414,8 @@ static bool session_next_line(struct session *s, size_t max, const char **line, 
     struct buf *in = &s->conn->in;
     const char *p = buf_head(in);
     size_t n = buf_len(in);
-    const char *lf = memchr(p, '\n', n);
+    /* An idle conn may have released its buffer: p is NULL then. */
+    const char *lf = n ? memchr(p, '\n', n) : NULL;
     if (s->discard_line) {
         if (!lf) {
             buf_consume(in, n);
@@ -1443,6 +1444,15 @@ static bool session_next_line(struct session *s, size_t max, const char **line, 
     return true;
 }
 
+/* error_limit: after the reply that reached it, 421 and close at once. */
+static void session_check_error_limit(struct session *s)
+{
+    if (s->opt->error_limit && s->errors >= s->opt->error_limit && s->state != SESSION_CLOSING) {
+        session_replyf(s, "421 4.7.0 %s Error: too many errors", s->opt->hostname);
+        session_close(s, "error_limit reached");
+    }
+}
+
 void session_pump(struct session *s)
 {
     if (s->pumping) return;
@@ -1468,6 +1478,7 @@ void session_pump(struct session *s)
                 break;
             }
             session_data_finished(s);
+            session_check_error_limit(s);
             continue;
         }
         if (s->shutting_down) {
@@ -1504,11 +1515,7 @@ void session_pump(struct session *s)
         }
         session_command(s, line, len);
         buf_consume(in, consumed);
-        if (s->opt->error_limit && s->errors >= s->opt->error_limit &&
-            s->state != SESSION_CLOSING) {
-            session_replyf(s, "421 4.7.0 %s Error: too many errors", s->opt->hostname);
-            session_close(s, "error_limit reached");
-        }
+        session_check_error_limit(s);
     }
     s->pumping = false;
     conn_input_consumed(s->conn);
