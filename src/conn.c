@@ -122,6 +122,7 @@ static void conn_drop_pending_transport(struct conn *c)
 
 static void conn_close_socket(struct conn *c)
 {
+    ev_timer_stop(c->loop, &c->notify);
     c->closed = true;
     ev_io_stop(c->loop, &c->rio);
     ev_io_stop(c->loop, &c->wio);
@@ -306,8 +307,13 @@ static void conn_flush_out(struct conn *c, bool may_finish)
     /* During a handshake the handshake owns the socket; conn_hs_finish()
      * sends what was queued meanwhile. */
     if (c->hs.active) return;
+    bool was_failed = c->failed;
     conn_send_some(c, SIZE_MAX);
     conn_shrink(&c->out);
+    /* A send that failed here (a client that reset before its greeting)
+     * arms no watcher: tell the owner from the loop, or the session would
+     * hold its slot until the idle timeout. */
+    if (c->failed && !was_failed && !c->closing) ev_timer_start(c->loop, &c->notify);
     conn_arm(c);
     if (may_finish && c->closing && !conn_out_pending(c)) conn_finish_close(c);
 }
@@ -335,6 +341,12 @@ static void conn_on_io(struct ev_loop *loop, ev_io *w, int revents)
     /* on_input may have closed us; don't touch c after a finished close. */
 }
 
+static void conn_on_notify(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct conn *c = w->data;
+    if (!c->closed && !c->closing) c->ev.on_input(c, c->owner);
+}
+
 static void conn_on_linger(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct conn *c = w->data;
@@ -358,6 +370,8 @@ struct conn *conn_new(struct ev_loop *loop, int fd, const struct conn_events *ev
     ev_io_init(&c->rio, conn_on_io, fd, EV_READ);
     ev_io_init(&c->wio, conn_on_io, fd, EV_WRITE);
     ev_timer_init(&c->linger, conn_on_linger, CONN_LINGER_SECONDS, 0.);
+    ev_timer_init(&c->notify, conn_on_notify, 0., 0.);
+    c->notify.data = c;
     ev_timer_init(&c->hs.timer, conn_on_hs_timeout, 1., 0.);
     c->rio.data = c->wio.data = c->linger.data = c->hs.timer.data = c;
     conn_arm(c);

@@ -66,6 +66,7 @@ struct conn {
     struct ev_loop *loop;
     ev_io rio, wio;
     ev_timer linger; /* bounds how long a closing conn waits to flush */
+    ev_timer notify; /* tells the owner, from the loop, of a failure no watcher will see */
     struct buf in, out;
     const struct transport *tp;
     void *tp_state;

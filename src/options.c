@@ -35,7 +35,8 @@
 #define DEFAULT_RCPT_LIMIT 100L
 #define DEFAULT_ERROR_LIMIT 20L
 
-enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE };
+enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
+                T_NUMBER0 /* 0 allowed: "no limit" */ };
 
 struct opt_def {
     const char *name;
@@ -61,7 +62,7 @@ static const struct opt_def opt_defs[] = {
     {"lua_memory_limit", T_INT},
     {"max_connections", T_INT},
     {"max_connections_per_ip", T_INT},
-    {"command_timeout", T_NUMBER},
+    {"command_timeout", T_NUMBER0},
     {"data_rate_min", T_INT},
     {"data_rate_grace", T_NUMBER},
     {"rcpt_limit", T_INT},
@@ -72,7 +73,7 @@ static const struct opt_def opt_defs[] = {
 static const char *const type_names[] = {
     "a boolean", "a non-negative integer", "a positive number", "a string",
     "a list of strings", "an integer or a table of integers",
-    "one of \"reject\", \"normalize\", \"keep\"",
+    "one of \"reject\", \"normalize\", \"keep\"", "a non-negative number (0 = none)",
 };
 
 void options_init_defaults(struct options *o)
@@ -247,10 +248,12 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         if (!parse_long(v, &n)) return wrong_type(d, err, errlen);
         *int_slot(o, name) = n;
         return true;
-    case T_NUMBER: {
+    case T_NUMBER:
+    case T_NUMBER0: {
         char *end;
         double x = strtod(v, &end);
-        if (end == v || *end || !(x > 0)) return wrong_type(d, err, errlen);
+        if (end == v || *end || !(d->type == T_NUMBER0 ? x >= 0 : x > 0))
+            return wrong_type(d, err, errlen);
         *number_slot(o, name) = x;
         return true;
     }
@@ -322,7 +325,10 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         *int_slot(o, name) = n;
         return true;
     case T_NUMBER:
-        if (t != LUA_TNUMBER || !(lua_tonumber(L, idx) > 0)) return wrong_type(d, err, errlen);
+    case T_NUMBER0:
+        if (t != LUA_TNUMBER ||
+            !(d->type == T_NUMBER0 ? lua_tonumber(L, idx) >= 0 : lua_tonumber(L, idx) > 0))
+            return wrong_type(d, err, errlen);
         *number_slot(o, name) = lua_tonumber(L, idx);
         return true;
     case T_STRING:

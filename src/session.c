@@ -388,13 +388,13 @@ void session_reset_envelope(struct session *s)
  * handle_exception's status if it gives a valid one, else 451 (454 in AUTH). */
 void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
 {
-    char msg[2048];
+    char msg[2048], esc[4096];
     const char *tb = lua_tostring(co, -1);
     snprintf(msg, sizeof msg, "%s", tb ? tb : "(no message)");
     session_scrub(s, msg);
-    for (char *p = msg; *p; p++)
-        if (*p == '\n') *p = '|'; /* one log line per event */
-    log_msg(LOG_ERROR, s->sid, "hook %s failed: %s", s->hook.name ? s->hook.name : "?", msg);
+    /* Error text often quotes client bytes: escaped, it stays one line. */
+    log_msg(LOG_ERROR, s->sid, "hook %s failed: %s", s->hook.name ? s->hook.name : "?",
+            log_escape(msg, strlen(msg), esc, sizeof esc));
 
     const char *fallback = in_auth ? reply_auth_hook_error : reply_hook_error;
     if (!policy_has_hook(s->policy, HOOK_EXCEPTION)) {
@@ -844,10 +844,12 @@ static void starttls_hook_done(void *owner, bool ok, lua_State *co, int nres)
     struct session *s = owner;
     lsession_sync(s);
     if (!ok) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", lua_tostring(co, -1));
+        char msg[1024], esc[2048];
+        const char *e = lua_tostring(co, -1);
+        snprintf(msg, sizeof msg, "%s", e ? e : "?");
         session_scrub(s, msg);
-        log_msg(LOG_ERROR, s->sid, "hook handle_STARTTLS failed (session refused): %s", msg);
+        log_msg(LOG_ERROR, s->sid, "hook handle_STARTTLS failed (session refused): %s",
+                log_escape(msg, strlen(msg), esc, sizeof esc));
         s->tls_refused = true;
         return;
     }
@@ -1213,10 +1215,12 @@ static void data_after(struct session *s, const struct hook_result *r)
         if (f) log_escape(f, n, from, sizeof from);
         lua_pop(L, 2);
         const char *reply = r->outcome == HOOK_STATUS ? r->status : "250 OK";
-        int reply_len = r->outcome == HOOK_STATUS ? (int)(r->len > 80 ? 80 : r->len) : 6;
+        size_t reply_len = r->outcome == HOOK_STATUS ? (r->len > 80 ? 80 : r->len) : 6;
+        char reply_esc[400];
         if (reply[0] == '2') s->messages++;
-        log_msg(LOG_INFO, s->sid, "message: %zu bytes from <%s> for %zu recipient%s: %.*s", size,
-                from, s->rcpt_count, s->rcpt_count == 1 ? "" : "s", reply_len, reply);
+        log_msg(LOG_INFO, s->sid, "message: %zu bytes from <%s> for %zu recipient%s: %s", size,
+                from, s->rcpt_count, s->rcpt_count == 1 ? "" : "s",
+                log_escape(reply, reply_len, reply_esc, sizeof reply_esc));
     }
     session_reset_envelope(s);
     reply_status_or(s, r, "250 OK");
@@ -1470,6 +1474,7 @@ void session_pump(struct session *s)
             session_touch(s);
             auth_deliver_line(s, line, len, too_long);
             buf_consume(in, consumed);
+            session_check_error_limit(s);
             continue;
         }
         if (s->state == SESSION_DATA) {
@@ -1511,6 +1516,7 @@ void session_pump(struct session *s)
         if (too_long) {
             buf_consume(in, consumed);
             session_reply(s, "500 Command line too long");
+            session_check_error_limit(s);
             continue;
         }
         session_command(s, line, len);
@@ -1530,9 +1536,10 @@ static void proxy_hook_done(void *owner, bool ok, lua_State *co, int nres)
     lsession_sync(s);
     bool accept = ok && nres >= 1 && lua_toboolean(co, 1) && !lua_smtpd_is_missing(co, 1);
     if (!ok) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", lua_tostring(co, -1));
-        log_msg(LOG_ERROR, s->sid, "hook handle_PROXY failed: %s", msg);
+        const char *e = lua_tostring(co, -1);
+        char esc[2048];
+        log_msg(LOG_ERROR, s->sid, "hook handle_PROXY failed: %s",
+                e ? log_escape(e, strlen(e), esc, sizeof esc) : "?");
     }
     if (!accept) {
         session_close(s, "rejected by handle_PROXY");
