@@ -313,8 +313,14 @@ void auth_command(struct session *s, const char *arg, size_t len)
     s->auth_in_progress = true;
     s->auth_final_sent = false;
     /* Copied: a suspended handle_AUTH outlives the command line's buffer. */
-    s->auth_initial = nw == 2 ? strndup(words[1], lens[1]) : NULL;
-    s->auth_initial_len = nw == 2 ? lens[1] : 0;
+    s->auth_initial = NULL;
+    s->auth_initial_len = 0;
+    if (nw == 2 && (s->auth_initial = malloc(lens[1] + 1))) {
+        /* memcpy, not strndup: the bytes may hold a NUL (fuzz: auth-initial-nul). */
+        memcpy(s->auth_initial, words[1], lens[1]);
+        s->auth_initial[lens[1]] = '\0';
+        s->auth_initial_len = lens[1];
+    }
     if (nw == 2) {
         session_add_secret(s, words[1], lens[1]);
         uint8_t decoded[AUTH_LINE_MAX]; /* >= base64_decoded_max of any AUTH line */

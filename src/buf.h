@@ -15,7 +15,8 @@ struct buf {
 };
 
 static inline size_t buf_len(const struct buf *b) { return b->end - b->start; }
-static inline char *buf_head(const struct buf *b) { return b->data + b->start; }
+/* NULL for a buffer that holds no memory (no arithmetic on NULL). */
+static inline char *buf_head(const struct buf *b) { return b->data ? b->data + b->start : NULL; }
 
 /* Appends n bytes; returns false (buffer unchanged) if memory runs out. */
 bool buf_append(struct buf *b, const void *p, size_t n);
