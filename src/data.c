@@ -20,6 +20,7 @@ void data_begin(struct data_reader *d, size_t limit, enum bare_newline_mode mode
     d->verdict = DATA_OK;
     d->bare_mode = mode;
     d->saw_bare_newline = false;
+    d->discarding = false;
 }
 
 void data_end(struct data_reader *d) { buf_free(&d->content); }
@@ -64,20 +65,22 @@ static void data_append_text(struct data_reader *d, const char *text, size_t n)
 static void data_segment(struct data_reader *d, const char *p, size_t n, bool complete)
 {
     bool first = d->line_len == 0;
-    size_t num_before = d->num_bytes, line_before = d->line_len;
     d->num_bytes += n;
     d->line_len += n;
     if (d->verdict != DATA_OK) return;
-    /* Which limit does the stream cross first? Judged at the byte, so the
-     * verdict doesn't depend on how the client's bytes were split into
-     * reads (fuzz: data-verdict-depends-on-split); a tie is "too much", as
-     * aiosmtpd decides for a whole line. */
-    size_t over_size = d->limit && d->num_bytes > d->limit ? d->limit - num_before : SIZE_MAX;
-    size_t over_line = d->line_len > DATA_LINE_MAX ? DATA_LINE_MAX - line_before : SIZE_MAX;
-    if (over_size != SIZE_MAX || over_line != SIZE_MAX) {
-        data_fail(d, over_size <= over_line ? DATA_TOO_MUCH : DATA_TOO_LONG);
+    /* The verdict is given when a line completes, as aiosmtpd gives it for a
+     * whole line (size limit first, then line length), so it never depends
+     * on how the client's bytes were cut into reads (fuzz:
+     * data-verdict-depends-on-split). Past either limit nothing more is kept. */
+    bool over_size = d->limit && d->num_bytes > d->limit;
+    bool over_line = d->line_len > DATA_LINE_MAX;
+    if (over_size || over_line) {
+        buf_free(&d->content);
+        d->discarding = true;
+        if (complete) d->verdict = over_size ? DATA_TOO_MUCH : DATA_TOO_LONG;
         return;
     }
+    if (d->discarding) return;
     /* RFC 5321 4.5.2: a leading dot is transparency, drop it. */
     if (first && n > 0 && p[0] == '.') {
         p++;

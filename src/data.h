@@ -29,6 +29,7 @@ struct data_reader {
     enum data_verdict verdict;
     enum bare_newline_mode bare_mode;
     bool saw_bare_newline;
+    bool discarding;      /* past a limit: the verdict comes when the line ends */
 };
 
 void data_begin(struct data_reader *d, size_t limit, enum bare_newline_mode mode);
