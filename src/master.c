@@ -37,6 +37,7 @@ struct worker {
     ev_child child;
     ev_timer restart;
     bool ready;
+    bool killed_by_watchdog;
 };
 
 static const struct master_config *mc;
@@ -81,7 +82,9 @@ static void on_child(struct ev_loop *loop, ev_child *c, int revents)
         return;
     }
     double lived = monotonic() - w->started;
-    double pause = lived < CRASH_LOOP_SECONDS ? RESTART_PAUSE_SECONDS : 0.;
+    /* A worker the watchdog killed had started fine: replace it at once. */
+    double pause = lived < CRASH_LOOP_SECONDS && !w->killed_by_watchdog ? RESTART_PAUSE_SECONDS : 0.;
+    w->killed_by_watchdog = false;
     log_msg(LOG_WARN, NULL, "worker %d (pid %d) %s after %.1f s; restarting%s", w->slot,
             (int)c->rpid, how, lived, pause > 0 ? " in 1 s" : "");
     ev_timer_set(&w->restart, pause, 0.);
@@ -194,6 +197,7 @@ static void on_watchdog(struct ev_loop *loop, ev_timer *t, int revents)
                 "(running: %s); killing it",
                 i, (int)w->pid, now - beat, status[i].hook[0] ? status[i].hook : "no hook");
         kill(w->pid, SIGKILL);
+        w->killed_by_watchdog = true;
         status[i].heartbeat = 0; /* one kill per stall */
     }
 }

@@ -71,6 +71,13 @@ local function ask_until(srv, done, max, what)
         table.concat(pids, " "), u.log_tail(srv)()), 2)
     end
     local version, pid = ask(srv)
+    -- Right after a restart no worker may be listening yet: a refused
+    -- connection is retried (bounded by the deadline), anything else fails.
+    local deadline = socket.gettime() + 10
+    while not version and tostring(pid):match("refused") and socket.gettime() < deadline do
+      socket.sleep(0.05)
+      version, pid = ask(srv)
+    end
     if not version then error("a connection failed: " .. tostring(pid) .. "\n" .. u.log_tail(srv)(), 2) end
     seen[pid] = version
   end
