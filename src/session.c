@@ -1007,6 +1007,35 @@ static void mail_after(struct session *s, const struct hook_result *r)
     }
 }
 
+/* The "FROM:<path> params" / "TO:<path> params" part that MAIL and RCPT
+ * share, replying as aiosmtpd does when it is wrong. a->addr points at the
+ * caller's buffer of cap bytes. */
+static bool parse_path(struct session *s, const char *keyword, const char *arg, size_t len,
+                       const char *syntaxerr, struct addr_result *a, size_t cap)
+{
+    if (!strip_keyword(keyword, &arg, &len)) {
+        session_reply(s, syntaxerr);
+        return false;
+    }
+    enum addr_status st = addr_parse(arg, len, a, cap);
+    if (st == ADDR_MALFORMED) {
+        session_reply(s, "553 5.1.3 Error: malformed address");
+        return false;
+    }
+    if (st == ADDR_EMPTY || a->addr_len == 0) {
+        session_reply(s, syntaxerr);
+        return false;
+    }
+    bool has_params = false;
+    for (size_t i = 0; i < a->rest_len; i++)
+        if (!isspace((unsigned char)a->rest[i])) has_params = true;
+    if (!s->extended_smtp && has_params) { /* parameters need EHLO */
+        session_reply(s, syntaxerr);
+        return false;
+    }
+    return true;
+}
+
 static void cmd_mail(struct session *s, const char *arg, size_t len)
 {
     if (need_helo(s, "HELO")) return;
@@ -1014,28 +1043,9 @@ static void cmd_mail(struct session *s, const char *arg, size_t len)
     const char *syntaxerr = s->extended_smtp
                                 ? "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"
                                 : "501 Syntax: MAIL FROM: <address>";
-    if (!strip_keyword("FROM:", &arg, &len)) {
-        session_reply(s, syntaxerr);
-        return;
-    }
     char addr[SMTP_ADDR_MAX];
     struct addr_result a = {addr, 0, NULL, 0};
-    enum addr_status st = addr_parse(arg, len, &a, sizeof addr);
-    if (st == ADDR_MALFORMED) {
-        session_reply(s, "553 5.1.3 Error: malformed address");
-        return;
-    }
-    if (st == ADDR_EMPTY || a.addr_len == 0) {
-        session_reply(s, syntaxerr);
-        return;
-    }
-    bool has_params = false;
-    for (size_t i = 0; i < a.rest_len; i++)
-        if (!isspace((unsigned char)a.rest[i])) has_params = true;
-    if (!s->extended_smtp && has_params) {
-        session_reply(s, syntaxerr);
-        return;
-    }
+    if (!parse_path(s, "FROM:", arg, len, syntaxerr, &a, sizeof addr)) return;
     if (s->has_mail_from) {
         session_reply(s, "503 Error: nested MAIL command");
         return;
@@ -1132,28 +1142,9 @@ static void cmd_rcpt(struct session *s, const char *arg, size_t len)
     const char *syntaxerr = s->extended_smtp
                                 ? "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]"
                                 : "501 Syntax: RCPT TO: <address>";
-    if (!strip_keyword("TO:", &arg, &len)) {
-        session_reply(s, syntaxerr);
-        return;
-    }
     char addr[SMTP_ADDR_MAX];
     struct addr_result a = {addr, 0, NULL, 0};
-    enum addr_status st = addr_parse(arg, len, &a, sizeof addr);
-    if (st == ADDR_MALFORMED) {
-        session_reply(s, "553 5.1.3 Error: malformed address");
-        return;
-    }
-    if (st == ADDR_EMPTY || a.addr_len == 0) {
-        session_reply(s, syntaxerr);
-        return;
-    }
-    bool has_params = false;
-    for (size_t i = 0; i < a.rest_len; i++)
-        if (!isspace((unsigned char)a.rest[i])) has_params = true;
-    if (!s->extended_smtp && has_params) {
-        session_reply(s, syntaxerr);
-        return;
-    }
+    if (!parse_path(s, "TO:", arg, len, syntaxerr, &a, sizeof addr)) return;
     char opts[AUTH_LINE_MAX + 1];
     for (size_t i = 0; i < a.rest_len; i++) opts[i] = (char)toupper((unsigned char)a.rest[i]);
     opts[a.rest_len] = '\0';
