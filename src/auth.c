@@ -87,7 +87,6 @@ static bool auth_message_valid(const char *m, size_t n, bool success)
 /* Marks the session authenticated with the auth_data at co[idx]. */
 static void auth_succeeded(struct session *s, lua_State *co, int idx)
 {
-    lua_State *L = s->policy->L;
     lsession_push_table(s, co, LS_SESSION);
     int t = lua_gettop(co);
     lua_pushboolean(co, 1);
@@ -104,15 +103,7 @@ static void auth_succeeded(struct session *s, lua_State *co, int idx)
     } else lua_pushnil(co);
     lua_setfield(co, t, "login_data");
     lua_settop(co, t - 1);
-    (void)L;
     s->authenticated = true;
-}
-
-/* Reads a field of an AuthResult or plain table at idx. */
-static void get_result_field(lua_State *co, int idx, const char *key)
-{
-    if (lua_type(co, idx) == LUA_TTABLE) lua_getfield(co, idx, key);
-    else lua_getfield(co, idx, key); /* AuthResult's __index, which cannot raise */
 }
 
 /* The mechanism returned (co stack 1..nres). auth-api.md 4.4. */
@@ -147,10 +138,11 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
         auth_bad_value(s, co, what);
         return;
     }
-    get_result_field(co, 1, "success");
-    get_result_field(co, 1, "handled");
-    get_result_field(co, 1, "message");
-    get_result_field(co, 1, "auth_data");
+    /* A plain table, or an AuthResult whose __index cannot raise. */
+    lua_getfield(co, 1, "success");
+    lua_getfield(co, 1, "handled");
+    lua_getfield(co, 1, "message");
+    lua_getfield(co, 1, "auth_data");
     int success_i = nres + 1, handled_i = nres + 2, message_i = nres + 3, data_i = nres + 4;
     if (lua_type(co, success_i) != LUA_TBOOLEAN ||
         (!lua_isnil(co, handled_i) && lua_type(co, handled_i) != LUA_TBOOLEAN) ||

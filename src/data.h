@@ -25,7 +25,6 @@ struct data_reader {
     size_t limit;         /* data_size_limit, 0 = none */
     size_t line_len;      /* octets of the current line so far */
     bool in_line;         /* inside a line continued across reads */
-    bool at_line_start_dot_checked;
     enum data_verdict verdict;
     enum bare_newline_mode bare_mode;
     bool saw_bare_newline;

@@ -74,32 +74,22 @@ static void hook_make_room(struct policy *p)
     if (p->heap_limit && p->heap_bytes > p->heap_limit / 4 * 3) lua_gc(p->L, LUA_GCCOLLECT, 0);
 }
 
-bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner)
-{
-    hook_make_room(h->policy);
-    h->cont = cont;
-    h->owner = owner;
-    h->running = true;
-    policy_enter_hook(h->policy);
-    hook_status_set(h);
-    int status = lua_resume(h->co, nargs);
-    hook_status_clear();
-    policy_leave_hook(h->policy);
-    h->running = false;
-    return hook_settle(h, status);
-}
-
 bool hook_resume(struct hook_state *h, int nargs)
 {
     hook_make_room(h->policy);
-    h->running = true;
     policy_enter_hook(h->policy);
     hook_status_set(h);
     int status = lua_resume(h->co, nargs);
     hook_status_clear();
     policy_leave_hook(h->policy);
-    h->running = false;
     return hook_settle(h, status);
+}
+
+bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner)
+{
+    h->cont = cont;
+    h->owner = owner;
+    return hook_resume(h, nargs);
 }
 
 void hook_abandon(struct hook_state *h)

@@ -25,7 +25,6 @@ struct hook_state {
     const char *name;
     hook_cont_fn cont;
     void *owner;
-    bool running;    /* inside lua_resume right now */
 };
 
 /* Takes a coroutine and pushes the function `func_ref` on it; the caller

@@ -36,7 +36,6 @@ struct worker {
     double started;
     ev_child child;
     ev_timer restart;
-    bool ready;
     bool killed_by_watchdog;
 };
 

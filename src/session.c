@@ -472,16 +472,15 @@ static lua_State *session_hook_begin(struct session *s, enum hook_id h)
 
 /* A hook that suspends with nothing to wait for (it called coroutine.yield
  * itself) would hang the session: treat it as a failed hook. */
-static void session_check_stray_yield(struct session *s, bool finished, bool in_auth)
+static void session_check_stray_yield(struct session *s, bool finished)
 {
     if (finished || s->wait != WAIT_NONE) return;
     lua_State *co = s->hook.co;
-    const char *name = s->hook.name;
-    lua_pushfstring(co, "%s yielded without waiting for anything", name);
+    lua_pushfstring(co, "%s yielded without waiting for anything", s->hook.name);
     lua_pushvalue(co, -1);
-    session_reply_hook_error(s, co, in_auth);
+    session_reply_hook_error(s, co, false);
     hook_abandon(&s->hook);
-    if (!in_auth) {
+    if (s->hook_after) { /* a status hook's command finishes as after a failure */
         struct hook_result r = {HOOK_FAILED, NULL, 0};
         ((command_after_fn)s->hook_after)(s, &r);
     }
@@ -491,7 +490,7 @@ static void session_hook_run(struct session *s, int nextra, command_after_fn aft
 {
     s->hook_after = (void *)after;
     bool finished = hook_run(&s->hook, 3 + nextra, session_hook_done, s);
-    session_check_stray_yield(s, finished, false);
+    session_check_stray_yield(s, finished);
 }
 
 /* Runs hook h with no extra arguments, or the default when undefined. */
@@ -690,14 +689,7 @@ static void cmd_ehlo(struct session *s, const char *arg, size_t len)
     lua_pushliteral(co, "250 HELP");
     lua_rawseti(co, -2, i++);
     s->hook_after = NULL;
-    bool finished = hook_run(&s->hook, 5, ehlo_done, s);
-    if (!finished && s->wait == WAIT_NONE) {
-        lua_State *c = s->hook.co;
-        lua_pushliteral(c, "handle_EHLO yielded without waiting for anything");
-        lua_pushvalue(c, -1);
-        session_reply_hook_error(s, c, false);
-        hook_abandon(&s->hook);
-    }
+    session_check_stray_yield(s, hook_run(&s->hook, 5, ehlo_done, s));
 }
 
 /* ---------------------------------------------------------------- simple verbs */
