@@ -110,12 +110,14 @@ void session_add_secret(struct session *s, const char *p, size_t n)
 
 void session_add_decoded_secret(struct session *s, const char *p, size_t n)
 {
-    for (size_t start = 0, i = 0; i <= n; i++) {
-        if (i == n || p[i] == '\0') {
-            session_add_secret(s, p + start, i - start);
-            start = i + 1;
-        }
-    }
+    /* SASL text in PLAIN's form, "authzid NUL login NUL password": only the
+     * field after the last NUL is a secret. The login is not: it appears in
+     * the failure log line anyway, and scrubbing a short login ("str",
+     * "err") would blank those letters in every message. Text without a
+     * NUL is a challenge response and secret as a whole. */
+    const char *nul = memrchr(p, '\0', n);
+    if (nul) session_add_secret(s, nul + 1, n - (size_t)(nul + 1 - p));
+    else session_add_secret(s, p, n);
 }
 
 void session_clear_secrets(struct session *s)
@@ -135,11 +137,9 @@ void session_scrub(struct session *s, char *msg)
         const char *secret = s->secrets[i];
         if (!secret) continue;
         size_t n = strlen(secret);
-        char *hit;
-        while ((hit = strstr(msg, secret))) {
-            /* Replace with asterisks of the same length: no reallocation. */
-            memset(hit, '*', n);
-        }
+        /* One pass: the search goes on after each hit, never over what was
+         * just replaced, so a secret made of '*' cannot match forever. */
+        for (char *at = msg; (at = strstr(at, secret)); at += n) memset(at, '*', n);
     }
 }
 

@@ -138,8 +138,8 @@ void session_shutdown(struct session *s);
 
 /* Remembers a string that must be scrubbed from log lines of this session. */
 void session_add_secret(struct session *s, const char *p, size_t n);
-/* Remembers decoded SASL bytes: the whole and each NUL-separated field
- * (PLAIN's password is the third). */
+/* Remembers the secret part of decoded SASL bytes: PLAIN's password (after
+ * the last NUL), or a whole challenge response; never the login. */
 void session_add_decoded_secret(struct session *s, const char *p, size_t n);
 void session_clear_secrets(struct session *s);
 /* Replaces every remembered secret in msg (NUL-terminated, in place). */

@@ -45,6 +45,15 @@ function handle_NOOP(server, session, envelope, arg)
 end
 ]]
 
+-- Fails every login with the login in the message ("echo" also quotes the
+-- password, which the log must show scrubbed).
+local NO_SUCH_USER = [[
+function authenticator(server, session, envelope, mechanism, auth_data)
+  if auth_data.login == "echo" then error("no such user: echo with " .. auth_data.password) end
+  error("no such user: " .. auth_data.login .. " (strict lookup)")
+end
+]]
+
 local SECRETS = { PW, PLAIN_IR, LOGIN_PW, SECRET_AD, h.b64(SECRET_AD) }
 local DEBUG = { "-d" }
 
@@ -131,6 +140,30 @@ describe("secrets", function()
         { "NOOP", "250 nil" },
       },
       stderr_has = { "cannot check" },
+      stderr_lacks = SECRETS },
+
+    -- A password made of '*' once made the scrubber replace "***" with
+    -- "***" forever: one AUTH command spun the process at 100% CPU.
+    { name = "a password of asterisks does not hang the scrubber",
+      source = NO_SUCH_USER, options = { auth_require_tls = false },
+      dialogue = {
+        h.ehlo,
+        { "AUTH PLAIN " .. h.plain("bob", "***"), h.AUTH_TEMPFAIL },
+        { "AUTH PLAIN " .. h.plain("echo", "***"), h.AUTH_TEMPFAIL },
+        { "NOOP", "250 OK" },
+      },
+      stderr_has = { "no such user: bob", "no such user: echo with ***" } },
+
+    -- The login is no secret (the failure line names it anyway): a short
+    -- one must not blank those letters in the rest of the message.
+    { name = "a short login is not scrubbed from error messages; the password is",
+      source = NO_SUCH_USER, options = { auth_require_tls = false },
+      dialogue = {
+        h.ehlo,
+        { "AUTH PLAIN " .. h.plain("str", PW), h.AUTH_TEMPFAIL },
+        { "AUTH PLAIN " .. h.plain("echo", PW), h.AUTH_TEMPFAIL },
+      },
+      stderr_has = { "no such user: str (strict lookup)", "no such user: echo with " .. ("*"):rep(#PW) },
       stderr_lacks = SECRETS },
   }
 end)

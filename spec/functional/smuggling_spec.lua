@@ -279,7 +279,10 @@ end
 
 describe("client bytes in log lines", function()
   h.run{
-    { name = "CR/LF in an AUTH PLAIN login and an AUTH LOGIN login never reach the log (not even escaped)",
+    -- A PLAIN login is no secret (issue: scrubbing a short login blanked
+    -- its letters everywhere), so it may appear, escaped on one line; LOGIN's
+    -- login is a challenge response and stays scrubbed.
+    { name = "CR/LF in an AUTH PLAIN login and an AUTH LOGIN login never forge a log line",
       source = LOGGING, args = { "-d" }, options = { auth_require_tls = false, auth_failure_limit = 0 },
       dialogue = {
         h.ehlo,
@@ -292,8 +295,8 @@ describe("client bytes in log lines", function()
         { "AUTH LOGIN " .. h.b64("ev" .. FAKE), "334 UGFzc3dvcmQA" },
         { h.b64("pw" .. FAKE), h.AUTH_INVALID },
       },
-      stderr_has = { ">> AUTH PLAIN ********", ">> AUTH LOGIN" },
-      stderr_lacks = { "FAKE LOG LINE", "FAKE" },
+      stderr_has = { ">> AUTH PLAIN ********", ">> AUTH LOGIN",
+        [[no such user: ev\r\n2026-01-01T00:00:00.000Z INFO [s9] FAKE LOG LINE\n]] },
       after = clean_log },
 
     { name = "a challenge response logged on request (log_client_response) is escaped",
