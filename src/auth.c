@@ -84,37 +84,47 @@ static bool auth_message_valid(const char *m, size_t n, bool success)
     return success ? m[0] == '2' : (m[0] == '4' || m[0] == '5');
 }
 
-/* Marks the session authenticated with the auth_data at co[idx]. */
-static void auth_succeeded(struct session *s, lua_State *co, int idx)
+/* Marks the session authenticated with the auth_data at co[idx]. Returns
+ * false, with the error pushed twice onto co, when reading auth_data.login
+ * raised (a script's strict __index). */
+static bool auth_succeeded(struct session *s, lua_State *co, int idx)
 {
+    /* login_data: the deprecated alias, auth_data.login when there is one.
+     * Only tables and LoginPassword are indexed, and protected: a table's
+     * __index may raise. */
+    if (lua_type(co, idx) == LUA_TTABLE || lua_bind_is_udata(co, idx, LOGINPASSWORD_MT)) {
+        static const char *const login_key[] = {"login"};
+        if (lua_bind_getfields(co, idx, login_key, 1) != 0) {
+            const char *e = lua_tostring(co, -1);
+            lua_pushfstring(co, "%s: reading auth_data.login: %s", s->hook.name ? s->hook.name : "AUTH",
+                            e ? e : "(error object is not a string)");
+            lua_pushvalue(co, -1);
+            return false;
+        }
+    } else lua_pushnil(co);
+    int login = lua_gettop(co);
+    /* C owns these fields: written raw, past any metamethod. */
     lsession_push_table(s, co, LS_SESSION);
     int t = lua_gettop(co);
     lua_pushboolean(co, 1);
-    lua_setfield(co, t, "authenticated");
+    lua_bind_rawsetfield(co, t, "authenticated");
     lua_pushvalue(co, idx);
-    lua_setfield(co, t, "auth_data");
-    /* login_data: the deprecated alias, auth_data.login when there is one.
-     * Only tables and LoginPassword are indexed: indexing anything else
-     * could raise outside any protected call. */
-    if (lua_type(co, idx) == LUA_TTABLE) {
-        lua_getfield(co, idx, "login");
-    } else if (lua_bind_is_udata(co, idx, LOGINPASSWORD_MT)) {
-        lua_getfield(co, idx, "login");
-    } else lua_pushnil(co);
-    lua_setfield(co, t, "login_data");
-    lua_settop(co, t - 1);
+    lua_bind_rawsetfield(co, t, "auth_data");
+    lua_pushvalue(co, login);
+    lua_bind_rawsetfield(co, t, "login_data");
+    lua_settop(co, login - 1);
     s->authenticated = true;
+    return true;
 }
 
 /* The mechanism returned (co stack 1..nres). auth-api.md 4.4. */
 static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
-    if (!ok) {
+    if (!ok || !lsession_sync(s, co)) {
         auth_hook_failed(s, co);
         return;
     }
-    lsession_sync(s);
     int t = nres >= 1 ? lua_type(co, 1) : LUA_TNIL;
     if (t == LUA_TNIL) {
         /* The mechanism sent its own final reply, or forgot to (fix). */
@@ -126,7 +136,10 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
     if (t == LUA_TBOOLEAN) {
         if (lua_toboolean(co, 1)) {
             lua_pushnil(co);
-            auth_succeeded(s, co, lua_gettop(co));
+            if (!auth_succeeded(s, co, lua_gettop(co))) {
+                auth_hook_failed(s, co);
+                return;
+            }
             session_reply(s, reply_success);
         } else session_reply(s, reply_invalid);
         auth_finish(s);
@@ -138,11 +151,16 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
         auth_bad_value(s, co, what);
         return;
     }
-    /* A plain table, or an AuthResult whose __index cannot raise. */
-    lua_getfield(co, 1, "success");
-    lua_getfield(co, 1, "handled");
-    lua_getfield(co, 1, "message");
-    lua_getfield(co, 1, "auth_data");
+    /* A plain table (whose __index may raise: read protected), or an
+     * AuthResult. */
+    static const char *const result_keys[] = {"success", "handled", "message", "auth_data"};
+    if (lua_bind_getfields(co, 1, result_keys, 4) != 0) {
+        char what[512];
+        const char *e = lua_tostring(co, -1);
+        snprintf(what, sizeof what, "reading the AuthResult: %s", e ? e : "(error object is not a string)");
+        auth_bad_value(s, co, what);
+        return;
+    }
     int success_i = nres + 1, handled_i = nres + 2, message_i = nres + 3, data_i = nres + 4;
     if (lua_type(co, success_i) != LUA_TBOOLEAN ||
         (!lua_isnil(co, handled_i) && lua_type(co, handled_i) != LUA_TBOOLEAN) ||
@@ -160,7 +178,10 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
         return;
     }
     if (success) {
-        auth_succeeded(s, co, data_i);
+        if (!auth_succeeded(s, co, data_i)) {
+            auth_hook_failed(s, co);
+            return;
+        }
         if (message) session_reply_len(s, message, mlen);
         else session_reply(s, reply_success);
     } else if (handled) {
@@ -218,11 +239,10 @@ static void auth_run_mechanism(struct session *s)
 static void auth_handle_auth_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
-    if (!ok) {
+    if (!ok || !lsession_sync(s, co)) {
         auth_hook_failed(s, co);
         return;
     }
-    lsession_sync(s);
     if (nres >= 1 && lua_smtpd_is_missing(co, 1)) {
         /* The coroutine is recycled after we return; the mechanism gets a
          * fresh one. */

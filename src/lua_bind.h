@@ -35,6 +35,16 @@ bool lua_bind_is_udata(lua_State *L, int idx, const char *tname);
 /* Pushes a Lua-quoted rendering of s (like %q, but one line) for tostring. */
 void lua_bind_push_quoted(lua_State *L, const char *s, size_t n);
 
+/* Pushes t[keys[0]] .. t[keys[n-1]] for the table (or any value) at idx,
+ * through its metamethods but inside a protected call, since a script's
+ * __index may raise. Returns 0, or a lua_pcall error code with the error
+ * message pushed instead of the values. */
+int lua_bind_getfields(lua_State *L, int idx, const char *const *keys, int n);
+/* t[key] = value on top (popped) / pushes t[key], both raw: for the fields C
+ * owns, where a script's metamethods have no say and cannot raise. */
+void lua_bind_rawsetfield(lua_State *L, int idx, const char *key);
+void lua_bind_rawgetfield(lua_State *L, int idx, const char *key);
+
 /* lua_server.c */
 void l_server_register(lua_State *L);
 

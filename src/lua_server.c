@@ -210,8 +210,8 @@ void lsession_new_session(struct session *s)
     lua_State *L = main_state(s);
     new_session_table(s, L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref); /* the old one */
-    lua_getfield(L, -1, "proxy_data");
-    lua_setfield(L, -3, "proxy_data");
+    lua_bind_rawgetfield(L, -1, "proxy_data");
+    lua_bind_rawsetfield(L, -3, "proxy_data");
     lua_pop(L, 1);
     lua_rawseti(L, LUA_REGISTRYINDEX, s->session_ref);
 }
@@ -230,7 +230,7 @@ void lsession_set_ssl(struct session *s, const char *version, const char *cipher
         lua_pushstring(L, peer_pem);
         lua_setfield(L, -2, "peercert");
     }
-    lua_setfield(L, -2, "ssl");
+    lua_bind_rawsetfield(L, -2, "ssl");
     lua_pop(L, 1);
 }
 
@@ -300,7 +300,7 @@ void lsession_set_proxy_data(struct session *s, lua_State *L, const struct proxy
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
     lua_pushvalue(L, -2);
-    lua_setfield(L, -2, "proxy_data");
+    lua_bind_rawsetfield(L, -2, "proxy_data");
     lua_pop(L, 1);
 }
 
@@ -312,28 +312,52 @@ void lsession_push_args(struct session *s, lua_State *L)
 }
 
 /* Python truthiness for the fields aiosmtpd tests with `if not x`. */
-static bool field_truthy(lua_State *L, int tbl, const char *key)
+static bool value_truthy(lua_State *L, int idx)
 {
-    lua_getfield(L, tbl, key);
-    bool v;
-    if (lua_type(L, -1) == LUA_TSTRING) v = lua_objlen(L, -1) > 0;
-    else v = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return v;
+    if (lua_type(L, idx) == LUA_TSTRING) return lua_objlen(L, idx) > 0;
+    return lua_toboolean(L, idx);
 }
 
-void lsession_sync(struct session *s)
+/* Reads one table's mirrored fields; on an error pushes it onto co. */
+static bool sync_table(struct session *s, lua_State *co, enum lsession_table t,
+                       const char *const *keys, int n, bool *out_truthy, size_t *out_len)
 {
     lua_State *L = main_state(s);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
-    s->has_host_name = field_truthy(L, -1, "host_name");
-    s->authenticated = field_truthy(L, -1, "authenticated");
-    lua_pop(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->envelope_ref);
-    s->has_mail_from = field_truthy(L, -1, "mail_from");
-    lua_getfield(L, -1, "rcpt_tos");
-    s->rcpt_count = lua_type(L, -1) == LUA_TTABLE ? lua_objlen(L, -1) : 0;
-    lua_pop(L, 2);
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
+    if (lua_bind_getfields(L, -1, keys, n) != 0) {
+        const char *e = lua_tostring(L, -1);
+        if (co) {
+            lua_pushfstring(co, "reading the %s table: %s", t == LS_SESSION ? "session" : "envelope",
+                            e ? e : "(error object is not a string)");
+            lua_pushvalue(co, -1);
+        }
+        lua_settop(L, top);
+        return false;
+    }
+    for (int i = 0; i < n; i++) {
+        int v = top + 2 + i;
+        if (out_truthy) out_truthy[i] = value_truthy(L, v);
+        if (out_len && lua_type(L, v) == LUA_TTABLE) out_len[i] = lua_objlen(L, v);
+        else if (out_len) out_len[i] = 0;
+    }
+    lua_settop(L, top);
+    return true;
+}
+
+bool lsession_sync(struct session *s, lua_State *co)
+{
+    static const char *const session_keys[] = {"host_name", "authenticated"};
+    static const char *const envelope_keys[] = {"mail_from", "rcpt_tos"};
+    bool sv[2], ev[2];
+    size_t len[2];
+    if (!sync_table(s, co, LS_SESSION, session_keys, 2, sv, NULL)) return false;
+    if (!sync_table(s, co, LS_ENVELOPE, envelope_keys, 2, ev, len)) return false;
+    s->has_host_name = sv[0];
+    s->authenticated = sv[1];
+    s->has_mail_from = ev[0];
+    s->rcpt_count = len[1];
+    return true;
 }
 
 void lsession_set_string(struct session *s, enum lsession_table t, const char *key,
@@ -343,7 +367,7 @@ void lsession_set_string(struct session *s, enum lsession_table t, const char *k
     lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
     if (v) lua_pushlstring(L, v, n);
     else lua_pushnil(L);
-    lua_setfield(L, -2, key);
+    lua_bind_rawsetfield(L, -2, key);
     lua_pop(L, 1);
 }
 
@@ -352,19 +376,19 @@ void lsession_set_bool(struct session *s, enum lsession_table t, const char *key
     lua_State *L = main_state(s);
     lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
     lua_pushboolean(L, v);
-    lua_setfield(L, -2, key);
+    lua_bind_rawsetfield(L, -2, key);
     lua_pop(L, 1);
 }
 
 static void append_to_array(lua_State *L, int tbl, const char *key)
 {
     /* value on top */
-    lua_getfield(L, tbl, key);
+    lua_bind_rawgetfield(L, tbl, key);
     if (lua_type(L, -1) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
         lua_pushvalue(L, -1);
-        lua_setfield(L, tbl, key);
+        lua_bind_rawsetfield(L, tbl, key);
     }
     lua_insert(L, -2);
     lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);

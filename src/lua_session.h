@@ -37,8 +37,13 @@ void lsession_set_proxy_data(struct session *s, lua_State *L, const struct proxy
 void lsession_push_args(struct session *s, lua_State *L);
 void lsession_push_table(struct session *s, lua_State *L, enum lsession_table t);
 
-/* Re-reads the C mirrors from the tables (after a hook ran). */
-void lsession_sync(struct session *s);
+/* Re-reads the C mirrors from the tables (after a hook ran), through the
+ * tables' metamethods in a protected call. On an error (a script's strict
+ * __index) returns false, leaves the mirrors as they were and, if co is
+ * given, pushes the message twice onto co (error value, then log text: what
+ * session_reply_hook_error reads). */
+bool lsession_sync(struct session *s, lua_State *co);
+/* The set/append functions write raw: C owns those fields. */
 
 void lsession_set_string(struct session *s, enum lsession_table t, const char *key,
                          const char *v, size_t n);

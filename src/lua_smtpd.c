@@ -21,6 +21,43 @@ bool lua_bind_is_udata(lua_State *L, int idx, const char *tname)
     return same;
 }
 
+struct getfields_keys {
+    const char *const *keys;
+    int n;
+};
+
+static int getfields_protected(lua_State *L)
+{
+    const struct getfields_keys *k = lua_touserdata(L, 2);
+    for (int i = 0; i < k->n; i++) lua_getfield(L, 1, k->keys[i]);
+    return k->n;
+}
+
+int lua_bind_getfields(lua_State *L, int idx, const char *const *keys, int n)
+{
+    if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+    struct getfields_keys k = {keys, n};
+    lua_pushcfunction(L, getfields_protected);
+    lua_pushvalue(L, idx);
+    lua_pushlightuserdata(L, &k);
+    return lua_pcall(L, 2, n, 0);
+}
+
+void lua_bind_rawsetfield(lua_State *L, int idx, const char *key)
+{
+    if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+    lua_pushstring(L, key);
+    lua_insert(L, -2);
+    lua_rawset(L, idx);
+}
+
+void lua_bind_rawgetfield(lua_State *L, int idx, const char *key)
+{
+    if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+    lua_pushstring(L, key);
+    lua_rawget(L, idx);
+}
+
 void lua_bind_push_quoted(lua_State *L, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";

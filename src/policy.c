@@ -18,6 +18,7 @@
 #include "embedded.h"
 #include "log.h"
 #include "lua_bind.h"
+#include "lua_sandbox.h"
 
 #include <luajit.h>
 #include <time.h>
@@ -401,6 +402,7 @@ struct policy *policy_load(const char *path, const struct option_override *ov, s
     p->heap_bytes = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
     lua_setallocf(L, policy_alloc, p);
     luaL_openlibs(L);
+    lua_sandbox_open(L);
     lua_smtpd_preload(L);
     l_server_register(L);
     /* Make the smtpd module's metatables exist even if the script never

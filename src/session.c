@@ -437,13 +437,13 @@ static void session_hook_done(void *owner, bool ok, lua_State *co, int nres)
     struct session *s = owner;
     command_after_fn after = (command_after_fn)s->hook_after;
     struct hook_result r = {HOOK_FAILED, NULL, 0};
-    if (!ok) {
-        lsession_sync(s);
+    /* A failed hook's own error is what gets reported, not the tables'. */
+    if (!ok || !lsession_sync(s, co)) {
+        if (!ok) lsession_sync(s, NULL);
         session_reply_hook_error(s, co, false);
         after(s, &r);
         return;
     }
-    lsession_sync(s);
     if (nres >= 1 && lua_smtpd_is_missing(co, 1)) r.outcome = HOOK_MISSING;
     else if (nres >= 1 && lua_type(co, 1) == LUA_TSTRING) {
         r.status = lua_tolstring(co, 1, &r.len);
@@ -615,8 +615,8 @@ static void ehlo_reply_default(struct session *s)
 static void ehlo_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
-    lsession_sync(s);
-    if (!ok) {
+    if (!ok || !lsession_sync(s, co)) {
+        if (!ok) lsession_sync(s, NULL);
         session_reply_hook_error(s, co, false);
         return;
     }
@@ -834,7 +834,8 @@ static void cmd_starttls(struct session *s, const char *arg, size_t len)
 static void starttls_hook_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
-    lsession_sync(s);
+    if (!ok) lsession_sync(s, NULL);
+    else ok = lsession_sync(s, co);
     if (!ok) {
         char msg[1024], esc[2048];
         const char *e = lua_tostring(co, -1);
@@ -1192,7 +1193,7 @@ static void data_after(struct session *s, const struct hook_result *r)
         char from[300] = "";
         lua_State *L = s->policy->L;
         lsession_push_table(s, L, LS_ENVELOPE);
-        lua_getfield(L, -1, "mail_from");
+        lua_bind_rawgetfield(L, -1, "mail_from");
         size_t n = 0;
         const char *f = lua_tolstring(L, -1, &n);
         if (f) log_escape(f, n, from, sizeof from);
@@ -1233,8 +1234,8 @@ static void session_data_finished(struct session *s)
     lsession_push_table(s, L, LS_ENVELOPE);
     lua_pushlstring(L, content ? content : "", n);
     lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "content");
-    lua_setfield(L, -2, "original_content");
+    lua_bind_rawsetfield(L, -3, "content");
+    lua_bind_rawsetfield(L, -2, "original_content");
     lua_pop(L, 1);
     session_hook0(s, HOOK_DATA, data_after);
 }
@@ -1516,7 +1517,8 @@ void session_pump(struct session *s)
 static void proxy_hook_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
-    lsession_sync(s);
+    if (!ok) lsession_sync(s, NULL);
+    else ok = lsession_sync(s, co);
     bool accept = ok && nres >= 1 && lua_toboolean(co, 1) && !lua_smtpd_is_missing(co, 1);
     if (!ok) {
         const char *e = lua_tostring(co, -1);
