@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "addr.h"
 #include "auth.h"
@@ -189,7 +190,10 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
                             struct tls_config *implicit_tls)
 {
     struct session *s = calloc(1, sizeof *s);
-    if (!s) return NULL;
+    if (!s) {
+        close(fd); /* as conn_new does on failure: the caller owns nothing now */
+        return NULL;
+    }
     static const struct conn_events events = {session_on_input, session_on_closed};
     s->conn = conn_new(srv->loop, fd, &events, s);
     if (!s->conn) {
