@@ -122,7 +122,9 @@ static void read_message(const uint8_t *p, size_t n, size_t limit, enum bare_new
 {
     struct data_reader d;
     memset(&d, 0, sizeof d);
-    data_begin(&d, limit, mode);
+    /* A budget no message here can pass: the accounting must balance. */
+    struct data_budget budget = {0};
+    data_begin(&d, limit, mode, &budget, (size_t)1 << 30);
     struct buf in = {0};
     size_t off = 0;
     uint32_t r = seed * 2654435761u + 1;
@@ -150,7 +152,9 @@ static void read_message(const uint8_t *p, size_t n, size_t limit, enum bare_new
     }
     if (!o->finished) o->verdict = DATA_OK; /* not final: not compared */
     buf_free(&in);
+    if (budget.used != d.content.cap) fail("the budget does not match what the reader holds", NULL, o);
     data_end(&d);
+    if (budget.used != 0) fail("data_end left a charge on the budget", NULL, o);
 }
 
 static bool same_content(const struct outcome *a, const struct outcome *b)

@@ -5,6 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Growth rule shared by buf_reserve and buf_capacity_for: compact first,
+ * then double from 512 until n more bytes fit. */
+size_t buf_capacity_for(const struct buf *b, size_t n)
+{
+    size_t len = b->end - b->start;
+    if (b->cap - len >= n) return b->cap;
+    size_t want = b->cap ? b->cap : 512;
+    while (want - len < n) want *= 2;
+    return want;
+}
+
 char *buf_reserve(struct buf *b, size_t n)
 {
     if (b->cap - b->end >= n) return b->data + b->end;
@@ -15,8 +26,7 @@ char *buf_reserve(struct buf *b, size_t n)
         b->end = len;
         if (b->cap - b->end >= n) return b->data + b->end;
     }
-    size_t want = b->cap ? b->cap : 512;
-    while (want - b->end < n) want *= 2;
+    size_t want = buf_capacity_for(b, n);
     char *p = realloc(b->data, want);
     if (!p) return NULL;
     b->data = p;

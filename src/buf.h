@@ -23,6 +23,9 @@ bool buf_append(struct buf *b, const void *p, size_t n);
 /* Makes room for at least n more bytes at the end; returns the write
  * pointer or NULL. Commit what was written with buf_commit(). */
 char *buf_reserve(struct buf *b, size_t n);
+/* The capacity buf_reserve(b, n) would leave: lets a caller charge memory
+ * against a budget before it is allocated. */
+size_t buf_capacity_for(const struct buf *b, size_t n);
 static inline void buf_commit(struct buf *b, size_t n) { b->end += n; }
 /* Drops n bytes from the front. */
 void buf_consume(struct buf *b, size_t n);

@@ -10,7 +10,8 @@
 
 #include "smtp_limits.h"
 
-void data_begin(struct data_reader *d, size_t limit, enum bare_newline_mode mode)
+void data_begin(struct data_reader *d, size_t limit, enum bare_newline_mode mode,
+                struct data_budget *budget, size_t memory_limit)
 {
     buf_clear(&d->content);
     d->num_bytes = 0;
@@ -21,14 +22,41 @@ void data_begin(struct data_reader *d, size_t limit, enum bare_newline_mode mode
     d->bare_mode = mode;
     d->saw_bare_newline = false;
     d->discarding = false;
+    d->budget = budget;
+    d->memory_limit = memory_limit;
+    d->charged = 0;
+    d->out_of_memory = false;
 }
 
-void data_end(struct data_reader *d) { buf_free(&d->content); }
+/* Frees the content and gives its charge back to the budget. */
+static void data_release(struct data_reader *d)
+{
+    buf_free(&d->content);
+    if (d->budget) d->budget->used -= d->charged;
+    d->charged = 0;
+}
+
+void data_end(struct data_reader *d) { data_release(d); }
 
 static void data_fail(struct data_reader *d, enum data_verdict v)
 {
     d->verdict = v;
-    buf_free(&d->content); /* don't hold memory for a message we refuse */
+    data_release(d); /* don't hold memory for a message we refuse */
+}
+
+/* Makes room for n more content bytes, charging the growth to the budget
+ * before it is allocated. False when that would pass data_memory_limit (or
+ * memory ran out): the message is then read to its end and discarded. */
+static bool data_reserve(struct data_reader *d, size_t n)
+{
+    size_t cap = buf_capacity_for(&d->content, n);
+    if (cap <= d->charged) return true;
+    size_t more = cap - d->charged;
+    if (d->budget && d->memory_limit && d->budget->used + more > d->memory_limit) return false;
+    if (!buf_reserve(&d->content, n)) return false;
+    if (d->budget) d->budget->used += d->content.cap - d->charged;
+    d->charged = d->content.cap;
+    return true;
 }
 
 /* Appends the text of one line piece, handling bare CR/LF per the mode.
@@ -75,7 +103,7 @@ static void data_segment(struct data_reader *d, const char *p, size_t n, bool co
     bool over_size = d->limit && d->num_bytes > d->limit;
     bool over_line = d->line_len > DATA_LINE_MAX;
     if (over_size || over_line) {
-        buf_free(&d->content);
+        data_release(d);
         d->discarding = true;
         if (complete) d->verdict = over_size ? DATA_TOO_MUCH : DATA_TOO_LONG;
         return;
@@ -87,6 +115,14 @@ static void data_segment(struct data_reader *d, const char *p, size_t n, bool co
         n--;
     }
     size_t text_len = complete ? n - 2 : n;
+    /* Normalizing can turn every byte into CRLF: reserve for the worst. */
+    size_t need = (d->bare_mode == BARE_NEWLINE_NORMALIZE ? 2 * text_len : text_len) + 2;
+    if (!data_reserve(d, need)) {
+        data_release(d);
+        d->out_of_memory = true;
+        d->discarding = true;
+        return;
+    }
     data_append_text(d, p, text_len);
     if (complete && d->verdict == DATA_OK && !buf_append(&d->content, "\r\n", 2))
         data_fail(d, DATA_TOO_MUCH);
@@ -105,8 +141,11 @@ bool data_feed(struct data_reader *d, struct buf *in)
                 if (d->verdict == DATA_OK && d->saw_bare_newline &&
                     d->bare_mode == BARE_NEWLINE_REJECT) {
                     d->verdict = DATA_BARE_NEWLINE;
-                    buf_free(&d->content);
+                    data_release(d);
                 }
+                /* The size and line limits (and a bare newline) win, as
+                 * permanent errors; memory is a temporary one. */
+                if (d->verdict == DATA_OK && d->out_of_memory) d->verdict = DATA_NO_MEMORY;
                 return true;
             }
         }

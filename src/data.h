@@ -17,6 +17,14 @@ enum data_verdict {
     DATA_TOO_LONG,  /* "500 Line too long (see RFC5321 4.5.3.1.6)" */
     DATA_TOO_MUCH,  /* "552 Error: Too much mail data" */
     DATA_BARE_NEWLINE, /* "550 5.5.2 Error: bare CR or LF in message data" */
+    DATA_NO_MEMORY, /* "452 4.3.1 Error: insufficient system storage" */
+};
+
+/* What all the readers of one process may hold (data_memory_limit): each
+ * reader charges its buffer's capacity to `used` and releases it when the
+ * content is freed. One per process, owned by the server. */
+struct data_budget {
+    size_t used;
 };
 
 struct data_reader {
@@ -29,15 +37,22 @@ struct data_reader {
     enum bare_newline_mode bare_mode;
     bool saw_bare_newline;
     bool discarding;      /* past a limit: the verdict comes when the line ends */
+    struct data_budget *budget; /* NULL: no process-wide limit */
+    size_t memory_limit;  /* data_memory_limit in bytes, 0 = none */
+    size_t charged;       /* what this reader holds of budget->used */
+    bool out_of_memory;   /* would have passed memory_limit: read to the end, then 452 */
 };
 
-void data_begin(struct data_reader *d, size_t limit, enum bare_newline_mode mode);
+/* Starts a message. budget (may be NULL) and memory_limit bound what all
+ * readers sharing the budget hold together. */
+void data_begin(struct data_reader *d, size_t limit, enum bare_newline_mode mode,
+                struct data_budget *budget, size_t memory_limit);
 
 /* Consumes bytes from in. Returns true when the final ".\r\n" was consumed
  * (the verdict is then final), false when it needs more input. */
 bool data_feed(struct data_reader *d, struct buf *in);
 
-/* Frees the content buffer. */
+/* Frees the content buffer and releases its charge on the budget. */
 void data_end(struct data_reader *d);
 
 #endif

@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdio.h>
@@ -34,9 +35,12 @@
 #define DEFAULT_DATA_RATE_GRACE 30.0
 #define DEFAULT_RCPT_LIMIT 100L
 #define DEFAULT_ERROR_LIMIT 20L
+/* What all sessions of one process may buffer for DATA: eight messages of
+ * the default data_size_limit. */
+#define DEFAULT_DATA_MEMORY_LIMIT (256L * 1024 * 1024)
 
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
-                T_NUMBER0 /* 0 allowed: "no limit" */ };
+                T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */ };
 
 struct opt_def {
     const char *name;
@@ -67,6 +71,7 @@ static const struct opt_def opt_defs[] = {
     {"data_rate_grace", T_NUMBER},
     {"rcpt_limit", T_INT},
     {"error_limit", T_INT},
+    {"data_memory_limit", T_SIZE},
     {NULL, 0},
 };
 
@@ -74,6 +79,7 @@ static const char *const type_names[] = {
     "a boolean", "a non-negative integer", "a positive number", "a string",
     "a list of strings", "an integer or a table of integers",
     "one of \"reject\", \"normalize\", \"keep\"", "a non-negative number (0 = none)",
+    "a size in bytes (an integer, or a string such as \"64m\", \"512k\", \"1g\")",
 };
 
 void options_init_defaults(struct options *o)
@@ -92,6 +98,7 @@ void options_init_defaults(struct options *o)
     o->command_timeout = DEFAULT_COMMAND_TIMEOUT;
     o->data_rate_min = DEFAULT_DATA_RATE_MIN;
     o->data_rate_grace = DEFAULT_DATA_RATE_GRACE;
+    o->data_memory_limit = DEFAULT_DATA_MEMORY_LIMIT;
     o->rcpt_limit = DEFAULT_RCPT_LIMIT;
     o->error_limit = DEFAULT_ERROR_LIMIT;
 }
@@ -125,6 +132,7 @@ static long *int_slot(struct options *o, const char *name)
     if (!strcmp(name, "max_connections")) return &o->max_connections;
     if (!strcmp(name, "max_connections_per_ip")) return &o->max_connections_per_ip;
     if (!strcmp(name, "data_rate_min")) return &o->data_rate_min;
+    if (!strcmp(name, "data_memory_limit")) return &o->data_memory_limit;
     if (!strcmp(name, "rcpt_limit")) return &o->rcpt_limit;
     return &o->error_limit;
 }
@@ -211,6 +219,26 @@ static bool parse_long(const char *s, long *out)
     return true;
 }
 
+/* "123", "64k", "64m", "1g" (case-insensitive, powers of 1024). */
+static bool parse_size(const char *s, long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || v < 0) return false;
+    long long unit = 1;
+    switch (tolower((unsigned char)*end)) {
+    case '\0': break;
+    case 'k': unit = 1024LL, end++; break;
+    case 'm': unit = 1024LL * 1024, end++; break;
+    case 'g': unit = 1024LL * 1024 * 1024, end++; break;
+    default: return false;
+    }
+    if (*end || v > (long long)(LONG_MAX / unit)) return false;
+    *out = (long)(v * unit);
+    return true;
+}
+
 static bool parse_bool(const char *s, bool *out)
 {
     if (!strcasecmp(s, "true") || !strcmp(s, "1") || !strcasecmp(s, "yes")) *out = true;
@@ -294,6 +322,10 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         return true;
     case T_BARE_NEWLINE:
         if (!parse_bare_newline(v, &o->bare_newline)) return wrong_type(d, err, errlen);
+        return true;
+    case T_SIZE:
+        if (!parse_size(v, &n)) return wrong_type(d, err, errlen);
+        *int_slot(o, name) = n;
         return true;
     }
     return false;
@@ -382,6 +414,11 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
     case T_BARE_NEWLINE:
         if (t != LUA_TSTRING || !parse_bare_newline(lua_tostring(L, idx), &o->bare_newline))
             return wrong_type(d, err, errlen);
+        return true;
+    case T_SIZE:
+        if (t == LUA_TSTRING) return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
+        if (!lua_is_integer(L, idx, &n)) return wrong_type(d, err, errlen);
+        *int_slot(o, name) = n;
         return true;
     }
     return false;

@@ -47,8 +47,9 @@ struct options {
     long max_connections;      /* in total */
     long max_connections_per_ip;
     double command_timeout;    /* seconds to complete one command line once begun */
-    long data_rate_min;        /* bytes/s a DATA transfer must average after a grace */
-    double data_rate_grace;    /* seconds of DATA before data_rate_min is judged */
+    long data_rate_min;        /* bytes/s a DATA transfer must keep up, per window */
+    double data_rate_grace;    /* the window (seconds) over which data_rate_min is judged */
+    long data_memory_limit;    /* bytes of message text all sessions of a process buffer */
     long rcpt_limit;           /* recipients per message */
     long error_limit;          /* error replies per session before 421 */
 };

@@ -4,6 +4,8 @@
 #define LUASMTPD_SERVER_H
 
 #include <ev.h>
+
+#include "data.h"
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -48,6 +50,7 @@ struct server {
     struct tls_config *tls;
     struct tls_config *smtps_tls;
     ev_timer stop_timer; /* bounds a graceful stop */
+    struct data_budget data_budget; /* message text all sessions buffer (data_memory_limit) */
 };
 
 /* Binds "[HOST][:PORT]" (default host localhost, default port 8025; port 0 =

@@ -146,8 +146,6 @@ void session_scrub(struct session *s, char *msg)
 
 /* ---------------------------------------------------------------- lifecycle */
 
-/* data_rate_min is checked this often (after data_rate_grace). */
-#define DATA_RATE_CHECK_SECONDS 5.0
 /* Replies queued for a client that doesn't read: past this, stop taking
  * its commands until the output drains to half. */
 #define SESSION_OUTPUT_HWM (256 * 1024)
@@ -324,14 +322,20 @@ static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
         session_close(s, "command line not completed within command_timeout");
         return;
     }
-    /* A DATA transfer must average data_rate_min after a grace period. */
+    /* A DATA transfer must keep data_rate_min over each window of
+     * data_rate_grace seconds, not just on average since it began: a burst
+     * followed by a trickle would otherwise hold its buffer for hours. */
     if (s->state == SESSION_DATA && o->data_rate_min) {
-        double elapsed = now - s->data_started;
-        if (elapsed > o->data_rate_grace &&
-            (double)s->data.num_bytes / elapsed < (double)o->data_rate_min) {
-            session_replyf(s, "421 4.4.2 %s Error: timeout exceeded", o->hostname);
-            session_close(s, "DATA slower than data_rate_min");
-            return;
+        double elapsed = now - s->data_window_start;
+        if (elapsed >= o->data_rate_grace) {
+            size_t got = s->data.num_bytes - s->data_window_bytes;
+            if ((double)got / elapsed < (double)o->data_rate_min) {
+                session_replyf(s, "421 4.4.2 %s Error: timeout exceeded", o->hostname);
+                session_close(s, "DATA slower than data_rate_min");
+                return;
+            }
+            s->data_window_start = now;
+            s->data_window_bytes = s->data.num_bytes;
         }
     }
     ev_tstamp after = s->last_activity - now + o->timeout;
@@ -341,9 +345,8 @@ static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
             if (cmd < after) after = cmd;
         }
         if (s->state == SESSION_DATA && o->data_rate_min) {
-            double check = DATA_RATE_CHECK_SECONDS < o->data_rate_grace ? DATA_RATE_CHECK_SECONDS
-                                                                         : o->data_rate_grace;
-            if (after > check) after = check;
+            ev_tstamp window_end = s->data_window_start + o->data_rate_grace - now;
+            if (after > window_end) after = window_end;
         }
         w->repeat = after > 0.001 ? after : 0.001;
         ev_timer_again(loop, w);
@@ -1182,9 +1185,11 @@ static void cmd_data(struct session *s, const char *arg, size_t len)
         return;
     }
     session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
-    data_begin(&s->data, (size_t)s->opt->data_size_limit, s->opt->bare_newline);
+    data_begin(&s->data, (size_t)s->opt->data_size_limit, s->opt->bare_newline,
+               &s->srv->data_budget, (size_t)s->opt->data_memory_limit);
     s->state = SESSION_DATA;
-    s->data_started = ev_now(s->srv->loop);
+    s->data_window_start = ev_now(s->srv->loop);
+    s->data_window_bytes = 0;
     if (s->opt->data_rate_min) session_replan_timer(s);
 }
 
@@ -1223,6 +1228,8 @@ static void session_data_finished(struct session *s)
     case DATA_TOO_LONG: refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"; break;
     case DATA_TOO_MUCH: refusal = "552 Error: Too much mail data"; break;
     case DATA_BARE_NEWLINE: refusal = "550 5.5.2 Error: bare CR or LF in message data"; break;
+    /* data_memory_limit: temporary, the client keeps the message and retries. */
+    case DATA_NO_MEMORY: refusal = "452 4.3.1 Error: insufficient system storage"; break;
     case DATA_OK: break;
     }
     if (refusal) {

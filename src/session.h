@@ -63,7 +63,10 @@ struct session {
     ev_tstamp proxy_deadline;
     long errors;           /* error replies sent (error_limit) */
     ev_tstamp line_started; /* first byte of an unfinished command line, or 0 */
-    ev_tstamp data_started; /* DATA began (data_rate_min) */
+    /* data_rate_min is judged per window of data_rate_grace seconds: when
+     * the current one began, and the octets received by then. */
+    ev_tstamp data_window_start;
+    size_t data_window_bytes;
     bool tls_refused;      /* handle_STARTTLS said no */
 
     int bogus_budget;

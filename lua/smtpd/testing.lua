@@ -346,7 +346,11 @@ end
 -- @return true, or nil and an error message
 function Client:send(data)
   if self.sock == nil then return nil, "closed" end
-  log(self, "C:", (data:gsub("\r\n", "\\r\\n"):gsub("\n", "\\n"):gsub("\r", "\\r")))
+  -- Escape only what the transcript keeps: a large message is cut anyway.
+  local shown = #data > 300 and data:sub(1, 300) or data
+  shown = shown:gsub("\r\n", "\\r\\n"):gsub("\n", "\\n"):gsub("\r", "\\r")
+  if #data > 300 then shown = shown .. "... (" .. #data .. " octets)" end
+  log(self, "C:", shown)
   local deadline = socket.gettime() + self.timeout
   local i = 1
   while i <= #data do
