@@ -22,8 +22,8 @@ void log_vmsg(enum log_level level, const char *sid, const char *fmt, va_list ap
     struct timeval tv;
     gettimeofday(&tv, NULL);
     /* The date part changes once a second; format it only then. */
-    static time_t cached_sec = -1;
-    static char cached[32];
+    static __thread time_t cached_sec = -1; /* per thread: a reload builds on its own */
+    static __thread char cached[32];
     if (tv.tv_sec != cached_sec) {
         struct tm tm;
         gmtime_r(&tv.tv_sec, &tm);

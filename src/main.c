@@ -12,6 +12,8 @@
 #include "log.h"
 #include "master.h"
 #include "policy.h"
+#include "policy_builder.h"
+#include "script_store.h"
 #include "server.h"
 #include "tls.h"
 
@@ -44,6 +46,7 @@ struct cli {
     double watchdog;
     int worker_slot;    /* >= 0 in a worker started by the master */
     int worker_status_fd;
+    int script_fd;      /* a worker: the master's store of the validated script */
     /* The arguments every worker gets (everything but listen addresses and
      * the master's own flags). */
     char *pass[256];
@@ -135,7 +138,7 @@ static void parse_args(int argc, char **argv)
         OPT_HANDLER = 256, OPT_HOSTNAME, OPT_IDENT, OPT_TIMEOUT, OPT_READY_FD, OPT_TLSCERT,
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
         OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT, OPT_WORKERS,
-        OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL
+        OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL, OPT_SCRIPT_FD
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -158,13 +161,15 @@ static void parse_args(int argc, char **argv)
         {"watchdog", required_argument, 0, OPT_WATCHDOG},
         {"proxy-protocol", optional_argument, 0, OPT_PROXY_PROTOCOL},
         {"worker-slot", required_argument, 0, OPT_WORKER_SLOT},
-        {"worker-status-fd", required_argument, 0, OPT_WORKER_STATUS_FD}, {0, 0, 0, 0},
+        {"worker-status-fd", required_argument, 0, OPT_WORKER_STATUS_FD},
+        {"script-fd", required_argument, 0, OPT_SCRIPT_FD}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
     cli.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
     cli.watchdog = DEFAULT_WATCHDOG_SECONDS;
     cli.worker_slot = -1;
     cli.worker_status_fd = -1;
+    cli.script_fd = -1;
     pass(argv[0], NULL);
     int c;
     int longindex;
@@ -172,7 +177,8 @@ static void parse_args(int argc, char **argv)
         /* Workers get every option but addresses and the master's own. */
         bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
-                           c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD || c == 't' ||
+                           c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD ||
+                           c == OPT_SCRIPT_FD || c == 't' ||
                            c == 'v' || c == 'h' || c == '?';
         if (!master_only) {
             if (c < 256) {
@@ -226,6 +232,7 @@ static void parse_args(int argc, char **argv)
         case OPT_WORKER_SLOT: cli.worker_slot = atoi(optarg); break;
         case OPT_PROXY_PROTOCOL: add_override("proxy_protocol_timeout", optarg ? optarg : "10"); break;
         case OPT_WORKER_STATUS_FD: cli.worker_status_fd = atoi(optarg); break;
+        case OPT_SCRIPT_FD: cli.script_fd = atoi(optarg); break;
         case OPT_DRAIN_TIMEOUT: cli.drain_timeout = seconds_arg("--drain-timeout", optarg); break;
         case OPT_LOAD_TIMEOUT:
             policy_load_timeout = seconds_arg("--load-timeout", optarg);
@@ -317,9 +324,22 @@ static void log_policy(const struct policy *p)
                                 "every attempt");
 }
 
-static struct policy *load_policy(char *err, size_t errlen)
+/* Start-up: a worker loads the bytes the master validated (its store), any
+ * other process reads the file itself. *src_out, when given, receives the
+ * bytes that were loaded (the master stores them). */
+static struct policy *load_policy(char *err, size_t errlen, char **src_out, size_t *len_out)
 {
-    return policy_load(cli.handler, cli.ov, cli.n_ov, err, errlen);
+    if (!cli.handler) return policy_load(NULL, cli.ov, cli.n_ov, err, errlen);
+    size_t len;
+    char *src = cli.script_fd >= 0 ? script_store_read(cli.script_fd, &len, err, errlen)
+                                   : policy_read_script(cli.handler, &len, err, errlen);
+    if (!src) return NULL;
+    struct policy *p = policy_load_source(cli.handler, src, len, cli.ov, cli.n_ov, err, errlen);
+    if (p && src_out) {
+        *src_out = src;
+        *len_out = len;
+    } else free(src);
+    return p;
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -334,19 +354,49 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
     server_stop(&srv, STOP_TIMEOUT_SECONDS);
 }
 
-/* SIGHUP: build a new generation beside the running one; on any error keep
- * the old one. Sessions finish on the generation they started with. */
-static void reload(struct ev_loop *loop, const char *why)
+/* A SIGHUP that arrives while a reload is being built: one more build
+ * follows it, so the last change is never missed. */
+static bool reload_queued;
+static void reload(struct ev_loop *loop, const char *why);
+
+/* The new generation is built (or refused): swap it in on the loop. */
+static void reload_built(struct policy *p, const char *src, size_t len, const char *err, void *ud)
 {
-    char err[2048];
-    log_msg(LOG_INFO, NULL, "%s: reloading %s", why,
-            cli.handler ? cli.handler : "the default handler");
-    struct policy *p = load_policy(err, sizeof err);
-    ev_now_update(loop); /* loading a script can take a while */
+    struct ev_loop *loop = ud;
     if (!p) {
         log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
                 srv.policy->generation, err);
+    } else {
+        struct policy *old = srv.policy;
+        srv.policy = p;
+        old->retired_at = ev_now(loop);
+        log_policy(p);
+        if (old->refcount > 1)
+            log_msg(LOG_INFO, NULL, "generation %u retired; %d sessions finish on it",
+                    old->generation, old->refcount - 1);
+        policy_release(old);
     }
+    if (reload_queued) {
+        reload_queued = false;
+        reload(loop, "a reload was asked for while the last one loaded");
+    }
+}
+
+/* SIGHUP: build a new generation beside the running one, on a thread of its
+ * own so that serving goes on while the script's top level runs; on any
+ * error keep the old one. Sessions finish on the generation they started
+ * with. A worker builds from the master's store (the master validated those
+ * bytes), anyone else from the file. */
+static void reload(struct ev_loop *loop, const char *why)
+{
+    char err[2048];
+    if (policy_builder_busy()) {
+        reload_queued = true;
+        log_msg(LOG_INFO, NULL, "%s: a reload is still loading; another follows it", why);
+        return;
+    }
+    log_msg(LOG_INFO, NULL, "%s: reloading %s", why,
+            cli.handler ? cli.handler : "the default handler");
     /* Certificates reload on their own: a bad pair keeps the old one. */
     struct tls_config *tls, *smtps;
     if (cli.tlscert || cli.smtpscert) {
@@ -355,15 +405,64 @@ static void reload(struct ev_loop *loop, const char *why)
             log_msg(LOG_INFO, NULL, "TLS certificates reloaded");
         } else log_msg(LOG_ERROR, NULL, "TLS reload refused, keeping the old certificates: %s", err);
     }
-    if (!p) return;
-    struct policy *old = srv.policy;
-    srv.policy = p;
-    old->retired_at = ev_now(loop);
-    log_policy(p);
-    if (old->refcount > 1)
-        log_msg(LOG_INFO, NULL, "generation %u retired; %d sessions finish on it", old->generation,
-                old->refcount - 1);
-    policy_release(old);
+    char *src = NULL;
+    size_t len = 0;
+    if (cli.handler && cli.script_fd >= 0 &&
+        !(src = script_store_read(cli.script_fd, &len, err, sizeof err))) {
+        log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
+                srv.policy->generation, err);
+        return;
+    }
+    if (!policy_builder_start(loop, cli.handler, src, len, cli.ov, cli.n_ov, reload_built, loop,
+                              err, sizeof err))
+        log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
+                srv.policy->generation, err);
+}
+
+/* ------------------------------------------------ the master's reload */
+
+static int master_store_fd = -1;
+static bool master_reload_queued;
+static void master_reload(struct ev_loop *loop, const char *why);
+
+/* The master validated the script (or refused it): store the bytes it
+ * checked and tell the workers, or tell them nothing. */
+static void master_reload_built(struct policy *p, const char *src, size_t len, const char *err,
+                                void *ud)
+{
+    struct ev_loop *loop = ud;
+    char msg[512];
+    if (!p) {
+        log_msg(LOG_ERROR, NULL, "reload refused, workers keep their generation: %s", err);
+    } else if (src && !script_store_write(master_store_fd, src, len, msg, sizeof msg)) {
+        log_msg(LOG_ERROR, NULL, "reload refused, workers keep their generation: %s", msg);
+    } else {
+        log_msg(LOG_INFO, NULL, "%s validated: reloading every worker",
+                cli.handler ? cli.handler : "the default handler");
+        master_signal_workers(SIGHUP);
+    }
+    if (p) policy_release(p);
+    if (master_reload_queued) {
+        master_reload_queued = false;
+        master_reload(loop, "a reload was asked for while the last one loaded");
+    }
+}
+
+/* SIGHUP or --watch in the master: validate the file once, here, before
+ * any worker swaps; a broken script never reaches them. */
+static void master_reload(struct ev_loop *loop, const char *why)
+{
+    char err[2048];
+    if (policy_builder_busy()) {
+        master_reload_queued = true;
+        log_msg(LOG_INFO, NULL, "%s: a reload is still being validated; another follows it", why);
+        return;
+    }
+    log_msg(LOG_INFO, NULL, "%s: validating %s", why,
+            cli.handler ? cli.handler : "the default handler");
+    if (!policy_builder_start(loop, cli.handler, NULL, 0, cli.ov, cli.n_ov, master_reload_built,
+                              loop, err, sizeof err))
+        log_msg(LOG_ERROR, NULL, "reload refused, workers keep their generation: %s", err);
 }
 
 static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -391,7 +490,11 @@ static void on_script_changed(struct ev_loop *loop, ev_stat *w, int revents)
 static void write_ready(void)
 {
     if (cli.ready_fd < 0) return;
-    char line[SERVER_MAX_LISTENERS * 84 + 16] = "ready";
+    char line[SERVER_MAX_LISTENERS * 84 + 32] = "ready";
+    /* A worker names its slot: the master counts workers, not lines, so a
+     * worker that restarts during start-up is not counted twice. */
+    if (cli.worker_slot >= 0)
+        snprintf(line, sizeof line, "ready w%d", cli.worker_slot);
     for (size_t i = 0; i < srv.n_listeners; i++) {
         strcat(line, " ");
         strcat(line, srv.listeners[i].addr);
@@ -412,7 +515,10 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &hup, NULL);
     parse_args(argc, argv);
     char err[2048];
-    struct policy *p = load_policy(err, sizeof err);
+    bool master = cli.workers > 0 && cli.worker_slot < 0;
+    char *src = NULL;
+    size_t src_len = 0;
+    struct policy *p = load_policy(err, sizeof err, master ? &src : NULL, &src_len);
     if (cli.check) {
         if (!p) {
             fprintf(stderr, "%s\n", err);
@@ -426,9 +532,18 @@ int main(int argc, char **argv)
         log_msg(LOG_ERROR, NULL, "cannot load handler: %s", err);
         return 1;
     }
-    if (cli.workers > 0 && cli.worker_slot < 0) {
-        /* The master: the script and certificates were checked above; each
-         * worker loads its own. */
+    if (master) {
+        /* The master: the script and certificates were checked above. The
+         * bytes it checked go into the store every worker loads from, now
+         * and whenever one is restarted. */
+        if (cli.handler) {
+            master_store_fd = script_store_create(err, sizeof err);
+            if (master_store_fd < 0 || !script_store_write(master_store_fd, src, src_len, err, sizeof err)) {
+                log_msg(LOG_ERROR, NULL, "%s", err);
+                return 1;
+            }
+        }
+        free(src);
         struct tls_config *tls, *smtps;
         if (!load_tls(&tls, &smtps, err, sizeof err)) {
             log_msg(LOG_ERROR, NULL, "%s", err);
@@ -442,7 +557,8 @@ int main(int argc, char **argv)
             .listen = cli.listen, .n_listen = cli.n_listen, .listen_smtps = cli.listen_smtps,
             .n_listen_smtps = cli.n_listen_smtps, .watchdog = cli.watchdog,
             .stop_timeout = STOP_TIMEOUT_SECONDS, .ready_fd = cli.ready_fd,
-            .watch_path = cli.watch ? cli.handler : NULL,
+            .watch_path = cli.watch ? cli.handler : NULL, .script_fd = master_store_fd,
+            .reload = master_reload,
         };
         return master_run(&mc);
     }

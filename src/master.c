@@ -45,7 +45,10 @@ static struct worker workers[MASTER_MAX_WORKERS];
 static struct worker_status *status; /* shared with the workers */
 static int status_fd = -1;
 static int ready_pipe[2] = {-1, -1};
-static int n_ready;
+static bool slot_ready[MASTER_MAX_WORKERS]; /* its worker said "ready" and still runs */
+static bool ready_sent;
+static char ready_partial[128]; /* a ready line cut by a read */
+static size_t ready_partial_len;
 static bool stopping;
 static int running;
 
@@ -75,6 +78,7 @@ static void on_child(struct ev_loop *loop, ev_child *c, int revents)
     else snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(st));
     w->pid = 0;
     status[w->slot].pid = 0;
+    slot_ready[w->slot] = false;
     if (stopping) {
         log_msg(LOG_INFO, NULL, "worker %d %s", w->slot, how);
         if (running == 0) ev_break(loop, EVBREAK_ALL);
@@ -102,6 +106,11 @@ static char **worker_args(struct worker *w, char *bufs[4])
     asprintf(&bufs[0], "%d", w->slot);
     asprintf(&bufs[1], "%d", status_fd);
     asprintf(&bufs[2], "%d", ready_pipe[1]);
+    if (mc->script_fd >= 0) {
+        asprintf(&bufs[3], "%d", mc->script_fd);
+        argv[k++] = "--script-fd";
+        argv[k++] = bufs[3];
+    }
     argv[k++] = "--worker-slot";
     argv[k++] = bufs[0];
     argv[k++] = "--worker-status-fd";
@@ -129,6 +138,7 @@ static void worker_spawn(struct ev_loop *loop, struct worker *w)
         /* The child keeps only what the worker needs across exec. */
         fcntl(status_fd, F_SETFD, 0);
         fcntl(ready_pipe[1], F_SETFD, 0);
+        if (mc->script_fd >= 0) fcntl(mc->script_fd, F_SETFD, 0);
         /* Die with the master, even if it is killed outright. */
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         /* SIGHUP stays blocked until the worker's loop handles it: a reload
@@ -156,28 +166,45 @@ static void worker_spawn(struct ev_loop *loop, struct worker *w)
     log_msg(LOG_INFO, NULL, "worker %d started (pid %d)", w->slot, (int)pid);
 }
 
+/* One "ready wSLOT ADDR..." line from a worker. */
+static void worker_said_ready(const char *line)
+{
+    int slot;
+    if (sscanf(line, "ready w%d", &slot) != 1 || slot < 0 || slot >= mc->workers) return;
+    if (workers[slot].pid > 0) slot_ready[slot] = true;
+    for (int i = 0; i < mc->workers; i++)
+        if (!slot_ready[i]) return;
+    if (ready_sent || mc->ready_fd < 0) return;
+    /* Every worker is listening at once, not just N ready lines seen. */
+    ready_sent = true;
+    char out[SERVER_MAX_LISTENERS * 84 + 16] = "ready";
+    for (size_t k = 0; k < reserved.n_listeners; k++) {
+        strcat(out, " ");
+        strcat(out, reserved.listeners[k].addr);
+    }
+    strcat(out, "\n");
+    ssize_t wr = write(mc->ready_fd, out, strlen(out));
+    (void)wr;
+    close(mc->ready_fd);
+}
+
 /* Ready lines from workers: once all have reported, tell our own waiter. */
 static void on_ready_pipe(struct ev_loop *loop, ev_io *io, int revents)
 {
     char buf[4096];
     ssize_t n = read(ready_pipe[0], buf, sizeof buf);
     for (ssize_t i = 0; i < n; i++) {
-        if (buf[i] != '\n') continue;
-        if (++n_ready == mc->workers && mc->ready_fd >= 0) {
-            char line[SERVER_MAX_LISTENERS * 84 + 16] = "ready";
-            for (size_t k = 0; k < reserved.n_listeners; k++) {
-                strcat(line, " ");
-                strcat(line, reserved.listeners[k].addr);
-            }
-            strcat(line, "\n");
-            ssize_t wr = write(mc->ready_fd, line, strlen(line));
-            (void)wr;
-            close(mc->ready_fd);
+        if (buf[i] != '\n') {
+            if (ready_partial_len < sizeof ready_partial - 1) ready_partial[ready_partial_len++] = buf[i];
+            continue;
         }
+        ready_partial[ready_partial_len] = '\0';
+        worker_said_ready(ready_partial);
+        ready_partial_len = 0;
     }
 }
 
-static void signal_workers(int sig)
+void master_signal_workers(int sig)
 {
     for (int i = 0; i < mc->workers; i++)
         if (workers[i].pid > 0) kill(workers[i].pid, sig);
@@ -206,20 +233,20 @@ static ev_timer stop_timer;
 static void on_stop_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 {
     log_msg(LOG_WARN, NULL, "workers did not stop in time: killing them");
-    signal_workers(SIGKILL);
+    master_signal_workers(SIGKILL);
 }
 
 static void on_stop(struct ev_loop *loop, ev_signal *s, int revents)
 {
     if (stopping) {
-        signal_workers(SIGKILL);
+        master_signal_workers(SIGKILL);
         return;
     }
     stopping = true;
     log_msg(LOG_INFO, NULL, "%s received: stopping %d workers",
             s->signum == SIGTERM ? "SIGTERM" : "SIGINT", running);
     for (int i = 0; i < mc->workers; i++) ev_timer_stop(loop, &workers[i].restart);
-    signal_workers(SIGTERM);
+    master_signal_workers(SIGTERM);
     if (running == 0) {
         ev_break(loop, EVBREAK_ALL);
         return;
@@ -230,16 +257,24 @@ static void on_stop(struct ev_loop *loop, ev_signal *s, int revents)
 
 static void on_reload(struct ev_loop *loop, ev_signal *s, int revents)
 {
+    if (mc->reload) {
+        mc->reload(loop, "SIGHUP received");
+        return;
+    }
     log_msg(LOG_INFO, NULL, "SIGHUP received: reloading every worker");
-    signal_workers(SIGHUP);
+    master_signal_workers(SIGHUP);
 }
 
 static ev_timer watch_settle;
 
 static void on_watch_settled(struct ev_loop *loop, ev_timer *t, int revents)
 {
+    if (mc->reload) {
+        mc->reload(loop, "the script changed");
+        return;
+    }
     log_msg(LOG_INFO, NULL, "%s changed: reloading every worker", mc->watch_path);
-    signal_workers(SIGHUP);
+    master_signal_workers(SIGHUP);
 }
 
 static void on_script_changed(struct ev_loop *loop, ev_stat *w, int revents)

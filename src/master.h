@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+struct ev_loop;
+
 /* One worker's slot in the shared memory the watchdog reads. */
 struct worker_status {
     double heartbeat;   /* CLOCK_MONOTONIC seconds, written by the worker's loop */
@@ -35,7 +37,15 @@ struct master_config {
     double stop_timeout;
     int ready_fd;               /* -1: none */
     const char *watch_path;     /* --watch: forward a reload when it changes */
+    int script_fd;              /* the validated script's store, inherited by workers; -1: none */
+    /* SIGHUP / --watch: validates the script and then calls
+     * master_signal_workers(SIGHUP), or refuses (the caller loads Lua: this
+     * file must not). NULL: forward SIGHUP at once. */
+    void (*reload)(struct ev_loop *loop, const char *why);
 };
+
+/* Sends sig to every running worker. */
+void master_signal_workers(int sig);
 
 /* Runs the master until it is stopped; returns the exit status. */
 int master_run(const struct master_config *mc);

@@ -6,6 +6,8 @@
 #include "policy.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -315,13 +317,18 @@ static void add_script_dir_to_path(lua_State *L, const char *path)
     lua_pop(L, 1);
 }
 
-static bool run_script(struct policy *p, const char *path, char *err, size_t errlen)
+static bool run_script(struct policy *p, const char *path, const char *src, size_t len,
+                       char *err, size_t errlen)
 {
     lua_State *L = p->L;
     int status;
     if (path) {
         add_script_dir_to_path(L, path);
-        status = luaL_loadfile(L, path);
+        /* "@path": errors and tracebacks name the file, as luaL_loadfile's
+         * would (LuaJIT's lexer skips a "#!" line and a BOM either way). */
+        char chunkname[PATH_MAX + 2];
+        snprintf(chunkname, sizeof chunkname, "@%s", path);
+        status = luaL_loadbuffer(L, src, len, chunkname);
     } else {
         const struct embedded_file *f = embedded_files;
         while (f->name && strcmp(f->name, "smtpd.default")) f++;
@@ -378,8 +385,54 @@ static bool run_script(struct policy *p, const char *path, char *err, size_t err
     return true;
 }
 
+char *policy_read_script(const char *path, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n - 1, f);
+        if (n < cap - 1) break;
+        char *bigger = realloc(buf, cap * 2);
+        if (!bigger) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = bigger;
+        cap *= 2;
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (!buf || failed) {
+        snprintf(err, errlen, "cannot read %s: %s", path, buf ? strerror(errno) : "out of memory");
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
 struct policy *policy_load(const char *path, const struct option_override *ov, size_t n_ov,
                            char *err, size_t errlen)
+{
+    if (!path) return policy_load_source(NULL, NULL, 0, ov, n_ov, err, errlen);
+    size_t len;
+    char *src = policy_read_script(path, &len, err, errlen);
+    if (!src) return NULL;
+    struct policy *p = policy_load_source(path, src, len, ov, n_ov, err, errlen);
+    free(src);
+    return p;
+}
+
+struct policy *policy_load_source(const char *path, const char *src, size_t len,
+                                  const struct option_override *ov, size_t n_ov, char *err,
+                                  size_t errlen)
 {
     struct policy *p = calloc(1, sizeof *p);
     if (!p) {
@@ -412,7 +465,7 @@ struct policy *policy_load(const char *path, const struct option_override *ov, s
     lua_call(L, 1, 0);
 
     if (!load_builtin_mechanisms(p, err, errlen)) goto failed;
-    if (!run_script(p, path, err, errlen)) goto failed;
+    if (!run_script(p, path, src, len, err, errlen)) goto failed;
     if (!read_handler(p, err, errlen)) goto failed;
     lua_settop(L, 0);
     for (size_t i = 0; i < n_ov; i++) {

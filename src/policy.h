@@ -92,6 +92,18 @@ static inline void policy_leave_hook(struct policy *p) { p->in_hook = false; }
 struct policy *policy_load(const char *path, const struct option_override *ov, size_t n_ov,
                            char *err, size_t errlen);
 
+/* The same from the script's bytes (path names the chunk and the folder
+ * `require` searches; NULL with src NULL: the embedded default handler).
+ * Touches no global state but the generation counter, so a builder thread
+ * may call it while the loop runs (one build at a time). */
+struct policy *policy_load_source(const char *path, const char *src, size_t len,
+                                  const struct option_override *ov, size_t n_ov, char *err,
+                                  size_t errlen);
+
+/* Reads a script file whole: a malloc'd NUL-terminated copy, or NULL with a
+ * message ("cannot open PATH: ...") in err. */
+char *policy_read_script(const char *path, size_t *len, char *err, size_t errlen);
+
 void policy_hold(struct policy *p);
 /* Drops a reference; the lua_State is closed with the last one. */
 void policy_release(struct policy *p);
