@@ -19,6 +19,7 @@
 #include "server.h"
 #include "session.h"
 #include "smtp_limits.h"
+#include "status_line.h"
 
 static const char *const reply_success = "235 2.7.0 Authentication successful";
 static const char *const reply_invalid = "535 5.7.8 Authentication credentials invalid";
@@ -36,11 +37,20 @@ void auth_forget(struct session *s)
     session_clear_secrets(s);
 }
 
-static void auth_finish(struct session *s)
+/* Ends an AUTH command with its outcome. The outcome is the one writer of
+ * session.authenticated: whatever a hook wrote into the table on the way,
+ * the C mirror and the table say the same from here on (a mechanism that
+ * set authenticated = true and then failed is not authenticated). */
+static void auth_finish(struct session *s, bool authenticated)
 {
     auth_forget(s);
     s->auth_in_progress = false;
     s->wait = WAIT_NONE;
+    s->authenticated = authenticated;
+    /* true, or cleared to nil as before any AUTH (what a script that never
+     * touched it has seen all along). */
+    if (authenticated) lsession_set_bool(s, LS_SESSION, "authenticated", true);
+    else lsession_set_string(s, LS_SESSION, "authenticated", NULL, 0);
     if (s->authenticated) {
         log_msg(LOG_INFO, s->sid, "authenticated with %s",
                 s->policy->mechs[s->auth_mech_index].name);
@@ -61,7 +71,7 @@ static void auth_finish(struct session *s)
 static void auth_hook_failed(struct session *s, lua_State *co)
 {
     session_reply_hook_error(s, co, true);
-    auth_finish(s);
+    auth_finish(s, false);
 }
 
 /* Raises a hook error about a bad value (the message goes to the log). */
@@ -72,19 +82,15 @@ static void auth_bad_value(struct session *s, lua_State *co, const char *what)
     auth_hook_failed(s, co);
 }
 
-/* auth-api.md 4.4: a message is one line starting with a code of the
- * right class (2xx for success, 4xx/5xx for failure). */
+/* auth-api.md 4.4: a message is one status line of the right class (2xx
+ * for success, 4xx/5xx for failure). */
 static bool auth_message_valid(const char *m, size_t n, bool success)
 {
-    if (n < 3 || !isdigit((unsigned char)m[0]) || !isdigit((unsigned char)m[1]) ||
-        !isdigit((unsigned char)m[2]))
-        return false;
-    if (n > 3 && m[3] != ' ' && m[3] != '-') return false;
-    if (memchr(m, '\r', n) || memchr(m, '\n', n) || memchr(m, '\0', n)) return false;
+    if (!status_line_valid(m, n)) return false;
     return success ? m[0] == '2' : (m[0] == '4' || m[0] == '5');
 }
 
-/* Marks the session authenticated with the auth_data at co[idx]. Returns
+/* Records the auth_data at co[idx] of a successful AUTH. Returns
  * false, with the error pushed twice onto co, when reading auth_data.login
  * raised (a script's strict __index). */
 static bool auth_succeeded(struct session *s, lua_State *co, int idx)
@@ -106,15 +112,12 @@ static bool auth_succeeded(struct session *s, lua_State *co, int idx)
     /* C owns these fields: written raw, past any metamethod. */
     lsession_push_table(s, co, LS_SESSION);
     int t = lua_gettop(co);
-    lua_pushboolean(co, 1);
-    lua_bind_rawsetfield(co, t, "authenticated");
     lua_pushvalue(co, idx);
     lua_bind_rawsetfield(co, t, "auth_data");
     lua_pushvalue(co, login);
     lua_bind_rawsetfield(co, t, "login_data");
     lua_settop(co, login - 1);
-    s->authenticated = true;
-    return true;
+    return true; /* auth_finish(s, true) sets authenticated */
 }
 
 /* The mechanism returned (co stack 1..nres). auth-api.md 4.4. */
@@ -129,8 +132,7 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
     if (t == LUA_TNIL) {
         /* The mechanism sent its own final reply, or forgot to (fix). */
         if (!s->auth_final_sent) session_reply(s, reply_invalid);
-        s->authenticated = false;
-        auth_finish(s);
+        auth_finish(s, false);
         return;
     }
     if (t == LUA_TBOOLEAN) {
@@ -141,8 +143,11 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
                 return;
             }
             session_reply(s, reply_success);
-        } else session_reply(s, reply_invalid);
-        auth_finish(s);
+            auth_finish(s, true);
+        } else {
+            session_reply(s, reply_invalid);
+            auth_finish(s, false);
+        }
         return;
     }
     if (t != LUA_TTABLE && !l_authresult_is(co, 1)) {
@@ -188,8 +193,7 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
         if (!s->auth_final_sent) session_reply(s, reply_invalid); /* fix: never leave a hang */
     } else if (message) session_reply_len(s, message, mlen);
     else session_reply(s, reply_invalid);
-    if (!success) s->authenticated = false;
-    auth_finish(s);
+    auth_finish(s, success);
 }
 
 /* The AUTH arguments as hooks see them: {MECHANISM, initial-response}. */
@@ -220,7 +224,7 @@ static void auth_check_stray_yield(struct session *s, bool finished)
     lua_pushvalue(co, -1);
     session_reply_hook_error(s, co, true);
     hook_abandon(&s->hook);
-    auth_finish(s);
+    auth_finish(s, false);
 }
 
 static void auth_run_mechanism(struct session *s)
@@ -258,12 +262,14 @@ static void auth_handle_auth_done(void *owner, bool ok, lua_State *co, int nres)
             return;
         }
         session_reply_len(s, status, n);
-        auth_finish(s);
+        /* handle_AUTH decided: authenticated if it said so and replied 2xx. */
+        auth_finish(s, s->authenticated && status[0] == '2');
         return;
     }
     if (t == LUA_TNIL) {
-        if (!s->auth_final_sent) session_reply(s, reply_invalid); /* fix */
-        auth_finish(s);
+        bool replied = s->auth_final_sent;
+        if (!replied) session_reply(s, reply_invalid); /* fix */
+        auth_finish(s, replied && s->authenticated);
         return;
     }
     char what[96];
@@ -391,7 +397,7 @@ void auth_on_hook_deadline(struct ev_loop *loop, ev_timer *w, int revents)
     hook_abandon(&s->hook);
     s->wait = WAIT_NONE;
     session_reply(s, "454 4.7.0 Temporary authentication failure");
-    auth_finish(s);
+    auth_finish(s, false);
     session_pump(s);
 }
 

@@ -17,6 +17,7 @@
 #include "policy.h"
 #include "proxy.h"
 #include "session.h"
+#include "status_line.h"
 
 struct server_box {
     struct session *s; /* NULL once the session is gone */
@@ -32,13 +33,14 @@ static struct session *check_server(lua_State *L)
     return box->s;
 }
 
-/* A status line must be one line: CR, LF or NUL would let a script (or the
- * data it echoes) inject extra replies. */
+/* A reply a script sends must be one status line (status_line.h). */
 static const char *check_line(lua_State *L, int idx, size_t *n, const char *what)
 {
     const char *line = luaL_checklstring(L, idx, n);
-    if (memchr(line, '\r', *n) || memchr(line, '\n', *n) || memchr(line, '\0', *n))
-        luaL_error(L, "%s: the reply must be one line (no CR, LF or NUL)", what);
+    if (!status_line_valid(line, *n))
+        luaL_error(L, "%s: the reply must be one status line (3 digits, then a space, a dash or "
+                      "the end; no CR, LF or NUL)",
+                   what);
     return line;
 }
 

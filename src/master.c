@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "lua_hook.h"
 #include "log.h"
 #include "server.h"
@@ -52,13 +53,6 @@ static size_t ready_partial_len;
 static bool stopping;
 static int running;
 
-static double monotonic(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void worker_spawn(struct ev_loop *loop, struct worker *w);
 
 static void on_restart_due(struct ev_loop *loop, ev_timer *t, int revents)
@@ -84,7 +78,7 @@ static void on_child(struct ev_loop *loop, ev_child *c, int revents)
         if (running == 0) ev_break(loop, EVBREAK_ALL);
         return;
     }
-    double lived = monotonic() - w->started;
+    double lived = clock_monotonic() - w->started;
     /* A worker the watchdog killed had started fine: replace it at once. */
     double pause = lived < CRASH_LOOP_SECONDS && !w->killed_by_watchdog ? RESTART_PAUSE_SECONDS : 0.;
     w->killed_by_watchdog = false;
@@ -159,7 +153,7 @@ static void worker_spawn(struct ev_loop *loop, struct worker *w)
         return;
     }
     w->pid = pid;
-    w->started = monotonic();
+    w->started = clock_monotonic();
     running++;
     ev_child_set(&w->child, pid, 0);
     ev_child_start(loop, &w->child);
@@ -212,7 +206,7 @@ void master_signal_workers(int sig)
 
 static void on_watchdog(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    double now = monotonic();
+    double now = clock_monotonic();
     for (int i = 0; i < mc->workers; i++) {
         struct worker *w = &workers[i];
         double beat = status[i].heartbeat;
@@ -366,7 +360,7 @@ static ev_timer heartbeat;
 
 static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    my_status->heartbeat = monotonic();
+    my_status->heartbeat = clock_monotonic();
 }
 
 bool master_worker_attach(int fd, int slot)
@@ -378,7 +372,7 @@ bool master_worker_attach(int fd, int slot)
     if (all == MAP_FAILED) return false;
     my_status = &all[slot];
     my_status->pid = getpid();
-    my_status->heartbeat = monotonic();
+    my_status->heartbeat = clock_monotonic();
     hook_status_slot = my_status->hook;
     hook_status_slot_size = sizeof my_status->hook;
     ev_timer_init(&heartbeat, on_heartbeat, HEARTBEAT_SECONDS, HEARTBEAT_SECONDS);

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "clock.h"
 #include "embedded.h"
 #include "log.h"
 #include "lua_bind.h"
@@ -48,20 +49,13 @@ static void *policy_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return r;
 }
 
-static double monotonic_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static double load_deadline;
 
 /* Count hook while the script's top level runs (the JIT is off then, so the
  * hook fires even in tight loops). */
 static void load_budget_hook(lua_State *L, lua_Debug *ar)
 {
-    if (monotonic_seconds() > load_deadline)
+    if (clock_monotonic() > load_deadline)
         luaL_error(L, "the script's top level did not finish within %.1f s", policy_load_timeout);
 }
 
@@ -360,7 +354,7 @@ static bool run_script(struct policy *p, const char *path, const char *src, size
     /* A top level that never returns must not hang start-up or a reload:
      * interpret it with a count hook checking a deadline. */
     luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
-    load_deadline = monotonic_seconds() + policy_load_timeout;
+    load_deadline = clock_monotonic() + policy_load_timeout;
     lua_sethook(L, load_budget_hook, LUA_MASKCOUNT, 10000);
     int rc = lua_pcall(L, 0, 1, -2);
     lua_sethook(L, NULL, 0, 0);

@@ -26,6 +26,7 @@
 #include "policy.h"
 #include "server.h"
 #include "smtp_limits.h"
+#include "status_line.h"
 #include "tls.h"
 #include "proxy.h"
 
@@ -391,6 +392,32 @@ void session_reset_envelope(struct session *s)
 
 /* ---------------------------------------------------------------- hooks */
 
+struct exception_call {
+    struct session *s;
+    bool replied;
+};
+
+/* handle_exception finished: a valid status line is the reply. */
+static void exception_done(void *owner, bool ok, lua_State *co, int nres)
+{
+    struct exception_call *call = owner;
+    if (!ok) {
+        char msg[2048], esc[4096];
+        const char *tb = lua_tostring(co, -1);
+        snprintf(msg, sizeof msg, "%s", tb ? tb : "(no message)");
+        session_scrub(call->s, msg);
+        log_msg(LOG_ERROR, call->s->sid, "hook handle_exception failed: %s",
+                log_escape(msg, strlen(msg), esc, sizeof esc));
+        return;
+    }
+    size_t n = 0;
+    const char *status = nres >= 1 && lua_type(co, 1) == LUA_TSTRING ? lua_tolstring(co, 1, &n) : NULL;
+    if (status && status_line_valid(status, n)) {
+        session_reply_len(call->s, status, n);
+        call->replied = true;
+    }
+}
+
 /* Logs a failed hook (scrubbing secrets) and sends the reply for it:
  * handle_exception's status if it gives a valid one, else 451 (454 in AUTH). */
 void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
@@ -408,35 +435,23 @@ void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
         session_reply(s, fallback);
         return;
     }
-    /* handle_exception(err) runs unprotected from yields (a plain pcall):
-     * it only picks a status line. */
-    lua_State *L = s->policy->L;
-    int top = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->policy->hook_ref[HOOK_EXCEPTION]);
+    /* handle_exception(err) picks the status line. It runs through the hook
+     * runner like every hook (memory limit, the watchdog's "running" slot)
+     * on a hook state of its own, since the failed hook's may still be in
+     * use; it may not wait, so a yield fails it. */
+    struct exception_call call = {s, false};
+    struct hook_state eh = {.policy = s->policy, .sid = s->sid};
+    lua_State *eco = hook_begin(&eh, s->policy->hook_ref[HOOK_EXCEPTION], "handle_exception");
     lua_pushvalue(co, -2); /* the error value */
-    lua_xmove(co, L, 1);
-    size_t n = 0;
-    const char *status = NULL;
-    if (lua_pcall(L, 1, 1, 0) == 0 && lua_type(L, -1) == LUA_TSTRING) {
-        status = lua_tolstring(L, -1, &n);
-        if (n < 3 || !isdigit((unsigned char)status[0]) || memchr(status, '\r', n) ||
-            memchr(status, '\n', n) || memchr(status, '\0', n))
-            status = NULL;
+    lua_xmove(co, eco, 1);
+    if (!hook_run(&eh, 1, exception_done, &call)) {
+        hook_abandon(&eh);
+        log_msg(LOG_ERROR, s->sid, "handle_exception yielded: it may not wait for anything");
     }
-    if (status) session_reply_len(s, status, n);
-    else {
+    if (!call.replied) {
         log_msg(LOG_ERROR, s->sid, "handle_exception did not return a status line");
         session_reply(s, fallback);
     }
-    lua_settop(L, top);
-}
-
-/* A status line a hook may return: 3 digits first, one line. */
-static bool status_line_valid(const char *p, size_t n)
-{
-    return n >= 3 && isdigit((unsigned char)p[0]) && isdigit((unsigned char)p[1]) &&
-           isdigit((unsigned char)p[2]) && (n == 3 || p[3] == ' ' || p[3] == '-') &&
-           !memchr(p, '\r', n) && !memchr(p, '\n', n) && !memchr(p, '\0', n);
 }
 
 static void session_hook_done(void *owner, bool ok, lua_State *co, int nres)
