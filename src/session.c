@@ -145,6 +145,41 @@ void session_scrub(struct session *s, char *msg)
     }
 }
 
+/* ---------------------------------------------------------------- pending arguments */
+
+/* Copies what a continuation needs; false (and a 451) if memory ran out. */
+static bool session_pending_keep(struct session *s, const char *arg, size_t arg_len,
+                                 const char *addr, size_t addr_len, const char *opts,
+                                 size_t opts_len)
+{
+    buf_clear(&s->pending);
+    if (!buf_reserve(&s->pending, arg_len + addr_len + opts_len + 1)) {
+        session_reply(s, reply_hook_error);
+        return false;
+    }
+    buf_append(&s->pending, arg, arg_len);
+    buf_append(&s->pending, addr, addr_len);
+    buf_append(&s->pending, opts, opts_len);
+    s->pending_arg_len = arg_len;
+    s->pending_addr_len = addr_len;
+    s->pending_opts_len = opts_len;
+    return true;
+}
+
+static const char *pending_arg(struct session *s) { return buf_head(&s->pending); }
+static const char *pending_addr(struct session *s) { return buf_head(&s->pending) + s->pending_arg_len; }
+static const char *pending_opts(struct session *s)
+{
+    return buf_head(&s->pending) + s->pending_arg_len + s->pending_addr_len;
+}
+
+/* The command proceeded: nothing of it is needed any more. */
+static void session_pending_release(struct session *s)
+{
+    buf_free(&s->pending);
+    s->pending_arg_len = s->pending_addr_len = s->pending_opts_len = 0;
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 /* Replies queued for a client that doesn't read: past this, stop taking
@@ -277,6 +312,7 @@ static void session_free(struct session *s)
     lsession_close(s);
     auth_forget(s);
     data_end(&s->data);
+    buf_free(&s->pending);
     ev_timer_stop(s->srv->loop, &s->idle);
     ev_timer_stop(s->srv->loop, &s->hook_deadline);
     server_remove_session(s->srv, s);
@@ -557,13 +593,20 @@ static bool need_auth(struct session *s, const char *cmd)
 
 /* ---------------------------------------------------------------- HELO, EHLO */
 
-static void helo_after(struct session *s, const struct hook_result *r)
+static void helo_proceed(struct session *s, const struct hook_result *r, const char *arg,
+                         size_t len)
 {
     if (r->outcome == HOOK_MISSING) {
-        lsession_set_string(s, LS_SESSION, "host_name", s->pending_arg, s->pending_arg_len);
-        s->has_host_name = s->pending_arg_len > 0;
+        lsession_set_string(s, LS_SESSION, "host_name", arg, len);
+        s->has_host_name = len > 0;
         session_replyf(s, "250 %s", s->opt->hostname);
     } else if (r->outcome == HOOK_STATUS) session_reply_len(s, r->status, r->len);
+}
+
+static void helo_after(struct session *s, const struct hook_result *r)
+{
+    helo_proceed(s, r, pending_arg(s), s->pending_arg_len);
+    session_pending_release(s);
 }
 
 static void cmd_helo(struct session *s, const char *arg, size_t len)
@@ -575,13 +618,12 @@ static void cmd_helo(struct session *s, const char *arg, size_t len)
     session_reset_envelope(s);
     s->extended_smtp = false;
     lsession_set_bool(s, LS_SESSION, "extended_smtp", false);
-    s->pending_arg = arg;
-    s->pending_arg_len = len;
     if (!policy_has_hook(s->policy, HOOK_HELO)) {
         struct hook_result r = {HOOK_MISSING, NULL, 0};
-        helo_after(s, &r);
+        helo_proceed(s, &r, arg, len);
         return;
     }
+    if (!session_pending_keep(s, arg, len, NULL, 0, NULL, 0)) return;
     lua_State *co = session_hook_begin(s, HOOK_HELO);
     lua_pushlstring(co, arg, len);
     session_hook_run(s, 1, helo_after);
@@ -634,9 +676,17 @@ static void ehlo_reply_default(struct session *s)
     session_reply(s, "250 HELP");
 }
 
+static void ehlo_proceed(struct session *s, bool ok, lua_State *co, int nres);
+
 static void ehlo_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
+    ehlo_proceed(s, ok, co, nres);
+    session_pending_release(s);
+}
+
+static void ehlo_proceed(struct session *s, bool ok, lua_State *co, int nres)
+{
     if (!ok || !lsession_sync(s, co)) {
         if (!ok) lsession_sync(s, NULL);
         session_reply_hook_error(s, co, false);
@@ -644,7 +694,7 @@ static void ehlo_done(void *owner, bool ok, lua_State *co, int nres)
     }
     /* smtpd.MISSING: the default EHLO, as if there were no hook. */
     if (nres >= 1 && lua_smtpd_is_missing(co, 1)) {
-        lsession_set_string(s, LS_SESSION, "host_name", s->pending_arg, s->pending_arg_len);
+        lsession_set_string(s, LS_SESSION, "host_name", pending_arg(s), s->pending_arg_len);
         s->has_host_name = true;
         ehlo_reply_default(s);
         return;
@@ -685,14 +735,13 @@ static void cmd_ehlo(struct session *s, const char *arg, size_t len)
     session_reset_envelope(s);
     s->extended_smtp = true;
     lsession_set_bool(s, LS_SESSION, "extended_smtp", true);
-    s->pending_arg = arg;
-    s->pending_arg_len = len;
     if (!policy_has_hook(s->policy, HOOK_EHLO)) {
         lsession_set_string(s, LS_SESSION, "host_name", arg, len);
         s->has_host_name = true;
         ehlo_reply_default(s);
         return;
     }
+    if (!session_pending_keep(s, arg, len, NULL, 0, NULL, 0)) return;
     lua_State *co = session_hook_begin(s, HOOK_EHLO);
     lua_pushlstring(co, arg, len);
     lua_createtable(co, (int)n + 2, 0);
@@ -1005,21 +1054,26 @@ static struct mail_param *take_param(struct mail_param *ps, int *n, const char *
 
 #define MAX_PARAMS 16
 
-static void mail_after(struct session *s, const struct hook_result *r)
+static void mail_proceed(struct session *s, const struct hook_result *r, const char *addr,
+                         size_t addr_len, const char *opts, size_t opts_len)
 {
     if (r->outcome == HOOK_MISSING) {
-        lsession_set_string(s, LS_ENVELOPE, "mail_from", s->pending_addr, s->pending_addr_len);
-        lsession_append_words(s, LS_ENVELOPE, "mail_options", s->pending_opts,
-                              s->pending_opts_len);
+        lsession_set_string(s, LS_ENVELOPE, "mail_from", addr, addr_len);
+        lsession_append_words(s, LS_ENVELOPE, "mail_options", opts, opts_len);
         s->has_mail_from = true;
         session_reply(s, "250 OK");
     } else if (r->outcome == HOOK_STATUS) session_reply_len(s, r->status, r->len);
     if (r->outcome != HOOK_FAILED) {
         char esc[600];
         if (log_enabled(LOG_DEBUG))
-            log_msg(LOG_DEBUG, s->sid, "sender: %s",
-                    log_escape(s->pending_addr, s->pending_addr_len, esc, sizeof esc));
+            log_msg(LOG_DEBUG, s->sid, "sender: %s", log_escape(addr, addr_len, esc, sizeof esc));
     }
+}
+
+static void mail_after(struct session *s, const struct hook_result *r)
+{
+    mail_proceed(s, r, pending_addr(s), s->pending_addr_len, pending_opts(s), s->pending_opts_len);
+    session_pending_release(s);
 }
 
 /* The "FROM:<path> params" / "TO:<path> params" part that MAIL and RCPT
@@ -1110,36 +1164,38 @@ static void cmd_mail(struct session *s, const char *arg, size_t len)
         session_reply(s, fail);
         return;
     }
-    s->pending_opts = opts;
-    s->pending_opts_len = a.rest_len;
-    s->pending_addr = a.addr;
-    s->pending_addr_len = a.addr_len;
     if (!policy_has_hook(s->policy, HOOK_MAIL)) {
         struct hook_result r = {HOOK_MISSING, NULL, 0};
-        mail_after(s, &r);
+        mail_proceed(s, &r, a.addr, a.addr_len, opts, a.rest_len);
         return;
     }
+    if (!session_pending_keep(s, NULL, 0, a.addr, a.addr_len, opts, a.rest_len)) return;
     lua_State *co = session_hook_begin(s, HOOK_MAIL);
     lua_pushlstring(co, a.addr, a.addr_len);
     lsession_push_words(co, opts, a.rest_len);
     session_hook_run(s, 2, mail_after);
 }
 
-static void rcpt_after(struct session *s, const struct hook_result *r)
+static void rcpt_proceed(struct session *s, const struct hook_result *r, const char *addr,
+                         size_t addr_len, const char *opts, size_t opts_len)
 {
     if (r->outcome == HOOK_MISSING) {
-        lsession_append_string(s, LS_ENVELOPE, "rcpt_tos", s->pending_addr, s->pending_addr_len);
-        lsession_append_words(s, LS_ENVELOPE, "rcpt_options", s->pending_opts,
-                              s->pending_opts_len);
+        lsession_append_string(s, LS_ENVELOPE, "rcpt_tos", addr, addr_len);
+        lsession_append_words(s, LS_ENVELOPE, "rcpt_options", opts, opts_len);
         s->rcpt_count++;
         session_reply(s, "250 OK");
     } else if (r->outcome == HOOK_STATUS) session_reply_len(s, r->status, r->len);
     if (r->outcome != HOOK_FAILED) {
         char esc[600];
         if (log_enabled(LOG_DEBUG))
-            log_msg(LOG_DEBUG, s->sid, "recip: %s",
-                    log_escape(s->pending_addr, s->pending_addr_len, esc, sizeof esc));
+            log_msg(LOG_DEBUG, s->sid, "recip: %s", log_escape(addr, addr_len, esc, sizeof esc));
     }
+}
+
+static void rcpt_after(struct session *s, const struct hook_result *r)
+{
+    rcpt_proceed(s, r, pending_addr(s), s->pending_addr_len, pending_opts(s), s->pending_opts_len);
+    session_pending_release(s);
 }
 
 static void cmd_rcpt(struct session *s, const char *arg, size_t len)
@@ -1170,15 +1226,12 @@ static void cmd_rcpt(struct session *s, const char *arg, size_t len)
                                 : "555 RCPT TO parameters not recognized or not implemented");
         return;
     }
-    s->pending_opts = opts;
-    s->pending_opts_len = a.rest_len;
-    s->pending_addr = a.addr;
-    s->pending_addr_len = a.addr_len;
     if (!policy_has_hook(s->policy, HOOK_RCPT)) {
         struct hook_result r = {HOOK_MISSING, NULL, 0};
-        rcpt_after(s, &r);
+        rcpt_proceed(s, &r, a.addr, a.addr_len, opts, a.rest_len);
         return;
     }
+    if (!session_pending_keep(s, NULL, 0, a.addr, a.addr_len, opts, a.rest_len)) return;
     lua_State *co = session_hook_begin(s, HOOK_RCPT);
     lua_pushlstring(co, a.addr, a.addr_len);
     lsession_push_words(co, opts, a.rest_len);

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "buf.h"
 #include "data.h"
 #include "lua_hook.h"
 #include "smtp_limits.h"
@@ -97,16 +98,15 @@ struct session {
 
     struct data_reader data;
 
-    /* What a command hands to its continuation across a hook call. */
+    /* What a command hands to its continuation across a hook call. The
+     * bytes are copied at dispatch (session_pending_keep): a hook that
+     * suspends outlives the input buffer and the dispatcher's stack. They
+     * are released when the command proceeds. */
     void *hook_after;       /* command_after_fn of the running hook */
-    const char *pending_arg;
+    struct buf pending;     /* argument, then address, then parameters */
     size_t pending_arg_len;
-    /* MAIL/RCPT: buffers on the command's stack, valid while it runs (hooks
-     * for MAIL and RCPT never outlive the command). */
-    const char *pending_opts; /* upper-cased parameters */
-    size_t pending_opts_len;
-    const char *pending_addr;
     size_t pending_addr_len;
+    size_t pending_opts_len; /* upper-cased parameters */
     const char *close_reason; /* for the one "closed" log line */
     unsigned messages;        /* accepted in this session */
 
