@@ -25,6 +25,7 @@ static const char *const reply_success = "235 2.7.0 Authentication successful";
 static const char *const reply_invalid = "535 5.7.8 Authentication credentials invalid";
 
 static void auth_run_mechanism(struct session *s);
+static void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long);
 
 /* Ends one AUTH attempt: count a failure, enforce auth_failure_limit. */
 void auth_forget(struct session *s)
@@ -45,7 +46,6 @@ static void auth_finish(struct session *s, bool authenticated)
 {
     auth_forget(s);
     s->auth_in_progress = false;
-    s->wait = WAIT_NONE;
     s->authenticated = authenticated;
     /* true, or cleared to nil as before any AUTH (what a script that never
      * touched it has seen all along). */
@@ -209,24 +209,6 @@ static void push_args(struct session *s, lua_State *co)
     }
 }
 
-/* A hook in AUTH that suspends with nothing to wait for is a failure; one
- * that waits gets hook_timeout to be resumed. */
-static void auth_check_stray_yield(struct session *s, bool finished)
-{
-    if (finished) return;
-    if (s->wait != WAIT_NONE) {
-        ev_timer_set(&s->hook_deadline, s->opt->hook_timeout, 0.);
-        ev_timer_start(s->srv->loop, &s->hook_deadline);
-        return;
-    }
-    lua_State *co = s->hook.co;
-    lua_pushfstring(co, "%s yielded without waiting for anything", s->hook.name);
-    lua_pushvalue(co, -1);
-    session_reply_hook_error(s, co, true);
-    hook_abandon(&s->hook);
-    auth_finish(s, false);
-}
-
 static void auth_run_mechanism(struct session *s)
 {
     const struct mechanism *m = &s->policy->mechs[s->auth_mech_index];
@@ -235,8 +217,7 @@ static void auth_run_mechanism(struct session *s)
     lua_State *co = hook_begin(&s->hook, m->ref, m->label);
     lua_rawgeti(co, LUA_REGISTRYINDEX, s->server_ref);
     push_args(s, co);
-    bool finished = hook_run(&s->hook, 2, auth_mechanism_done, s);
-    auth_check_stray_yield(s, finished);
+    hook_run(&s->hook, 2, auth_mechanism_done, s, HOOK_MAY_WAIT);
 }
 
 /* handle_AUTH returned (auth-api.md 4.3). */
@@ -356,8 +337,7 @@ void auth_command(struct session *s, const char *arg, size_t len)
     lua_State *co = hook_begin(&s->hook, s->policy->hook_ref[HOOK_AUTH], "handle_AUTH");
     lsession_push_args(s, co);
     push_args(s, co);
-    bool finished = hook_run(&s->hook, 4, auth_handle_auth_done, s);
-    auth_check_stray_yield(s, finished);
+    hook_run(&s->hook, 4, auth_handle_auth_done, s, HOOK_MAY_WAIT);
 }
 
 void auth_send_challenge(struct session *s, const char *challenge, size_t n, bool encode,
@@ -377,8 +357,8 @@ void auth_send_challenge(struct session *s, const char *challenge, size_t n, boo
         session_reply_len(s, line, len);
         free(line);
     }
-    s->wait = WAIT_AUTH_LINE;
     s->wait_log_response = log_response;
+    session_await_line(s, auth_deliver_line);
     /* The challenge must reach the client before we wait for its answer. */
     conn_flush(s->conn);
 }
@@ -388,24 +368,12 @@ static bool is_py_space(unsigned char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
-void auth_on_hook_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+/* The client's line for a pending challenge: the decoding of the line wait
+ * kind (the session delivers the line; AUTH decides what it means). */
+static void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long)
 {
-    struct session *s = w->data;
-    if (!hook_active(&s->hook) || s->state == SESSION_CLOSING) return;
-    log_msg(LOG_ERROR, s->sid, "hook %s still waiting after hook_timeout (%.0f s): abandoned",
-            s->hook.name, s->opt->hook_timeout);
-    hook_abandon(&s->hook);
-    s->wait = WAIT_NONE;
-    session_reply(s, "454 4.7.0 Temporary authentication failure");
-    auth_finish(s, false);
-    session_pump(s);
-}
-
-void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long)
-{
-    ev_timer_stop(s->srv->loop, &s->hook_deadline);
-    s->wait = WAIT_NONE;
-    lua_State *co = s->hook.co;
+    lua_State *co = hook_wake_begin(&s->hook, &s->line_wait.wait);
+    if (!co) return; /* the wait ended meanwhile */
     if (too_long) {
         session_reply(s, "500 5.5.6 Authentication Exchange line is too long"); /* fix */
         s->auth_final_sent = true;
@@ -440,6 +408,5 @@ void auth_deliver_line(struct session *s, const char *line, size_t len, bool too
             free(out);
         }
     }
-    bool finished = hook_resume(&s->hook, 1);
-    auth_check_stray_yield(s, finished);
+    hook_wake_finish(&s->hook, 1);
 }

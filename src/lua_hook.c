@@ -1,8 +1,11 @@
 /* lua_hook.c — runs hooks on pooled coroutines (OpenResty's run-thread
  * pattern): every lua_resume result is sorted into finished, suspended or
  * failed; a finished coroutine goes back to the pool, a failed or abandoned
- * one is dropped. Must not block the loop, and never resumes a coroutine
- * whose owner is gone (hook_abandon clears it first). */
+ * one is dropped. Owns waiting: the wait record of a suspended hook, the
+ * serial that makes stale wakes harmless, the one hook_timeout deadline,
+ * and the failure of a hook that yields with nothing to wait for. Must not
+ * block the loop, and never resumes a coroutine whose owner is gone
+ * (hook_abandon clears it first). Knows no SMTP. */
 #include "lua_hook.h"
 
 #include <lauxlib.h>
@@ -14,6 +17,10 @@
 
 char *hook_status_slot;
 size_t hook_status_slot_size;
+
+/* The hook whose coroutine is being resumed right now (one at a time per
+ * process): how a binding finds the hook it runs in. */
+static struct hook_state *hook_current;
 
 /* Tells the watchdog (worker processes) which hook runs, so a worker killed
  * for a stuck loop can be blamed on the right hook. */
@@ -29,28 +36,91 @@ static void hook_status_clear(void)
     if (hook_status_slot) hook_status_slot[0] = '\0';
 }
 
+static void hook_on_deadline(struct ev_loop *loop, ev_timer *w, int revents);
+
+void hook_init(struct hook_state *h, struct ev_loop *loop, struct policy *p, const char *sid,
+               double timeout, void (*after_wake)(void *owner))
+{
+    memset(h, 0, sizeof *h);
+    h->loop = loop;
+    h->policy = p;
+    h->sid = sid;
+    h->timeout = timeout;
+    h->after_wake = after_wake;
+    ev_init(&h->deadline, hook_on_deadline);
+    h->deadline.data = h;
+}
+
 lua_State *hook_begin(struct hook_state *h, int func_ref, const char *name)
 {
     lua_State *co = policy_coroutine_get(h->policy, &h->co_ref);
     h->co = co;
     h->name = name;
+    h->wait = NULL;
     lua_rawgeti(co, LUA_REGISTRYINDEX, func_ref);
     return co;
 }
 
-/* Sorts one lua_resume outcome. */
-static bool hook_settle(struct hook_state *h, int status)
+/* Ends the wait, if any: the event will not resume the hook. */
+static void hook_end_wait(struct hook_state *h)
+{
+    struct hook_wait *w = h->wait;
+    h->wait = NULL;
+    h->serial++;
+    if (w && w->cancel) w->cancel(w);
+}
+
+/* The hook failed; co's top is the log text, below it the error value. */
+static void hook_fail(struct hook_state *h)
 {
     lua_State *co = h->co;
-    if (status == LUA_YIELD) return false;
-
     hook_cont_fn cont = h->cont;
     void *owner = h->owner;
     int ref = h->co_ref;
     /* Clear first: the continuation may start the next hook. */
     h->co = NULL;
     h->cont = NULL;
+    ev_timer_stop(h->loop, &h->deadline);
+    cont(owner, false, co, 0);
+    policy_coroutine_drop(h->policy, ref);
+}
+
+/* Pushes msg twice (error value and log text) and fails the hook. */
+static void hook_fail_with(struct hook_state *h, const char *msg)
+{
+    lua_pushstring(h->co, msg);
+    lua_pushvalue(h->co, -1);
+    hook_fail(h);
+}
+
+/* Sorts one lua_resume outcome. Returns true when the hook is over. */
+static bool hook_settle(struct hook_state *h, int status)
+{
+    lua_State *co = h->co;
+    if (status == LUA_YIELD) {
+        if (h->wait) {
+            /* One deadline for the whole run, from its first suspension. */
+            if (h->timeout > 0 && !ev_is_active(&h->deadline)) {
+                ev_timer_set(&h->deadline, h->timeout, 0.);
+                ev_timer_start(h->loop, &h->deadline);
+            }
+            return false;
+        }
+        /* The script called coroutine.yield itself: nothing would ever
+         * resume it. */
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s yielded without waiting for anything", h->name);
+        lua_settop(co, 0);
+        hook_fail_with(h, msg);
+        return true;
+    }
     if (status == 0) {
+        hook_cont_fn cont = h->cont;
+        void *owner = h->owner;
+        int ref = h->co_ref;
+        h->co = NULL;
+        h->cont = NULL;
+        ev_timer_stop(h->loop, &h->deadline);
         cont(owner, true, co, lua_gettop(co));
         policy_coroutine_put(h->policy, co, ref);
         return true;
@@ -62,8 +132,7 @@ static bool hook_settle(struct hook_state *h, int status)
     /* Keep the error value and add a traceback above it for the log. */
     const char *msg = lua_tostring(co, -1);
     luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
-    cont(owner, false, co, 0);
-    policy_coroutine_drop(h->policy, ref);
+    hook_fail(h);
     return true;
 }
 
@@ -74,27 +143,79 @@ static void hook_make_room(struct policy *p)
     if (p->heap_limit && p->heap_bytes > p->heap_limit / 4 * 3) lua_gc(p->L, LUA_GCCOLLECT, 0);
 }
 
-bool hook_resume(struct hook_state *h, int nargs)
+static bool hook_resume(struct hook_state *h, int nargs)
 {
     hook_make_room(h->policy);
     policy_enter_hook(h->policy);
     hook_status_set(h);
+    struct hook_state *outer = hook_current;
+    hook_current = h;
     int status = lua_resume(h->co, nargs);
+    hook_current = outer;
     hook_status_clear();
     policy_leave_hook(h->policy);
     return hook_settle(h, status);
 }
 
-bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner)
+bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner, unsigned flags)
 {
     h->cont = cont;
     h->owner = owner;
+    h->flags = flags;
     return hook_resume(h, nargs);
+}
+
+struct hook_state *hook_wait_begin(lua_State *L, struct hook_wait *w, const char *binding)
+{
+    struct hook_state *h = hook_current;
+    if (!h)
+        luaL_error(L, "%s cannot wait here: no hook is running (the script's top level and "
+                      "metamethods called by the server cannot wait)",
+                   binding);
+    if (h->co != L)
+        luaL_error(L, "%s cannot wait inside a coroutine the script created; call it from "
+                      "the hook itself",
+                   binding);
+    if (!(h->flags & HOOK_MAY_WAIT)) luaL_error(L, "%s cannot wait in %s", binding, h->name);
+    if (h->wait) luaL_error(L, "%s: the hook is already waiting", binding);
+    h->wait = w;
+    w->serial = h->serial;
+    return h;
+}
+
+lua_State *hook_wake_begin(struct hook_state *h, struct hook_wait *w)
+{
+    if (!h->co || h->wait != w || w->serial != h->serial) return NULL;
+    h->wait = NULL;
+    h->serial++;
+    return h->co;
+}
+
+void hook_wake_finish(struct hook_state *h, int nargs)
+{
+    void *owner = h->owner;
+    hook_resume(h, nargs);
+    if (h->after_wake) h->after_wake(owner);
+}
+
+static void hook_on_deadline(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct hook_state *h = t->data;
+    if (!h->co) return;
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s still waiting for %s after hook_timeout (%.0f s)", h->name,
+             h->wait && h->wait->what ? h->wait->what : "something", h->timeout);
+    hook_end_wait(h);
+    void *owner = h->owner;
+    hook_fail_with(h, msg);
+    if (h->after_wake) h->after_wake(owner);
 }
 
 void hook_abandon(struct hook_state *h)
 {
     if (!h->co) return;
+    hook_end_wait(h);
+    ev_timer_stop(h->loop, &h->deadline);
     /* A suspended coroutine can't be reused safely; let the GC have it. */
     policy_coroutine_drop(h->policy, h->co_ref);
     h->co = NULL;

@@ -1,45 +1,93 @@
-/* lua_hook.h — the coroutine run loop: starting a hook on a pooled
- * coroutine, resuming it when what it waits for arrives, and sorting every
- * return of lua_resume into finished / suspended / failed. Must not block
- * the loop, and must never resume a coroutine whose session is gone. */
+/* lua_hook.h — the hook layer: runs a hook on a pooled coroutine, owns the
+ * one wait machinery every kind of wait uses, and sorts every return of
+ * lua_resume into finished / suspended / failed (design.md "Waiting").
+ *
+ * A binding that must wait (server:challenge_auth, smtpd.sleep, ...):
+ *   validate its arguments -> hook_wait_begin() (checks the context and
+ *   records the wait) -> try at once -> arm its event -> lua_yield.
+ * Its event side calls hook_wake_begin(), pushes the results onto the
+ * returned coroutine and calls hook_wake_finish(). A stale wake (the wait
+ * was cancelled, the hook timed out or moved on) gets NULL and does
+ * nothing. hook_timeout, disconnect, reload retirement and shutdown all
+ * cancel through the same record. Must not block the loop, and never
+ * resumes a coroutine whose owner is gone. */
 #ifndef LUASMTPD_LUA_HOOK_H
 #define LUASMTPD_LUA_HOOK_H
 
+#include <ev.h>
 #include <stdbool.h>
 
 #include <lua.h>
 
 struct policy;
+struct hook_state;
 
 /* Called when the hook finishes (ok: results are co's stack 1..nres) or
- * fails (!ok: co's stack top is a traceback string, just below it the
- * error value; the owner logs it, scrubbing secrets). The
- * coroutine is recycled after this returns, so copy what you need. */
+ * fails (!ok: co's stack top is a log text, just below it the error value;
+ * the owner logs it, scrubbing secrets, and replies as for any hook error).
+ * The coroutine is recycled after this returns, so copy what you need. */
 typedef void (*hook_cont_fn)(void *owner, bool ok, lua_State *co, int nres);
+
+/* What a suspended hook waits for. Lives as long as the wait (the binding
+ * owns it); the hook layer only points at it. */
+struct hook_wait {
+    const char *what; /* for logs: "the client's next line", "a timer" */
+    /* Stops the event and releases the record; the hook will not be resumed
+     * through it. NULL when there is nothing to stop. */
+    void (*cancel)(struct hook_wait *w);
+    unsigned serial; /* the hook's serial when the wait began */
+};
+
+/* Where a hook may wait. Commands and AUTH may; STARTTLS, PROXY,
+ * handle_exception and the script's top level may not. */
+#define HOOK_MAY_WAIT 1u
 
 struct hook_state {
     struct policy *policy;
     const char *sid;
+    struct ev_loop *loop;
+    double timeout;  /* hook_timeout: seconds a hook may stay suspended in all, 0 = none */
+    void (*after_wake)(void *owner); /* a wake-up resumed the hook: pump, flush */
     lua_State *co;   /* the running or suspended coroutine, or NULL */
     int co_ref;
     const char *name;
     hook_cont_fn cont;
     void *owner;
+    unsigned flags;          /* HOOK_MAY_WAIT */
+    struct hook_wait *wait;  /* what the suspended hook waits for, or NULL */
+    unsigned serial;         /* moves whenever a wait ends: stale wakes see it */
+    ev_timer deadline;       /* hook_timeout, armed at the first suspension */
 };
+
+/* Sets up a hook state that runs hooks of policy p for owner-facing
+ * logs (sid); after_wake (may be NULL) is told when a wake-up resumed it. */
+void hook_init(struct hook_state *h, struct ev_loop *loop, struct policy *p, const char *sid,
+               double timeout, void (*after_wake)(void *owner));
 
 /* Takes a coroutine and pushes the function `func_ref` on it; the caller
  * pushes the arguments on the returned state, then calls hook_run. */
 lua_State *hook_begin(struct hook_state *h, int func_ref, const char *name);
 
 /* Starts the hook. Returns true if it finished (cont was called), false if
- * it suspended. May resume Lua. */
-bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner);
+ * it is suspended on a wait. A yield with nothing to wait for fails the
+ * hook here (cont gets the error). May resume Lua. */
+bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner, unsigned flags);
 
-/* Resumes the suspended hook with nargs values pushed on h->co. Same return
- * as hook_run. */
-bool hook_resume(struct hook_state *h, int nargs);
+/* For a binding about to yield on coroutine L: checks that a hook of ours
+ * runs on L and may wait here, and records w as its wait. Raises a readable
+ * Lua error otherwise ("<binding> cannot wait in handle_exception", ...).
+ * Returns the hook. */
+struct hook_state *hook_wait_begin(lua_State *L, struct hook_wait *w, const char *binding);
 
-/* The session is gone: drop the suspended coroutine without resuming it. */
+/* The event of w happened: returns the coroutine to push the results on,
+ * or NULL if w is no longer what the hook waits for (do nothing then). */
+lua_State *hook_wake_begin(struct hook_state *h, struct hook_wait *w);
+/* Resumes the hook with the nargs values pushed since hook_wake_begin,
+ * then tells the owner (after_wake). May resume Lua. */
+void hook_wake_finish(struct hook_state *h, int nargs);
+
+/* The owner is going away (disconnect, shutdown, retirement): cancel the
+ * wait and drop the coroutine without resuming it. */
 void hook_abandon(struct hook_state *h);
 
 /* Where to write "hook-name [session]" while a hook runs (shared memory

@@ -65,10 +65,14 @@ static int l_server_challenge_auth(lua_State *L)
     const char *challenge = luaL_checklstring(L, 2, &n);
     bool encode = lua_isnoneornil(L, 3) ? true : lua_toboolean(L, 3);
     bool log_response = lua_toboolean(L, 4);
-    if (!s->auth_in_progress || s->hook.co != L)
-        return luaL_error(L, "challenge_auth may only be called from an AUTH hook's own coroutine");
     if (!encode && (memchr(challenge, '\r', n) || memchr(challenge, '\n', n)))
         return luaL_error(L, "challenge_auth: a raw challenge must be one line");
+    if (!s->auth_in_progress)
+        return luaL_error(L, "challenge_auth may only be called during AUTH (handle_AUTH or a "
+                             "mechanism)");
+    if (s->hook.co != L) /* before hook_wait_begin: this session's hook, not another's */
+        return luaL_error(L, "challenge_auth may only be called from an AUTH hook's own coroutine");
+    hook_wait_begin(L, &s->line_wait.wait, "challenge_auth");
     auth_send_challenge(s, challenge, n, encode, log_response);
     return lua_yield(L, 0);
 }

@@ -66,6 +66,7 @@ typedef void (*command_after_fn)(struct session *s, const struct hook_result *r)
 static void session_on_input(struct conn *c, void *owner);
 static void session_on_closed(struct conn *c, void *owner);
 static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents);
+static void session_after_wake(void *owner);
 
 /* ---------------------------------------------------------------- replies */
 
@@ -246,13 +247,10 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
     s->bogus_budget = SMTP_BOGUS_LIMIT;
     for (int i = 0; i < CMD_COUNT; i++)
         s->call_budget[i] = options_call_limit(s->opt, command_names[i]);
-    s->hook.policy = s->policy;
-    s->hook.sid = s->sid;
+    hook_init(&s->hook, srv->loop, s->policy, s->sid, s->opt->hook_timeout, session_after_wake);
     s->server_ref = s->session_ref = s->envelope_ref = LUA_NOREF;
     lsession_open(s);
 
-    ev_init(&s->hook_deadline, auth_on_hook_deadline);
-    s->hook_deadline.data = s;
     ev_init(&s->idle, session_on_idle);
     s->idle.data = s;
     s->last_activity = ev_now(srv->loop);
@@ -300,9 +298,7 @@ void session_close(struct session *s, const char *why)
     if (hook_active(&s->hook))
         log_msg(LOG_INFO, s->sid, "abandoning suspended hook %s", s->hook.name);
     hook_abandon(&s->hook);
-    s->wait = WAIT_NONE;
     ev_timer_stop(s->srv->loop, &s->idle);
-    ev_timer_stop(s->srv->loop, &s->hook_deadline);
     conn_close(s->conn);
 }
 
@@ -314,7 +310,6 @@ static void session_free(struct session *s)
     data_end(&s->data);
     buf_free(&s->pending);
     ev_timer_stop(s->srv->loop, &s->idle);
-    ev_timer_stop(s->srv->loop, &s->hook_deadline);
     server_remove_session(s->srv, s);
     if (s->ip_counted) server_ip_release(s->srv, s->peer_host);
     policy_release(s->policy);
@@ -476,14 +471,12 @@ void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
      * on a hook state of its own, since the failed hook's may still be in
      * use; it may not wait, so a yield fails it. */
     struct exception_call call = {s, false};
-    struct hook_state eh = {.policy = s->policy, .sid = s->sid};
+    struct hook_state eh;
+    hook_init(&eh, s->srv->loop, s->policy, s->sid, 0, NULL);
     lua_State *eco = hook_begin(&eh, s->policy->hook_ref[HOOK_EXCEPTION], "handle_exception");
     lua_pushvalue(co, -2); /* the error value */
     lua_xmove(co, eco, 1);
-    if (!hook_run(&eh, 1, exception_done, &call)) {
-        hook_abandon(&eh);
-        log_msg(LOG_ERROR, s->sid, "handle_exception yielded: it may not wait for anything");
-    }
+    hook_run(&eh, 1, exception_done, &call, 0); /* may not wait: always finishes */
     if (!call.replied) {
         log_msg(LOG_ERROR, s->sid, "handle_exception did not return a status line");
         session_reply(s, fallback);
@@ -528,27 +521,10 @@ static lua_State *session_hook_begin(struct session *s, enum hook_id h)
     return co;
 }
 
-/* A hook that suspends with nothing to wait for (it called coroutine.yield
- * itself) would hang the session: treat it as a failed hook. */
-static void session_check_stray_yield(struct session *s, bool finished)
-{
-    if (finished || s->wait != WAIT_NONE) return;
-    lua_State *co = s->hook.co;
-    lua_pushfstring(co, "%s yielded without waiting for anything", s->hook.name);
-    lua_pushvalue(co, -1);
-    session_reply_hook_error(s, co, false);
-    hook_abandon(&s->hook);
-    if (s->hook_after) { /* a status hook's command finishes as after a failure */
-        struct hook_result r = {HOOK_FAILED, NULL, 0};
-        ((command_after_fn)s->hook_after)(s, &r);
-    }
-}
-
 static void session_hook_run(struct session *s, int nextra, command_after_fn after)
 {
     s->hook_after = (void *)after;
-    bool finished = hook_run(&s->hook, 3 + nextra, session_hook_done, s);
-    session_check_stray_yield(s, finished);
+    hook_run(&s->hook, 3 + nextra, session_hook_done, s, HOOK_MAY_WAIT);
 }
 
 /* Runs hook h with no extra arguments, or the default when undefined. */
@@ -760,7 +736,7 @@ static void cmd_ehlo(struct session *s, const char *arg, size_t len)
     lua_pushliteral(co, "250 HELP");
     lua_rawseti(co, -2, i++);
     s->hook_after = NULL;
-    session_check_stray_yield(s, hook_run(&s->hook, 5, ehlo_done, s));
+    hook_run(&s->hook, 5, ehlo_done, s, HOOK_MAY_WAIT);
 }
 
 /* ---------------------------------------------------------------- simple verbs */
@@ -952,11 +928,8 @@ static void session_on_tls_done(struct conn *c, void *owner, bool ok)
         lua_State *co = session_hook_begin(s, HOOK_STARTTLS);
         (void)co;
         s->hook_after = NULL;
-        if (!hook_run(&s->hook, 3, starttls_hook_done, s)) {
-            log_msg(LOG_ERROR, s->sid, "handle_STARTTLS may not suspend; session refused");
-            hook_abandon(&s->hook);
-            s->tls_refused = true;
-        }
+        /* It may not wait: a binding raises, a bare yield fails the hook. */
+        hook_run(&s->hook, 3, starttls_hook_done, s, 0);
     }
     session_pump(s);
 }
@@ -1520,6 +1493,34 @@ static void session_check_error_limit(struct session *s)
     }
 }
 
+static void line_wait_cancel(struct hook_wait *w)
+{
+    struct session_line_wait *lw = (struct session_line_wait *)w;
+    lw->active = false;
+}
+
+void session_await_line(struct session *s,
+                        void (*deliver)(struct session *s, const char *line, size_t len,
+                                        bool too_long))
+{
+    s->line_wait.wait.what = "the client's next line";
+    s->line_wait.wait.cancel = line_wait_cancel;
+    s->line_wait.deliver = deliver;
+    s->line_wait.active = true;
+}
+
+/* A wake-up resumed this session's hook (from a timer, a line, a socket):
+ * go on with what the client sent meanwhile, and send the replies. */
+static void session_after_wake(void *owner)
+{
+    struct session *s = owner;
+    if (s->state == SESSION_CLOSING) {
+        conn_flush(s->conn);
+        return;
+    }
+    session_pump(s);
+}
+
 void session_pump(struct session *s)
 {
     if (s->pumping) return;
@@ -1527,7 +1528,8 @@ void session_pump(struct session *s)
     struct buf *in = &s->conn->in;
     while (s->state != SESSION_CLOSING && s->state != SESSION_TLS_HANDSHAKE) {
         if (hook_active(&s->hook)) {
-            if (s->wait != WAIT_AUTH_LINE) break;
+            /* A suspended hook: input waits, unless the hook waits for it. */
+            if (!s->line_wait.active) break;
             const char *line;
             size_t len, consumed;
             bool too_long;
@@ -1535,7 +1537,8 @@ void session_pump(struct session *s)
             /* The line is used in place and consumed afterwards: nothing
              * reads into `in` while the pump runs. */
             session_touch(s);
-            auth_deliver_line(s, line, len, too_long);
+            s->line_wait.active = false;
+            s->line_wait.deliver(s, line, len, too_long);
             buf_consume(in, consumed);
             session_check_error_limit(s);
             continue;
@@ -1649,11 +1652,7 @@ static void session_read_proxy(struct session *s)
         return;
     }
     s->hook_after = NULL;
-    if (!hook_run(&s->hook, 4, proxy_hook_done, s)) {
-        log_msg(LOG_ERROR, s->sid, "handle_PROXY may not suspend: closing");
-        hook_abandon(&s->hook);
-        session_close(s, "handle_PROXY suspended");
-    }
+    hook_run(&s->hook, 4, proxy_hook_done, s, 0); /* may not wait */
 }
 
 static void session_on_input(struct conn *c, void *owner)

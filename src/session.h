@@ -28,10 +28,15 @@ enum session_state {
     SESSION_CLOSING, /* a close is scheduled; input is ignored */
 };
 
-/* What a suspended hook waits for. */
-enum session_wait {
-    WAIT_NONE,
-    WAIT_AUTH_LINE, /* server:challenge_auth(): the client's next line */
+struct session;
+
+/* The client's next line as a wait kind: while a hook waits on it, the
+ * pump hands the next line to `deliver` instead of reading a command
+ * (server:challenge_auth; AUTH supplies the decoding). */
+struct session_line_wait {
+    struct hook_wait wait;
+    bool active;
+    void (*deliver)(struct session *s, const char *line, size_t len, bool too_long);
 };
 
 #define SESSION_SECRETS_MAX 8
@@ -84,7 +89,7 @@ struct session {
     /* Lua: the server handle box and the session/envelope tables. */
     int server_ref, session_ref, envelope_ref;
     struct hook_state hook;
-    enum session_wait wait;
+    struct session_line_wait line_wait;
     bool wait_log_response; /* challenge_auth(..., log_client_response=true) */
     bool discard_line;      /* dropping the rest of an over-long line */
     bool auth_in_progress;  /* an AUTH command is being processed */
@@ -111,7 +116,6 @@ struct session {
     unsigned messages;        /* accepted in this session */
 
     ev_timer idle;
-    ev_timer hook_deadline; /* hook_timeout for a hook suspended on an event */
     ev_tstamp last_activity;
     bool pumping;           /* inside session_pump(): don't re-enter */
     bool shutting_down;     /* server stop requested: close after this command */
@@ -150,6 +154,13 @@ void session_scrub(struct session *s, char *msg);
 
 /* Fresh envelope (connect, HELO, EHLO, RSET, STARTTLS, after DATA). */
 void session_reset_envelope(struct session *s);
+
+/* Makes the suspended hook's wait the client's next line: the pump hands
+ * it to deliver. Call from a binding after hook_wait_begin() with
+ * &s->line_wait.wait. */
+void session_await_line(struct session *s,
+                        void (*deliver)(struct session *s, const char *line, size_t len,
+                                        bool too_long));
 
 /* The reply for a hook that failed (auth-api.md section 5), honouring
  * handle_exception. The error value is on top of co's stack. */
