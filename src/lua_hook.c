@@ -165,7 +165,7 @@ bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner, u
     return hook_resume(h, nargs);
 }
 
-struct hook_state *hook_wait_begin(lua_State *L, struct hook_wait *w, const char *binding)
+struct hook_state *hook_wait_check(lua_State *L, const char *binding)
 {
     struct hook_state *h = hook_current;
     if (!h)
@@ -178,8 +178,19 @@ struct hook_state *hook_wait_begin(lua_State *L, struct hook_wait *w, const char
                    binding);
     if (!(h->flags & HOOK_MAY_WAIT)) luaL_error(L, "%s cannot wait in %s", binding, h->name);
     if (h->wait) luaL_error(L, "%s: the hook is already waiting", binding);
+    return h;
+}
+
+void hook_wait_set(struct hook_state *h, struct hook_wait *w)
+{
     h->wait = w;
     w->serial = h->serial;
+}
+
+struct hook_state *hook_wait_begin(lua_State *L, struct hook_wait *w, const char *binding)
+{
+    struct hook_state *h = hook_wait_check(L, binding);
+    hook_wait_set(h, w);
     return h;
 }
 

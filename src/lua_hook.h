@@ -79,6 +79,11 @@ bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner, u
  * Returns the hook. */
 struct hook_state *hook_wait_begin(lua_State *L, struct hook_wait *w, const char *binding);
 
+/* The two halves of hook_wait_begin, for a binding that allocates its
+ * record: check first (this may raise), then allocate, then set (cannot). */
+struct hook_state *hook_wait_check(lua_State *L, const char *binding);
+void hook_wait_set(struct hook_state *h, struct hook_wait *w);
+
 /* The event of w happened: returns the coroutine to push the results on,
  * or NULL if w is no longer what the hook waits for (do nothing then). */
 lua_State *hook_wake_begin(struct hook_state *h, struct hook_wait *w);

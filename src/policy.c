@@ -21,6 +21,7 @@
 #include "embedded.h"
 #include "log.h"
 #include "lua_bind.h"
+#include "l_sleep.h"
 #include "lua_sandbox.h"
 
 #include <luajit.h>
@@ -457,6 +458,7 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     lua_getglobal(L, "require");
     lua_pushliteral(L, "smtpd");
     lua_call(L, 1, 0);
+    l_sleep_register(L);
 
     if (!load_builtin_mechanisms(p, err, errlen)) goto failed;
     if (!run_script(p, path, src, len, err, errlen)) goto failed;
