@@ -12,6 +12,7 @@
 #include "log.h"
 #include "master.h"
 #include "policy.h"
+#include "privdrop.h"
 #include "server.h"
 #include "tls.h"
 
@@ -44,6 +45,9 @@ struct cli {
     double watchdog;
     int worker_slot;    /* >= 0 in a worker started by the master */
     int worker_status_fd;
+    bool requiretls_given; /* --requiretls/--no-requiretls: else on with --tlscert */
+    bool stay_root;        /* -n: no privilege drop */
+    const char *user;      /* --user USER[:GROUP] */
     /* The arguments every worker gets (everything but listen addresses and
      * the master's own flags). */
     char *pass[256];
@@ -52,6 +56,7 @@ struct cli {
 
 static struct server srv;
 static struct cli cli;
+static struct privdrop drop;
 
 static void usage(FILE *out)
 {
@@ -89,7 +94,11 @@ static void usage(FILE *out)
             "      --proxy-protocol[=SECONDS]  expect a PROXY v1/v2 header first, within\n"
             "                              SECONDS (proxy_protocol_timeout, default 10)\n"
             "      --requiretls            require_starttls: 530 until STARTTLS\n"
-            "      --no-requiretls         do not (the default)\n"
+            "      --no-requiretls         do not (default: on when --tlscert is given,\n"
+            "                              unless the script sets require_starttls)\n"
+            "      --user USER[:GROUP]     started as root: bind, then run as USER (default\n"
+            "                              nobody; GROUP: USER's primary group)\n"
+            "  -n, --no-setuid             started as root: stay root (also --nosetuid)\n"
             "  -t, --check                 load and validate the handler, then exit 0/1\n"
             "  -d, --debug                 more logging (repeat for even more)\n"
             "  -v, --version               print the version\n"
@@ -135,7 +144,7 @@ static void parse_args(int argc, char **argv)
         OPT_HANDLER = 256, OPT_HOSTNAME, OPT_IDENT, OPT_TIMEOUT, OPT_READY_FD, OPT_TLSCERT,
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
         OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT, OPT_WORKERS,
-        OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL
+        OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL, OPT_USER
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -157,6 +166,8 @@ static void parse_args(int argc, char **argv)
         {"workers", required_argument, 0, OPT_WORKERS},
         {"watchdog", required_argument, 0, OPT_WATCHDOG},
         {"proxy-protocol", optional_argument, 0, OPT_PROXY_PROTOCOL},
+        {"user", required_argument, 0, OPT_USER}, {"no-setuid", no_argument, 0, 'n'},
+        {"nosetuid", no_argument, 0, 'n'},
         {"worker-slot", required_argument, 0, OPT_WORKER_SLOT},
         {"worker-status-fd", required_argument, 0, OPT_WORKER_STATUS_FD}, {0, 0, 0, 0},
     };
@@ -168,7 +179,7 @@ static void parse_args(int argc, char **argv)
     pass(argv[0], NULL);
     int c;
     int longindex;
-    while ((c = getopt_long(argc, argv, "l:o:s:utdvh", longopts, &longindex)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:o:s:utndvh", longopts, &longindex)) != -1) {
         /* Workers get every option but addresses and the master's own. */
         bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
@@ -235,8 +246,16 @@ static void parse_args(int argc, char **argv)
         case OPT_SMTPSCERT: cli.smtpscert = optarg; break;
         case OPT_SMTPSKEY: cli.smtpskey = optarg; break;
         case OPT_CLIENT_CA: cli.client_ca = optarg; break;
-        case OPT_REQUIRETLS: add_override("require_starttls", "true"); break;
-        case OPT_NO_REQUIRETLS: add_override("require_starttls", "false"); break;
+        case OPT_REQUIRETLS:
+            cli.requiretls_given = true;
+            add_override("require_starttls", "true");
+            break;
+        case OPT_NO_REQUIRETLS:
+            cli.requiretls_given = true;
+            add_override("require_starttls", "false");
+            break;
+        case 'n': cli.stay_root = true; break;
+        case OPT_USER: cli.user = optarg; break;
         case OPT_LISTEN_SMTPS:
             if (cli.n_listen_smtps == MAX_LISTEN) {
                 fprintf(stderr, "luasmtpd: too many --listen-smtps addresses\n");
@@ -319,7 +338,12 @@ static void log_policy(const struct policy *p)
 
 static struct policy *load_policy(char *err, size_t errlen)
 {
-    return policy_load(cli.handler, cli.ov, cli.n_ov, err, errlen);
+    struct policy *p = policy_load(cli.handler, cli.ov, cli.n_ov, err, errlen);
+    /* aiosmtpd's CLI: with --tlscert, STARTTLS is required unless
+     * --no-requiretls; a script that sets require_starttls decides itself. */
+    if (p && cli.tlscert && !cli.requiretls_given && !p->opt.require_starttls_set)
+        p->opt.require_starttls = true;
+    return p;
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -344,8 +368,9 @@ static void reload(struct ev_loop *loop, const char *why)
     struct policy *p = load_policy(err, sizeof err);
     ev_now_update(loop); /* loading a script can take a while */
     if (!p) {
-        log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
-                srv.policy->generation, err);
+        log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s%s%s%s",
+                srv.policy->generation, err, drop.active ? " (files are read as user " : "",
+                drop.active ? drop.user : "", drop.active ? ")" : "");
     }
     /* Certificates reload on their own: a bad pair keeps the old one. */
     struct tls_config *tls, *smtps;
@@ -412,6 +437,10 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &hup, NULL);
     parse_args(argc, argv);
     char err[2048];
+    if (!cli.check && !privdrop_resolve(&drop, cli.user, cli.stay_root, err, sizeof err)) {
+        fprintf(stderr, "luasmtpd: %s\n", err);
+        return 2;
+    }
     struct policy *p = load_policy(err, sizeof err);
     if (cli.check) {
         if (!p) {
@@ -479,6 +508,15 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    /* Bound: root is no longer needed here (the master, if any, keeps it to
+     * start replacement workers, which bind their own SO_REUSEPORT sockets). */
+    if (!privdrop_apply(&drop, err, sizeof err)) {
+        log_msg(LOG_ERROR, NULL, "%s", err);
+        return 1;
+    }
+    if (drop.active)
+        log_msg(LOG_INFO, NULL, "running as user %s (uid %d gid %d)", drop.user, (int)drop.uid,
+                (int)drop.gid);
     log_msg(LOG_INFO, NULL, "luasmtpd %s starting", LUASMTPD_VERSION);
     log_policy(p);
     ev_now_update(srv.loop);
