@@ -19,15 +19,19 @@
 static bool lookup_group(const char *name, gid_t *gid, char *err, size_t errlen)
 {
     struct group *gr = getgrnam(name);
-    char *end;
-    if (gr) *gid = gr->gr_gid;
-    else if (*name && (*gid = (gid_t)strtoul(name, &end, 10), !*end)) {
-        /* a numeric group id with no name is still a group */
-    } else {
-        snprintf(err, errlen, "--user: no such group '%s'", name);
-        return false;
+    if (gr) {
+        *gid = gr->gr_gid;
+        return true;
     }
-    return true;
+    /* A numeric group id with no name in /etc/group is still a group. */
+    char *end;
+    unsigned long n = strtoul(name, &end, 10);
+    if (*name && !*end) {
+        *gid = (gid_t)n;
+        return true;
+    }
+    snprintf(err, errlen, "--user: no such group '%s'", name);
+    return false;
 }
 
 bool privdrop_resolve(struct privdrop *pd, const char *spec, bool stay_root, char *err,
@@ -44,7 +48,8 @@ bool privdrop_resolve(struct privdrop *pd, const char *spec, bool stay_root, cha
     char user[64], group[64] = "";
     const char *colon = spec ? strchr(spec, ':') : NULL;
     size_t ulen = spec ? (colon ? (size_t)(colon - spec) : strlen(spec)) : strlen(DEFAULT_USER);
-    if (ulen == 0 || ulen >= sizeof user || (colon && (!colon[1] || strlen(colon + 1) >= sizeof group))) {
+    if (ulen == 0 || ulen >= sizeof user ||
+        (colon && (!colon[1] || strlen(colon + 1) >= sizeof group))) {
         snprintf(err, errlen, "--user expects USER or USER:GROUP, got '%s'", spec);
         return false;
     }
