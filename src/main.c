@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "log.h"
 #include "master.h"
 #include "policy.h"
@@ -447,6 +448,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s\n", err);
             return 1;
         }
+        check_warnings(p, stderr);
         printf("%s: OK (%zu AUTH mechanisms)\n", p->script_name, p->n_mechs);
         policy_release(p);
         return 0;
