@@ -238,7 +238,8 @@ describe("DATA", function()
     case("DATA ends only on CRLF.CRLF: LF.LF does not end it", h.steps(
       h.ehlo, TRANSACTION,
       { send = "one\n.\n" },
-      { send = "still data\r\n.\r\n", expect = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings" },
+      { send = "still data\r\n.\r\n",
+        expect = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings" },
       { "NOOP", "250 OK" })),
     case("DATA ends only on CRLF.CRLF: CR.CR and .CRLF inside a line do not end it", h.steps(
       h.ehlo, TRANSACTION,
