@@ -379,7 +379,10 @@ static void reload(struct ev_loop *loop, const char *why)
         if (load_tls(&tls, &smtps, err, sizeof err)) {
             swap_tls(tls, smtps);
             log_msg(LOG_INFO, NULL, "TLS certificates reloaded");
-        } else log_msg(LOG_ERROR, NULL, "TLS reload refused, keeping the old certificates: %s", err);
+        } else
+            log_msg(LOG_ERROR, NULL, "TLS reload refused, keeping the old certificates: %s%s%s%s",
+                    err, drop.active ? " (files are read as user " : "",
+                    drop.active ? drop.user : "", drop.active ? ")" : "");
     }
     if (!p) return;
     struct policy *old = srv.policy;

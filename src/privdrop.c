@@ -45,6 +45,8 @@ bool privdrop_resolve(struct privdrop *pd, const char *spec, bool stay_root, cha
         }
         return true;
     }
+    /* Not root and nothing asked: there is nothing to drop or look up. */
+    if (!spec && geteuid() != 0) return true;
     char user[64], group[64] = "";
     const char *colon = spec ? strchr(spec, ':') : NULL;
     size_t ulen = spec ? (colon ? (size_t)(colon - spec) : strlen(spec)) : strlen(DEFAULT_USER);
