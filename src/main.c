@@ -9,10 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "log.h"
 #include "master.h"
 #include "policy.h"
 #include "policy_builder.h"
+#include "privdrop.h"
 #include "script_store.h"
 #include "server.h"
 #include "tls.h"
@@ -47,6 +49,9 @@ struct cli {
     int worker_slot;    /* >= 0 in a worker started by the master */
     int worker_status_fd;
     int script_fd;      /* a worker: the master's store of the validated script */
+    bool requiretls_given; /* --requiretls/--no-requiretls: else on with --tlscert */
+    bool stay_root;        /* -n: no privilege drop */
+    const char *user;      /* --user USER[:GROUP] */
     /* The arguments every worker gets (everything but listen addresses and
      * the master's own flags). */
     char *pass[256];
@@ -55,6 +60,7 @@ struct cli {
 
 static struct server srv;
 static struct cli cli;
+static struct privdrop drop;
 
 static void usage(FILE *out)
 {
@@ -92,7 +98,11 @@ static void usage(FILE *out)
             "      --proxy-protocol[=SECONDS]  expect a PROXY v1/v2 header first, within\n"
             "                              SECONDS (proxy_protocol_timeout, default 10)\n"
             "      --requiretls            require_starttls: 530 until STARTTLS\n"
-            "      --no-requiretls         do not (the default)\n"
+            "      --no-requiretls         do not (default: on when --tlscert is given,\n"
+            "                              unless the script sets require_starttls)\n"
+            "      --user USER[:GROUP]     started as root: bind, then run as USER (default\n"
+            "                              nobody; GROUP: USER's primary group)\n"
+            "  -n, --no-setuid             started as root: stay root (also --nosetuid)\n"
             "  -t, --check                 load and validate the handler, then exit 0/1\n"
             "  -d, --debug                 more logging (repeat for even more)\n"
             "  -v, --version               print the version\n"
@@ -138,7 +148,8 @@ static void parse_args(int argc, char **argv)
         OPT_HANDLER = 256, OPT_HOSTNAME, OPT_IDENT, OPT_TIMEOUT, OPT_READY_FD, OPT_TLSCERT,
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
         OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT, OPT_WORKERS,
-        OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL, OPT_SCRIPT_FD
+        OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL, OPT_SCRIPT_FD,
+        OPT_USER
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -160,6 +171,8 @@ static void parse_args(int argc, char **argv)
         {"workers", required_argument, 0, OPT_WORKERS},
         {"watchdog", required_argument, 0, OPT_WATCHDOG},
         {"proxy-protocol", optional_argument, 0, OPT_PROXY_PROTOCOL},
+        {"user", required_argument, 0, OPT_USER}, {"no-setuid", no_argument, 0, 'n'},
+        {"nosetuid", no_argument, 0, 'n'},
         {"worker-slot", required_argument, 0, OPT_WORKER_SLOT},
         {"worker-status-fd", required_argument, 0, OPT_WORKER_STATUS_FD},
         {"script-fd", required_argument, 0, OPT_SCRIPT_FD}, {0, 0, 0, 0},
@@ -173,7 +186,7 @@ static void parse_args(int argc, char **argv)
     pass(argv[0], NULL);
     int c;
     int longindex;
-    while ((c = getopt_long(argc, argv, "l:o:s:utdvh", longopts, &longindex)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:o:s:utndvh", longopts, &longindex)) != -1) {
         /* Workers get every option but addresses and the master's own. */
         bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
@@ -242,8 +255,16 @@ static void parse_args(int argc, char **argv)
         case OPT_SMTPSCERT: cli.smtpscert = optarg; break;
         case OPT_SMTPSKEY: cli.smtpskey = optarg; break;
         case OPT_CLIENT_CA: cli.client_ca = optarg; break;
-        case OPT_REQUIRETLS: add_override("require_starttls", "true"); break;
-        case OPT_NO_REQUIRETLS: add_override("require_starttls", "false"); break;
+        case OPT_REQUIRETLS:
+            cli.requiretls_given = true;
+            add_override("require_starttls", "true");
+            break;
+        case OPT_NO_REQUIRETLS:
+            cli.requiretls_given = true;
+            add_override("require_starttls", "false");
+            break;
+        case 'n': cli.stay_root = true; break;
+        case OPT_USER: cli.user = optarg; break;
         case OPT_LISTEN_SMTPS:
             if (cli.n_listen_smtps == MAX_LISTEN) {
                 fprintf(stderr, "luasmtpd: too many --listen-smtps addresses\n");
@@ -324,12 +345,22 @@ static void log_policy(const struct policy *p)
                                 "every attempt");
 }
 
+/* aiosmtpd's CLI: with --tlscert, STARTTLS is required unless
+ * --no-requiretls; a script that sets require_starttls decides itself.
+ * Applied to every generation, at start-up and on reload. */
+static struct policy *apply_cli_defaults(struct policy *p)
+{
+    if (p && cli.tlscert && !cli.requiretls_given && !p->opt.require_starttls_set)
+        p->opt.require_starttls = true;
+    return p;
+}
+
 /* Start-up: a worker loads the bytes the master validated (its store), any
  * other process reads the file itself. *src_out, when given, receives the
  * bytes that were loaded (the master stores them). */
 static struct policy *load_policy(char *err, size_t errlen, char **src_out, size_t *len_out)
 {
-    if (!cli.handler) return policy_load(NULL, cli.ov, cli.n_ov, err, errlen);
+    if (!cli.handler) return apply_cli_defaults(policy_load(NULL, cli.ov, cli.n_ov, err, errlen));
     size_t len;
     char *src = cli.script_fd >= 0 ? script_store_read(cli.script_fd, &len, err, errlen)
                                    : policy_read_script(cli.handler, &len, err, errlen);
@@ -339,7 +370,7 @@ static struct policy *load_policy(char *err, size_t errlen, char **src_out, size
         *src_out = src;
         *len_out = len;
     } else free(src);
-    return p;
+    return apply_cli_defaults(p);
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -364,9 +395,11 @@ static void reload_built(struct policy *p, const char *src, size_t len, const ch
 {
     struct ev_loop *loop = ud;
     if (!p) {
-        log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
-                srv.policy->generation, err);
+        log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s%s%s%s",
+                srv.policy->generation, err, drop.active ? " (files are read as user " : "",
+                drop.active ? drop.user : "", drop.active ? ")" : "");
     } else {
+        apply_cli_defaults(p);
         struct policy *old = srv.policy;
         srv.policy = p;
         old->retired_at = ev_now(loop);
@@ -403,7 +436,10 @@ static void reload(struct ev_loop *loop, const char *why)
         if (load_tls(&tls, &smtps, err, sizeof err)) {
             swap_tls(tls, smtps);
             log_msg(LOG_INFO, NULL, "TLS certificates reloaded");
-        } else log_msg(LOG_ERROR, NULL, "TLS reload refused, keeping the old certificates: %s", err);
+        } else
+            log_msg(LOG_ERROR, NULL, "TLS reload refused, keeping the old certificates: %s%s%s%s",
+                    err, drop.active ? " (files are read as user " : "",
+                    drop.active ? drop.user : "", drop.active ? ")" : "");
     }
     char *src = NULL;
     size_t len = 0;
@@ -460,7 +496,22 @@ static void master_reload(struct ev_loop *loop, const char *why)
     }
     log_msg(LOG_INFO, NULL, "%s: validating %s", why,
             cli.handler ? cli.handler : "the default handler");
-    if (!policy_builder_start(loop, cli.handler, NULL, 0, cli.ov, cli.n_ov, master_reload_built,
+    /* Read as the workers' user: what they could not read is refused here. */
+    char *src = NULL;
+    size_t len = 0;
+    if (cli.handler) {
+        if (privdrop_as_user_begin(&drop, err, sizeof err)) {
+            src = policy_read_script(cli.handler, &len, err, sizeof err);
+            privdrop_as_user_end(&drop);
+        }
+        if (!src) {
+            log_msg(LOG_ERROR, NULL, "reload refused, workers keep their generation: %s%s%s%s",
+                    err, drop.active ? " (files are read as user " : "",
+                    drop.active ? drop.user : "", drop.active ? ")" : "");
+            return;
+        }
+    }
+    if (!policy_builder_start(loop, cli.handler, src, len, cli.ov, cli.n_ov, master_reload_built,
                               loop, err, sizeof err))
         log_msg(LOG_ERROR, NULL, "reload refused, workers keep their generation: %s", err);
 }
@@ -515,6 +566,10 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &hup, NULL);
     parse_args(argc, argv);
     char err[2048];
+    if (!cli.check && !privdrop_resolve(&drop, cli.user, cli.stay_root, err, sizeof err)) {
+        fprintf(stderr, "luasmtpd: %s\n", err);
+        return 2;
+    }
     bool master = cli.workers > 0 && cli.worker_slot < 0;
     char *src = NULL;
     size_t src_len = 0;
@@ -524,6 +579,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s\n", err);
             return 1;
         }
+        check_warnings(p, stderr);
         printf("%s: OK (%zu AUTH mechanisms)\n", p->script_name, p->n_mechs);
         policy_release(p);
         return 0;
@@ -595,6 +651,15 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    /* Bound: root is no longer needed here (the master, if any, keeps it to
+     * start replacement workers, which bind their own SO_REUSEPORT sockets). */
+    if (!privdrop_apply(&drop, err, sizeof err)) {
+        log_msg(LOG_ERROR, NULL, "%s", err);
+        return 1;
+    }
+    if (drop.active)
+        log_msg(LOG_INFO, NULL, "running as user %s (uid %d gid %d)", drop.user, (int)drop.uid,
+                (int)drop.gid);
     log_msg(LOG_INFO, NULL, "luasmtpd %s starting", LUASMTPD_VERSION);
     log_policy(p);
     ev_now_update(srv.loop);

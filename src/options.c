@@ -267,7 +267,10 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
     case T_BOOL:
         if (!parse_bool(v, &b)) return wrong_type(d, err, errlen);
         if (!strcmp(name, "enable_SMTPUTF8")) o->enable_smtputf8 = b;
-        else if (!strcmp(name, "require_starttls")) o->require_starttls = b;
+        else if (!strcmp(name, "require_starttls")) {
+            o->require_starttls = b;
+            o->require_starttls_set = true;
+        }
         else if (!strcmp(name, "auth_required")) o->auth_required = b;
         else if (!strcmp(name, "auth_require_tls")) o->auth_require_tls = b;
         else if (!strcmp(name, "auth_allow_authzid")) o->auth_allow_authzid = b;

@@ -28,6 +28,7 @@ struct options {
     long data_size_limit;      /* 0 = none */
     bool enable_smtputf8;
     bool require_starttls;
+    bool require_starttls_set; /* set by the script or -o: the CLI default yields */
     double timeout;            /* idle seconds before 421 and close */
     bool auth_required;
     bool auth_require_tls;

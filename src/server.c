@@ -103,6 +103,13 @@ static bool split_spec(const char *spec, char *host, size_t hostlen, char *port,
 {
     const char *h = spec, *p = NULL;
     size_t hl;
+    /* A bare number is a port, as most daemons read it ("-l 8047"), not the
+     * IPv4 address 0.0.31.111 that getaddrinfo would make of it. */
+    if (spec[0] && strspn(spec, "0123456789") == strlen(spec)) {
+        snprintf(host, hostlen, "%s", DEFAULT_HOST);
+        snprintf(port, portlen, "%s", spec);
+        return strlen(spec) < portlen && atoi(port) <= 65535;
+    }
     if (spec[0] == '[') {
         const char *close = strchr(spec, ']');
         if (!close || (close[1] && close[1] != ':')) return false;

@@ -504,8 +504,14 @@ static void session_hook_done(void *owner, bool ok, lua_State *co, int nres)
         lua_settop(co, nres >= 1 ? 1 : 0);
         const char *what = nres >= 1 ? luaL_typename(co, 1) : "nothing";
         if (lua_type(co, 1) == LUA_TSTRING) what = "a string that is not one status line";
-        lua_pushfstring(co, "%s returned %s; expected a status line or smtpd.MISSING",
-                        s->hook.name, what);
+        /* Returning nothing after storing the message is the easy mistake:
+         * the 451 makes the client send it again, so say what follows. */
+        bool data = s->hook.name && !strcmp(s->hook.name, "handle_DATA");
+        lua_pushfstring(co, "%s returned %s; expected a status line or smtpd.MISSING%s",
+                        s->hook.name, what,
+                        data ? " (the client gets 451 and will send the message again: "
+                               "return \"250 OK\" once it is stored)"
+                             : "");
         lua_pushvalue(co, -1);
         session_reply_hook_error(s, co, false);
     }
@@ -1268,7 +1274,10 @@ static void session_data_finished(struct session *s)
     switch (s->data.verdict) {
     case DATA_TOO_LONG: refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"; break;
     case DATA_TOO_MUCH: refusal = "552 Error: Too much mail data"; break;
-    case DATA_BARE_NEWLINE: refusal = "550 5.5.2 Error: bare CR or LF in message data"; break;
+    case DATA_BARE_NEWLINE:
+        /* Says what to do: curl shows only "Weird server reply" otherwise. */
+        refusal = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings";
+        break;
     /* data_memory_limit: temporary, the client keeps the message and retries. */
     case DATA_NO_MEMORY: refusal = "452 4.3.1 Error: insufficient system storage"; break;
     case DATA_OK: break;

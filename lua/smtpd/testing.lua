@@ -642,6 +642,14 @@ local function build_args(opts, dir)
   end
   args[#args + 1] = "-l"
   args[#args + 1] = opts.listen or "127.0.0.1:0"
+  -- Started as root, the server drops to nobody unless told -n; tests keep
+  -- root (their temporary files are root's) unless they ask for the drop.
+  if opts.user then
+    args[#args + 1] = "--user"
+    args[#args + 1] = opts.user
+  elseif not opts.setuid then
+    args[#args + 1] = "-n"
+  end
   if opts.tls then
     local cert, key = opts.cert.cert, opts.cert.key
     if opts.tls == "implicit" then
@@ -687,6 +695,8 @@ end
 --   comma lists), `args` (array of extra command-line arguments),
 --   `hostname` (default "mx.test"; false: the server's own default),
 --   `listen` (default "127.0.0.1:0"),
+--   `setuid` (true: do not pass `-n`, so a server started as root drops to
+--   nobody), `user` ("USER[:GROUP]": `--user`, and no `-n`),
 --   `binary` (default: env `LUASMTPD_BIN`, else "build/luasmtpd"),
 --   `timeout` (seconds for the ready line, default `testing.start_timeout`).
 --

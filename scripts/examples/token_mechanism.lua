@@ -20,3 +20,12 @@ auth_X_TOKEN = smtpd.auth_mechanism("X-TOKEN", function(server, args)
   tokens[token] = nil                              -- one use only
   return smtpd.AuthResult { success = true, auth_data = { login = user } }
 end)
+
+-- Every message: one line on stdout, flushed before the 250 (redirected,
+-- stdout is block-buffered; a killed process would lose what is buffered).
+function handle_DATA(server, session, envelope)
+  io.stdout:write(("%d bytes from %s (%s) for %s\n"):format(#envelope.content, envelope.mail_from,
+    session.auth_data and session.auth_data.login or "-", table.concat(envelope.rcpt_tos, ", ")))
+  io.stdout:flush()
+  return "250 OK"
+end

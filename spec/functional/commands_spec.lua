@@ -227,23 +227,24 @@ describe("DATA", function()
     case("a bare LF in the message -> 550 after the final dot", h.steps(
       h.ehlo, TRANSACTION,
       { send = "Subject: x\r\n\r\none\ntwo\r\n.\r\n",
-        expect = "550 5.5.2 Error: bare CR or LF in message data" },
+        expect = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings" },
       { "NOOP", "250 OK" },
       TRANSACTION,
       { send = "fine\r\n.\r\n", expect = "250 OK" })),
     case("a bare CR in the message -> 550", h.steps(
       h.ehlo, TRANSACTION,
-      { send = "one\rtwo\r\n.\r\n", expect = "550 5.5.2 Error: bare CR or LF in message data" },
+      { send = "one\rtwo\r\n.\r\n", expect = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings" },
       { "NOOP", "250 OK" })),
     case("DATA ends only on CRLF.CRLF: LF.LF does not end it", h.steps(
       h.ehlo, TRANSACTION,
       { send = "one\n.\n" },
-      { send = "still data\r\n.\r\n", expect = "550 5.5.2 Error: bare CR or LF in message data" },
+      { send = "still data\r\n.\r\n",
+        expect = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings" },
       { "NOOP", "250 OK" })),
     case("DATA ends only on CRLF.CRLF: CR.CR and .CRLF inside a line do not end it", h.steps(
       h.ehlo, TRANSACTION,
       { send = "one\r.\rtwo. \r\n.x\r\n .\r\n" },
-      { send = ".\r\n", expect = "550 5.5.2 Error: bare CR or LF in message data" },
+      { send = ".\r\n", expect = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings" },
       { "NOOP", "250 OK" })),
     case("a message split over many writes", h.steps(
       h.ehlo, TRANSACTION,

@@ -20,7 +20,7 @@ local function too_many_from(ip) return "421 4.7.0 mx.test Error: too many conne
 local TIMEOUT = "421 4.4.2 mx.test Error: timeout exceeded"
 local TOO_MANY_RCPT = "452 4.5.3 Error: too many recipients"
 local TOO_MANY_ERRORS = "421 4.7.0 mx.test Error: too many errors"
-local BARE = "550 5.5.2 Error: bare CR or LF in message data"
+local BARE = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings"
 local SEND_HELO = "503 Error: send HELO first"
 
 -- Runs fn(srv) against a fresh server; stops it whatever happens and adds the

@@ -236,7 +236,9 @@ end
 function M.launch(dir, args)
   local bin = os.getenv("LUASMTPD_BIN")
   if not bin or bin == "" then bin = "build/luasmtpd" end
-  local argv = { shell_quote(bin) }
+  -- -n as testing.start passes it: run as root, the server would drop to
+  -- nobody and could not reread the script in this root-only directory.
+  local argv = { shell_quote(bin), "-n" }
   for _, a in ipairs(args) do argv[#argv + 1] = shell_quote(a) end
   local err_path = dir .. "/launch.err"
   local p = assert(io.popen(table.concat(argv, " ") .. " </dev/null >/dev/null 2>" ..

@@ -18,7 +18,7 @@
 -- command line is logged).
 local h = require "spec.functional.common"
 
-local REFUSED = "550 5.5.2 Error: bare CR or LF in message data"
+local REFUSED = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings"
 local GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
 
 -- handle_DATA counts messages and shows each one's content, non-printable

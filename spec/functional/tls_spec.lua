@@ -195,7 +195,8 @@ describe("STARTTLS and implicit TLS (--tlscert and --listen-smtps)", function()
   setup(function()
     dir = tempdir()
     out = dir .. "/content"
-    srv = testing.start{ tls = "both", source = main_handler(out) }
+    -- Clear-text commands before STARTTLS are under test: not required.
+    srv = testing.start{ tls = "both", source = main_handler(out), args = { "--no-requiretls" } }
   end)
   teardown(function()
     if srv then srv:stop() end
@@ -443,6 +444,7 @@ end)
 describe("dialogues over TLS (testing.run_case with tls)", function()
   h.run{
     { name = "STARTTLS then AUTH PLAIN, as a dialogue", tls = "starttls", source = h.ALICE,
+      args = { "--no-requiretls" },
       dialogue = {
         { "EHLO client.test", EHLO_STARTTLS },
         { "AUTH PLAIN " .. h.ALICE_PLAIN, ENCRYPTION_REQUIRED },
@@ -472,7 +474,7 @@ end)
 
 describe("STARTTLS forgets a clear-text AUTH", function()
   it("auth_require_tls = false: AUTH in clear text, STARTTLS, then MAIL needs AUTH again", function()
-    local srv = testing.start{ tls = "starttls", source = h.ALICE,
+    local srv = testing.start{ tls = "starttls", source = h.ALICE, args = { "--no-requiretls" },
       options = { auth_require_tls = false, auth_required = true } }
     local ok, err = pcall(function()
       local c = srv:connect()

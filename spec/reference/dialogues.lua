@@ -83,7 +83,8 @@ D.deviations = {
   ["rfc4954:initial-equals"] = "auth-api.md 4.2 (RFC 4954 4): an initial response of exactly `=` "
     .. "means present and empty; aiosmtpd tries to decode it as base64 and answers 501",
   ["fix:bare-newline"] = "auth-api.md 7: a message holding a bare CR or LF is refused after the "
-    .. "final dot with `550 5.5.2 Error: bare CR or LF in message data` (fix: SMTP smuggling); "
+    .. "final dot with `550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings` "
+    .. "(fix: SMTP smuggling; the advice is for clients such as curl that send LF-only files); "
     .. "aiosmtpd accepts it",
 }
 
@@ -100,7 +101,7 @@ local QUIT = "QUIT\r\n"
 local MAIL = "MAIL FROM:<sender@example.com>\r\n"
 -- Replies auth-api.md prescribes where luasmtpd deviates.
 local INVALID = "535 5.7.8 Authentication credentials invalid"
-local BARE = "550 5.5.2 Error: bare CR or LF in message data"
+local BARE = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings"
 local LOCAL_ERROR = "451 4.3.0 Error: local error in processing"
 local RCPT = "RCPT TO:<rcpt@example.com>\r\n"
 
