@@ -217,7 +217,8 @@ describe("links in README.md and docs/*.md", function()
           local file, anchor = target:match("^([^#]*)#?(.*)$")
           local full = file == "" and path or (dir .. "/" .. file)
           assert.is_true(exists(full), path .. ": link to missing " .. target)
-          assert.falsy(full:find("^%.%./") or full:find("/%.%./%.%./"), path .. ": link leaves the repository: " .. target)
+          assert.falsy(full:find("^%.%./") or full:find("/%.%./%.%./"),
+            path .. ": link leaves the repository: " .. target)
           if anchor ~= "" and full:match("%.md$") then
             assert.is_true(anchors(read(full))[anchor] == true, path .. ": no heading #" .. anchor .. " in " .. full)
           end
