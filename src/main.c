@@ -191,8 +191,7 @@ static void parse_args(int argc, char **argv)
         bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
                            c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD || c == 't' ||
-                           c == OPT_SCRIPT_ARG ||
-                           c == 'v' || c == 'h' || c == '?';
+                           c == OPT_SCRIPT_ARG || c == 'v' || c == 'h' || c == '?';
         if (!master_only) {
             if (c < 256) {
                 char shortopt[3] = {'-', (char)c, 0};
