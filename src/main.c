@@ -28,6 +28,7 @@
 #define DEFAULT_DRAIN_TIMEOUT 300.0
 #define WATCH_SETTLE_SECONDS 0.3
 #define DEFAULT_WATCHDOG_SECONDS 10.0
+#define MAX_SCRIPT_ARGS 64
 
 struct cli {
     const char *handler;
@@ -56,6 +57,10 @@ struct cli {
      * the master's own flags). */
     char *pass[256];
     size_t n_pass;
+    /* After `--`: the handler's `...`. Workers get them as --script-arg
+     * pairs, since the master appends its own flags after cli.pass. */
+    const char *script_args[MAX_SCRIPT_ARGS];
+    int n_script_args;
 };
 
 static struct server srv;
@@ -104,6 +109,7 @@ static void usage(FILE *out)
             "                              nobody; GROUP: USER's primary group)\n"
             "  -n, --no-setuid             started as root: stay root (also --nosetuid)\n"
             "  -t, --check                 load and validate the handler, then exit 0/1\n"
+            "  -- ARG...                   arguments for the handler script (its `...`)\n"
             "  -d, --debug                 more logging (repeat for even more)\n"
             "  -v, --version               print the version\n"
             "  -h, --help                  this help\n\n"
@@ -131,6 +137,15 @@ static void pass(const char *opt, const char *arg)
     if (arg) cli.pass[cli.n_pass++] = strdup(arg);
 }
 
+static void add_script_arg(const char *arg)
+{
+    if (cli.n_script_args == MAX_SCRIPT_ARGS) {
+        fprintf(stderr, "luasmtpd: more than %d handler arguments after --\n", MAX_SCRIPT_ARGS);
+        exit(2);
+    }
+    cli.script_args[cli.n_script_args++] = arg;
+}
+
 static double seconds_arg(const char *flag, const char *v)
 {
     char *end;
@@ -149,7 +164,7 @@ static void parse_args(int argc, char **argv)
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
         OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT, OPT_WORKERS,
         OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL, OPT_SCRIPT_FD,
-        OPT_USER
+        OPT_USER, OPT_SCRIPT_ARG
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -175,7 +190,8 @@ static void parse_args(int argc, char **argv)
         {"nosetuid", no_argument, 0, 'n'},
         {"worker-slot", required_argument, 0, OPT_WORKER_SLOT},
         {"worker-status-fd", required_argument, 0, OPT_WORKER_STATUS_FD},
-        {"script-fd", required_argument, 0, OPT_SCRIPT_FD}, {0, 0, 0, 0},
+        {"script-fd", required_argument, 0, OPT_SCRIPT_FD},
+        {"script-arg", required_argument, 0, OPT_SCRIPT_ARG}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
     cli.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
@@ -186,13 +202,15 @@ static void parse_args(int argc, char **argv)
     pass(argv[0], NULL);
     int c;
     int longindex;
-    while ((c = getopt_long(argc, argv, "l:o:s:utndvh", longopts, &longindex)) != -1) {
+    /* "+": stop at the first non-option, so only `--` starts the handler's
+     * arguments and a stray word before it is still an error. */
+    while ((c = getopt_long(argc, argv, "+l:o:s:utndvh", longopts, &longindex)) != -1) {
         /* Workers get every option but addresses and the master's own. */
         bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
                            c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD ||
-                           c == OPT_SCRIPT_FD || c == 't' ||
-                           c == 'v' || c == 'h' || c == '?';
+                           c == OPT_SCRIPT_FD || c == OPT_SCRIPT_ARG || c == 't' || c == 'v' ||
+                           c == 'h' || c == '?';
         if (!master_only) {
             if (c < 256) {
                 char shortopt[3] = {'-', (char)c, 0};
@@ -246,6 +264,7 @@ static void parse_args(int argc, char **argv)
         case OPT_PROXY_PROTOCOL: add_override("proxy_protocol_timeout", optarg ? optarg : "10"); break;
         case OPT_WORKER_STATUS_FD: cli.worker_status_fd = atoi(optarg); break;
         case OPT_SCRIPT_FD: cli.script_fd = atoi(optarg); break;
+        case OPT_SCRIPT_ARG: add_script_arg(optarg); break;
         case OPT_DRAIN_TIMEOUT: cli.drain_timeout = seconds_arg("--drain-timeout", optarg); break;
         case OPT_LOAD_TIMEOUT:
             policy_load_timeout = seconds_arg("--load-timeout", optarg);
@@ -279,6 +298,15 @@ static void parse_args(int argc, char **argv)
         default: usage(stderr); exit(2);
         }
     }
+    if (optind > 1 && optind <= argc && !strcmp(argv[optind - 1], "--")) {
+        for (int i = optind; i < argc; i++) {
+            add_script_arg(argv[i]);
+            pass("--script-arg", argv[i]);
+        }
+        optind = argc;
+    }
+    policy_script_args = cli.script_args;
+    policy_n_script_args = cli.n_script_args;
     if (optind < argc) {
         fprintf(stderr, "luasmtpd: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);

@@ -36,6 +36,8 @@ const char *const policy_hook_names[HOOK_COUNT] = {
 static unsigned next_generation = 1;
 
 double policy_load_timeout = 5.0;
+const char *const *policy_script_args;
+int policy_n_script_args;
 
 /* The allocator every generation runs on: LuaJIT's own, counted. */
 static void *policy_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -357,7 +359,12 @@ static bool run_script(struct policy *p, const char *path, const char *src, size
     luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
     load_deadline = clock_monotonic() + policy_load_timeout;
     lua_sethook(L, load_budget_hook, LUA_MASKCOUNT, 10000);
-    int rc = lua_pcall(L, 0, 1, -2);
+    if (!lua_checkstack(L, policy_n_script_args)) {
+        fail(err, errlen, p->script_name, "too many handler arguments");
+        return false;
+    }
+    for (int i = 0; i < policy_n_script_args; i++) lua_pushstring(L, policy_script_args[i]);
+    int rc = lua_pcall(L, policy_n_script_args, 1, -2 - policy_n_script_args);
     lua_sethook(L, NULL, 0, 0);
     luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
     if (rc) {

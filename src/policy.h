@@ -82,6 +82,11 @@ struct policy {
  * refuses a script that takes longer). */
 extern double policy_load_timeout;
 
+/* The handler's arguments (`luasmtpd --handler F -- ARG...`): every
+ * generation's chunk gets them as `...`, so a reload sees the same ones. */
+extern const char *const *policy_script_args;
+extern int policy_n_script_args;
+
 static inline void policy_enter_hook(struct policy *p) { p->in_hook = true; }
 static inline void policy_leave_hook(struct policy *p) { p->in_hook = false; }
 

@@ -64,6 +64,7 @@ for _, decl in ipairs{
   "int close(int fd);",
   "long read(int fd, void *buf, unsigned long n);",
   "int kill(int pid, int sig);",
+  "int access(const char *path, int mode);",
 } do
   pcall(ffi.cdef, decl)
 end
@@ -681,10 +682,55 @@ local function build_args(opts, dir)
   return args
 end
 
-local function binary_of(opts)
-  local bin = opts.binary or os.getenv("LUASMTPD_BIN")
-  if not bin or bin == "" then bin = "build/luasmtpd" end
-  return bin
+local X_OK = 1
+
+local function executable(path)
+  return C.access(path, X_OK) == 0
+end
+
+--- The server binary `start` and `check` run: `opts.binary`, else
+-- `$LUASMTPD_BIN`, else the first `luasmtpd` on `PATH` (an installed copy),
+-- else `build/luasmtpd` (a checkout).
+-- @tparam[opt] table opts
+-- @treturn string
+function M.binary_path(opts)
+  local bin = opts and opts.binary
+  if bin and bin ~= "" then return bin end
+  bin = os.getenv("LUASMTPD_BIN")
+  if bin and bin ~= "" then return bin end
+  for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
+    local candidate = dir .. "/luasmtpd"
+    if executable(candidate) then return candidate end
+  end
+  return "build/luasmtpd"
+end
+
+local binary_of = M.binary_path
+
+-- `env = { NAME = "value" }` as shell assignments put before the command.
+local function env_prefix(env)
+  if env == nil then return "" end
+  if type(env) ~= "table" then error("smtpd.testing: env must be a table of NAME = value", 3) end
+  local names = {}
+  for name in pairs(env) do
+    if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") then
+      error("smtpd.testing: env has a bad variable name: " .. tostring(name), 3)
+    end
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  local parts = {}
+  for _, name in ipairs(names) do parts[#parts + 1] = name .. "=" .. shell_quote(env[name]) .. " " end
+  return table.concat(parts)
+end
+
+-- `script_args = { ... }`: after `--`, the handler's `...`.
+local function script_args_suffix(list)
+  if list == nil then return "" end
+  if type(list) ~= "table" then error("smtpd.testing: script_args must be an array of strings", 3) end
+  local parts = { " --" }
+  for _, a in ipairs(list) do parts[#parts + 1] = " " .. shell_quote(a) end
+  return table.concat(parts)
 end
 
 --- Starts luasmtpd and waits until it listens.
@@ -693,11 +739,15 @@ end
 --   to a temporary file); neither: the built-in default handler.
 --   `options` (table: each entry becomes `-o name=value`; arrays become
 --   comma lists), `args` (array of extra command-line arguments),
+--   `script_args` (array: passed after `--`, the handler script's `...`),
+--   `env` (table `NAME = value`: environment variables for the server,
+--   added to the caller's),
 --   `hostname` (default "mx.test"; false: the server's own default),
 --   `listen` (default "127.0.0.1:0"),
 --   `setuid` (true: do not pass `-n`, so a server started as root drops to
 --   nobody), `user` ("USER[:GROUP]": `--user`, and no `-n`),
---   `binary` (default: env `LUASMTPD_BIN`, else "build/luasmtpd"),
+--   `binary` (default: see `binary_path`: `$LUASMTPD_BIN`, `luasmtpd` on
+--   `PATH`, "build/luasmtpd"),
 --   `timeout` (seconds for the ready line, default `testing.start_timeout`).
 --
 --   TLS: `tls` is one of
@@ -760,7 +810,7 @@ function M.start(opts)
     local argv = { shell_quote(binary_of(opts)) }
     for _, a in ipairs(build_args(opts, dir)) do argv[#argv + 1] = shell_quote(a) end
     argv[#argv + 1] = "--ready-fd 3"
-    self.command = table.concat(argv, " ")
+    self.command = env_prefix(opts.env) .. table.concat(argv, " ") .. script_args_suffix(opts.script_args)
     -- A watcher subshell starts the server, prints its pid, then waits for
     -- it and writes its exit status to the exit FIFO.
     local script = table.concat({
@@ -951,7 +1001,8 @@ end
 
 --- Validates a handler script with `luasmtpd --check`.
 -- @tparam table opts `handler` (path) or `source` (code), `binary`,
---   `flag` (default "--check"; "-t" is the short form)
+--   `flag` (default "--check"; "-t" is the short form), and as for `start`:
+--   `args`, `script_args`, `env`
 -- @treturn number the exit status (0: valid)
 -- @treturn string what the server printed (stdout and stderr)
 -- @treturn string the path the script was checked under (for `source`, a
@@ -963,8 +1014,11 @@ function M.check(opts)
     path = dir .. "/handler.lua"
     write_file(path, opts.source)
   end
-  local p = assert(io.popen(shell_quote(binary_of(opts)) .. " " .. (opts.flag or "--check") .. " --handler " ..
-    shell_quote(path) .. " </dev/null 2>&1; echo \"exit=$?\""))
+  local extra = {}
+  for _, a in ipairs(opts.args or {}) do extra[#extra + 1] = " " .. shell_quote(a) end
+  local p = assert(io.popen(env_prefix(opts.env) .. shell_quote(binary_of(opts)) .. " " ..
+    (opts.flag or "--check") .. " --handler " .. shell_quote(path) .. table.concat(extra) ..
+    script_args_suffix(opts.script_args) .. " </dev/null 2>&1; echo \"exit=$?\""))
   local out = p:read("*a")
   p:close()
   os.execute("rm -rf " .. shell_quote(dir))
@@ -1129,7 +1183,7 @@ end
 -- server, then checks what it logged and printed.
 --
 -- A case is a table: `name`, `source` or `handler` (as for `start`),
--- `options`, `args`, `hostname`, `tls`, `cert`, `client_ca` (as for
+-- `options`, `args`, `script_args`, `env`, `hostname`, `tls`, `cert`, `client_ca` (as for
 -- `start`), `dialogue` (steps, see `dialogue`) or
 -- `dialogues` (several step lists, run one after the other on the same
 -- server), `stderr_has` / `stderr_lacks` / `stdout_has` / `stdout_lacks`
@@ -1142,7 +1196,8 @@ end
 -- end
 function M.run_case(case)
   local srv = M.start{ source = case.source, handler = case.handler, options = case.options,
-    args = case.args, hostname = case.hostname, binary = case.binary, tls = case.tls,
+    args = case.args, script_args = case.script_args, env = case.env,
+    hostname = case.hostname, binary = case.binary, tls = case.tls,
     cert = case.cert, client_ca = case.client_ca }
   local ok, err = pcall(function()
     local lists = case.dialogues or { case.dialogue or {} }

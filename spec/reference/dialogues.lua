@@ -26,7 +26,7 @@
 -- epilogue "QUIT\r\n" (shown as such), so stray replies are caught.
 --
 -- Only the deviations listed here may be accepted, and each must be a
--- **(fix)** of /work/shared/docs/auth-api.md (or the two global ones). Any
+-- **(fix)** (README, "Where luasmtpd differs from aiosmtpd"; or the two global ones). Any
 -- other difference is a bug in one of the two servers or in the docs: report
 -- it, do not add it here.
 local mime = require "mime"

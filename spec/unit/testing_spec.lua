@@ -192,4 +192,72 @@ describe("smtpd.testing", function()
       })
     end)
   end)
+
+  describe("start passes", function()
+    local srv
+    after_each(function() if srv then srv:stop() end end)
+
+    it("env as the server's environment and script_args after -- (last)", function()
+      srv = testing.start{ binary = FAKE, env = { FAKE_ENV = "it's set" },
+        args = { "--timeout", "5" }, script_args = { "relay.example", "-x y" } }
+      local err = srv:stderr()
+      assert.matches("fake: FAKE_ENV=it's set\n", err, 1, true)
+      assert.matches("--timeout 5 --ready-fd 3 -- relay.example -x y\n", err, 1, true)
+    end)
+
+    it("refuses a bad env name", function()
+      local ok, err = pcall(testing.start, { binary = FAKE, env = { ["A B"] = "x" } })
+      assert.is_false(ok)
+      assert.matches("env has a bad variable name: A B", err, 1, true)
+    end)
+  end)
+
+  describe("binary_path", function()
+    -- A fresh LuaJIT in a directory of its own, with only the PATH and
+    -- LUASMTPD_BIN given here, prints what the helper would run.
+    local dir, LUAJIT
+    local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+    local function sh(cmd)
+      local p = assert(io.popen("timeout 30 sh -c " .. q(cmd) .. " 2>&1"))
+      local out = p:read("*a")
+      p:close()
+      return out
+    end
+    local function lookup(env_bin, path, opts)
+      local cmd = ("cd %s && env -u LUASMTPD_BIN %s PATH=%s LUA_PATH=%s %s -e %s"):format(
+        q(dir), env_bin and ("LUASMTPD_BIN=" .. q(env_bin)) or "", q(path),
+        q(os.getenv("PWD") .. "/lua/?.lua;;"), LUAJIT,
+        q("print(require('smtpd.testing').binary_path(" .. (opts or "") .. "))"))
+      return (sh(cmd):gsub("\n$", ""))
+    end
+    setup(function()
+      LUAJIT = sh("command -v luajit"):match("^(%S+)")
+      dir = sh("mktemp -d /tmp/luasmtpd-binpath.XXXXXX"):match("^(%S+)")
+      sh("mkdir -p " .. q(dir .. "/bin") .. " " .. q(dir .. "/noexec") .. " && printf '#!/bin/sh\n' > " ..
+        q(dir .. "/bin/luasmtpd") .. " && chmod +x " .. q(dir .. "/bin/luasmtpd") ..
+        " && touch " .. q(dir .. "/noexec/luasmtpd"))
+    end)
+    teardown(function()
+      if dir and dir:match("^/tmp/luasmtpd%-binpath%.") then sh("rm -rf " .. q(dir)) end
+    end)
+
+    -- No system directories: an installed luasmtpd must not take part.
+    local SYS = "/nonexistent"
+
+    it("takes the binary argument first", function()
+      assert.equal("/x/luasmtpd", lookup("/env/luasmtpd", dir .. "/bin:" .. SYS, "{ binary = '/x/luasmtpd' }"))
+    end)
+
+    it("then $LUASMTPD_BIN", function()
+      assert.equal("/env/luasmtpd", lookup("/env/luasmtpd", dir .. "/bin:" .. SYS))
+    end)
+
+    it("then the first executable luasmtpd on PATH", function()
+      assert.equal(dir .. "/bin/luasmtpd", lookup(nil, dir .. "/noexec:" .. dir .. "/bin:" .. SYS))
+    end)
+
+    it("then build/luasmtpd of a checkout", function()
+      assert.equal("build/luasmtpd", lookup(nil, dir .. "/noexec:" .. SYS))
+    end)
+  end)
 end)
