@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,37 +43,47 @@
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
                 T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */ };
 
+/* One row per option: its name, type and the field it sets. A new option is
+ * one row here, one field in struct options and, if it has one, its
+ * default in options_init_defaults; nothing else. */
 struct opt_def {
     const char *name;
     enum opt_type type;
+    size_t offset;       /* of the field in struct options */
+    size_t given_offset; /* of a bool set when the option is given, or NOT_TRACKED */
 };
 
+#define NOT_TRACKED ((size_t)-1)
+#define OPT(name, type, field) {name, type, offsetof(struct options, field), NOT_TRACKED}
+
 static const struct opt_def opt_defs[] = {
-    {"hostname", T_STRING},
-    {"ident", T_STRING},
-    {"data_size_limit", T_INT},
-    {"enable_SMTPUTF8", T_BOOL},
-    {"require_starttls", T_BOOL},
-    {"timeout", T_NUMBER},
-    {"auth_required", T_BOOL},
-    {"auth_require_tls", T_BOOL},
-    {"auth_exclude_mechanism", T_LIST},
-    {"command_call_limit", T_CALL_LIMIT},
-    {"auth_failure_limit", T_INT},
-    {"auth_allow_authzid", T_BOOL},
-    {"bare_newline", T_BARE_NEWLINE},
-    {"proxy_protocol_timeout", T_NUMBER},
-    {"hook_timeout", T_NUMBER},
-    {"lua_memory_limit", T_INT},
-    {"max_connections", T_INT},
-    {"max_connections_per_ip", T_INT},
-    {"command_timeout", T_NUMBER0},
-    {"data_rate_min", T_INT},
-    {"data_rate_grace", T_NUMBER},
-    {"rcpt_limit", T_INT},
-    {"error_limit", T_INT},
-    {"data_memory_limit", T_SIZE},
-    {NULL, 0},
+    OPT("hostname", T_STRING, hostname),
+    OPT("ident", T_STRING, ident),
+    OPT("data_size_limit", T_INT, data_size_limit),
+    OPT("enable_SMTPUTF8", T_BOOL, enable_smtputf8),
+    /* The CLI's default (on with --tlscert) yields to a script that says. */
+    {"require_starttls", T_BOOL, offsetof(struct options, require_starttls),
+     offsetof(struct options, require_starttls_set)},
+    OPT("timeout", T_NUMBER, timeout),
+    OPT("auth_required", T_BOOL, auth_required),
+    OPT("auth_require_tls", T_BOOL, auth_require_tls),
+    OPT("auth_exclude_mechanism", T_LIST, auth_exclude_mechanism),
+    OPT("command_call_limit", T_CALL_LIMIT, call_limits),
+    OPT("auth_failure_limit", T_INT, auth_failure_limit),
+    OPT("auth_allow_authzid", T_BOOL, auth_allow_authzid),
+    OPT("bare_newline", T_BARE_NEWLINE, bare_newline),
+    OPT("proxy_protocol_timeout", T_NUMBER, proxy_protocol_timeout),
+    OPT("hook_timeout", T_NUMBER, hook_timeout),
+    OPT("lua_memory_limit", T_INT, lua_memory_limit),
+    OPT("max_connections", T_INT, max_connections),
+    OPT("max_connections_per_ip", T_INT, max_connections_per_ip),
+    OPT("command_timeout", T_NUMBER0, command_timeout),
+    OPT("data_rate_min", T_INT, data_rate_min),
+    OPT("data_rate_grace", T_NUMBER, data_rate_grace),
+    OPT("rcpt_limit", T_INT, rcpt_limit),
+    OPT("error_limit", T_INT, error_limit),
+    OPT("data_memory_limit", T_SIZE, data_memory_limit),
+    {NULL, 0, 0, NOT_TRACKED},
 };
 
 static const char *const type_names[] = {
@@ -123,27 +134,17 @@ void options_free(struct options *o)
     memset(o, 0, sizeof *o);
 }
 
-/* Where an integer / number option lives; the name is known valid. */
-static long *int_slot(struct options *o, const char *name)
-{
-    if (!strcmp(name, "data_size_limit")) return &o->data_size_limit;
-    if (!strcmp(name, "auth_failure_limit")) return &o->auth_failure_limit;
-    if (!strcmp(name, "lua_memory_limit")) return &o->lua_memory_limit;
-    if (!strcmp(name, "max_connections")) return &o->max_connections;
-    if (!strcmp(name, "max_connections_per_ip")) return &o->max_connections_per_ip;
-    if (!strcmp(name, "data_rate_min")) return &o->data_rate_min;
-    if (!strcmp(name, "data_memory_limit")) return &o->data_memory_limit;
-    if (!strcmp(name, "rcpt_limit")) return &o->rcpt_limit;
-    return &o->error_limit;
-}
+/* The field an option sets, by its row. */
+static void *opt_field(struct options *o, const struct opt_def *d) { return (char *)o + d->offset; }
+#define INT_FIELD(o, d) ((long *)opt_field(o, d))
+#define NUMBER_FIELD(o, d) ((double *)opt_field(o, d))
+#define BOOL_FIELD(o, d) ((bool *)opt_field(o, d))
+#define STRING_FIELD(o, d) ((char **)opt_field(o, d))
 
-static double *number_slot(struct options *o, const char *name)
+/* Notes that the option was given (for options whose default depends on it). */
+static void opt_given(struct options *o, const struct opt_def *d)
 {
-    if (!strcmp(name, "timeout")) return &o->timeout;
-    if (!strcmp(name, "hook_timeout")) return &o->hook_timeout;
-    if (!strcmp(name, "command_timeout")) return &o->command_timeout;
-    if (!strcmp(name, "data_rate_grace")) return &o->data_rate_grace;
-    return &o->proxy_protocol_timeout;
+    if (d->given_offset != NOT_TRACKED) *(bool *)((char *)o + d->given_offset) = true;
 }
 
 static const struct opt_def *opt_find(const char *name)
@@ -266,18 +267,12 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
     switch (d->type) {
     case T_BOOL:
         if (!parse_bool(v, &b)) return wrong_type(d, err, errlen);
-        if (!strcmp(name, "enable_SMTPUTF8")) o->enable_smtputf8 = b;
-        else if (!strcmp(name, "require_starttls")) {
-            o->require_starttls = b;
-            o->require_starttls_set = true;
-        }
-        else if (!strcmp(name, "auth_required")) o->auth_required = b;
-        else if (!strcmp(name, "auth_require_tls")) o->auth_require_tls = b;
-        else if (!strcmp(name, "auth_allow_authzid")) o->auth_allow_authzid = b;
+        *BOOL_FIELD(o, d) = b;
+        opt_given(o, d);
         return true;
     case T_INT:
         if (!parse_long(v, &n)) return wrong_type(d, err, errlen);
-        *int_slot(o, name) = n;
+        *INT_FIELD(o, d) = n;
         return true;
     case T_NUMBER:
     case T_NUMBER0: {
@@ -285,11 +280,11 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         double x = strtod(v, &end);
         if (end == v || *end || !(d->type == T_NUMBER0 ? x >= 0 : x > 0))
             return wrong_type(d, err, errlen);
-        *number_slot(o, name) = x;
+        *NUMBER_FIELD(o, d) = x;
         return true;
     }
     case T_STRING:
-        set_string(!strcmp(name, "hostname") ? &o->hostname : &o->ident, v);
+        set_string(STRING_FIELD(o, d), v);
         return true;
     case T_LIST:
         clear_excluded(o);
@@ -328,7 +323,7 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         return true;
     case T_SIZE:
         if (!parse_size(v, &n)) return wrong_type(d, err, errlen);
-        *int_slot(o, name) = n;
+        *INT_FIELD(o, d) = n;
         return true;
     }
     return false;
@@ -357,14 +352,14 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         return options_set_string(o, name, lua_toboolean(L, idx) ? "true" : "false", err, errlen);
     case T_INT:
         if (!lua_is_integer(L, idx, &n)) return wrong_type(d, err, errlen);
-        *int_slot(o, name) = n;
+        *INT_FIELD(o, d) = n;
         return true;
     case T_NUMBER:
     case T_NUMBER0:
         if (t != LUA_TNUMBER ||
             !(d->type == T_NUMBER0 ? lua_tonumber(L, idx) >= 0 : lua_tonumber(L, idx) > 0))
             return wrong_type(d, err, errlen);
-        *number_slot(o, name) = lua_tonumber(L, idx);
+        *NUMBER_FIELD(o, d) = lua_tonumber(L, idx);
         return true;
     case T_STRING:
         if (t != LUA_TSTRING) return wrong_type(d, err, errlen);
@@ -421,7 +416,7 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
     case T_SIZE:
         if (t == LUA_TSTRING) return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
         if (!lua_is_integer(L, idx, &n)) return wrong_type(d, err, errlen);
-        *int_slot(o, name) = n;
+        *INT_FIELD(o, d) = n;
         return true;
     }
     return false;

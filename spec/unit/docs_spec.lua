@@ -78,7 +78,8 @@ local function code_options()
   local tbl = src:match("opt_defs%[%] = {(.-)\n};")
   assert(tbl, "option table not found in src/options.c")
   local names = {}
-  for name in tbl:gmatch('{"([%w_]+)",') do names[name] = true end
+  -- Rows are OPT("name", TYPE, field) or {"name", TYPE, ...}.
+  for name in tbl:gmatch('[{(]"([%w_]+)",') do names[name] = true end
   assert(next(names), "no options parsed from src/options.c")
   return names
 end
