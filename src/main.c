@@ -11,6 +11,7 @@
 
 #include "check.h"
 #include "log.h"
+#include "lua_hook.h"
 #include "master.h"
 #include "policy.h"
 #include "policy_builder.h"
@@ -652,6 +653,7 @@ int main(int argc, char **argv)
                 cli.worker_slot);
         return 1;
     }
+    if (worker) hook_status_slot = master_worker_hook_slot(&hook_status_slot_size);
     if (worker) {
         snprintf(log_process_tag, sizeof log_process_tag, "w%d", cli.worker_slot);
         log_msg(LOG_INFO, NULL, "worker %d (pid %d)", cli.worker_slot, (int)getpid());

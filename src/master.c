@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #include "clock.h"
-#include "lua_hook.h"
 #include "log.h"
 #include "server.h"
 
@@ -363,6 +362,13 @@ static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
     my_status->heartbeat = clock_monotonic();
 }
 
+char *master_worker_hook_slot(size_t *size)
+{
+    if (!my_status) return NULL;
+    *size = sizeof my_status->hook;
+    return my_status->hook;
+}
+
 bool master_worker_attach(int fd, int slot)
 {
     if (slot < 0 || slot >= MASTER_MAX_WORKERS) return false;
@@ -373,8 +379,6 @@ bool master_worker_attach(int fd, int slot)
     my_status = &all[slot];
     my_status->pid = getpid();
     my_status->heartbeat = clock_monotonic();
-    hook_status_slot = my_status->hook;
-    hook_status_slot_size = sizeof my_status->hook;
     ev_timer_init(&heartbeat, on_heartbeat, HEARTBEAT_SECONDS, HEARTBEAT_SECONDS);
     ev_timer_start(EV_DEFAULT, &heartbeat);
     /* Don't let the heartbeat alone keep the loop alive at shutdown. */

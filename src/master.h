@@ -54,4 +54,9 @@ int master_run(const struct master_config *mc);
  * starts the heartbeat on the default loop. Returns false on error. */
 bool master_worker_attach(int status_fd, int slot);
 
+/* The worker's "running hook" text in the shared memory (the watchdog
+ * names it when it kills a stuck worker), or NULL before attach. The caller
+ * hands it to the hook layer: this file knows no Lua. */
+char *master_worker_hook_slot(size_t *size);
+
 #endif
