@@ -295,3 +295,78 @@ require("ffi").C.poll(nil, 0, 1000)
     idle:close()
   end)
 end)
+
+-- --ready-fd (issue 9): the ready line waits for every worker's current
+-- process, not for N ready lines (a worker restarted during start-up would
+-- be counted twice while another has not listened yet).
+describe("--workers 2 --ready-fd with a worker restarted during start-up", function()
+  local dir, proc
+  after_each(function()
+    if proc then
+      for _, pid in ipairs(u.children(proc.pid)) do u.kill(pid, SIGKILL) end
+      proc.kill()
+    end
+    u.rmdir(dir)
+    dir, proc = nil, nil
+  end)
+
+  it("writes the ready line only once the other worker listens too", function()
+    dir = u.tempdir()
+    local gate = dir .. "/gate"
+    -- Worker slot 1 holds its start-up until the spec opens the gate (at
+    -- most 20 s); the master and worker 0 load at once.
+    u.write_file(dir .. "/handler.lua", ([[
+local f = io.open("/proc/self/cmdline")
+local cmdline = f and f:read("*a") or ""
+if f then f:close() end
+if cmdline:find("--worker-slot\0" .. "1\0", 1, true) then
+  local t0 = os.time()
+  while os.time() - t0 < 20 do
+    local g = io.open(%q)
+    if g then g:close() break end
+    os.execute("sleep 0.05")
+  end
+end
+]]):format(gate) .. worker_script("v1"))
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    local bin = os.getenv("LUASMTPD_BIN")
+    if not bin or bin == "" then bin = "build/luasmtpd" end
+    local ready_path, err_path = dir .. "/ready", dir .. "/err"
+    local function q(v) return "'" .. v:gsub("'", "'\\''") .. "'" end
+    local p = assert(io.popen(("%s --handler %s -l 127.0.0.1:%d --workers 2 -n --load-timeout 30 " ..
+      "--ready-fd 3 3>%s </dev/null >/dev/null 2>%s & echo $!"):format(q(bin), q(dir .. "/handler.lua"),
+      port, q(ready_path), q(err_path))))
+    local pid = tonumber(p:read("*l"))
+    p:close()
+    proc = { pid = pid, kill = function()
+      if u.alive(pid) then u.kill(pid, 15) end
+      pcall(u.wait_until, function() return not u.alive(pid) end, 10, "the master to exit")
+    end }
+    local srv = { host = "127.0.0.1", port = port, pid = pid, stderr = function() return u.read_file(err_path) end }
+    -- A worker's pid from NOOP; failures (nobody listening yet, or a
+    -- connection queued for a killed worker) are retried, bounded.
+    local function answering_pid(other_than)
+      return u.wait_until(function()
+        local _, got = ask(srv, 2)
+        return type(got) == "number" and got ~= other_than and got
+      end, 20, "a worker other than " .. tostring(other_than), u.log_tail(srv))
+    end
+    -- Worker 0 listens (worker 1 is held): kill it once it answered.
+    local first = answering_pid(nil)
+    assert.is_true(u.kill(first, SIGKILL))
+    -- Its replacement answers; worker 1 is still held, so no ready line yet.
+    answering_pid(first)
+    -- Give a wrong ready line the chance to show (it would follow the
+    -- replacement's listen at once); its absence is what the fix must keep.
+    pcall(u.wait_until, function() return u.read_file(ready_path) ~= "" end, 1, "an early ready line")
+    local early = u.read_file(ready_path)
+    u.write_file(gate, "")
+    u.wait_until(function() return u.read_file(ready_path) ~= "" end, 20, "the ready line",
+      u.log_tail(srv))
+    assert.equal("", early)
+    assert.matches("^ready 127%.0%.0%.1:" .. port .. "\n$", u.read_file(ready_path))
+    assert.matches("w1 handler .- loaded %(policy generation 1%)", srv:stderr())
+  end)
+end)
