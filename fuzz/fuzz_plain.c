@@ -20,7 +20,7 @@
 
 #include "fuzz.h"
 #include "fuzz_lua.h"
-#include "policy.h" /* lua_smtpd_preload */
+#include "lua_vm.h" /* vm_preload */
 
 #ifndef FUZZ_DIR
 #define FUZZ_DIR "fuzz"
@@ -35,7 +35,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     L = luaL_newstate();
     if (!L) abort();
     luaL_openlibs(L);
-    lua_smtpd_preload(L);
+    vm_preload(L);
     if (luaL_dofile(L, FUZZ_DIR "/plain.lua") || lua_type(L, -1) != LUA_TFUNCTION) {
         fprintf(stderr, "fuzz_plain: %s\n", lua_tostring(L, -1));
         exit(1);

@@ -16,7 +16,6 @@
 #include "lua_bind.h"
 #include "lua_session.h"
 #include "policy.h"
-#include "server.h"
 #include "session.h"
 #include "smtp_limits.h"
 #include "status_line.h"

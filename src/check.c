@@ -83,7 +83,7 @@ static const char check_chunk[] =
 
 int check_warnings(struct policy *p, FILE *out)
 {
-    lua_State *L = p->L;
+    lua_State *L = p->vm.L;
     int top = lua_gettop(L);
     int n = 0;
     if (luaL_loadbuffer(L, check_chunk, sizeof check_chunk - 1, "=check") == 0) {

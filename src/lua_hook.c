@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "log.h"
-#include "policy.h"
+#include "lua_vm.h"
 
 char *hook_status_slot;
 size_t hook_status_slot_size;
@@ -38,12 +38,12 @@ static void hook_status_clear(void)
 
 static void hook_on_deadline(struct ev_loop *loop, ev_timer *w, int revents);
 
-void hook_init(struct hook_state *h, struct ev_loop *loop, struct policy *p, const char *sid,
+void hook_init(struct hook_state *h, struct ev_loop *loop, struct vm *vm, const char *sid,
                double timeout, void (*after_wake)(void *owner))
 {
     memset(h, 0, sizeof *h);
     h->loop = loop;
-    h->policy = p;
+    h->vm = vm;
     h->sid = sid;
     h->timeout = timeout;
     h->after_wake = after_wake;
@@ -53,7 +53,7 @@ void hook_init(struct hook_state *h, struct ev_loop *loop, struct policy *p, con
 
 lua_State *hook_begin(struct hook_state *h, int func_ref, const char *name)
 {
-    lua_State *co = policy_coroutine_get(h->policy, &h->co_ref);
+    lua_State *co = vm_coroutine_get(h->vm, &h->co_ref);
     h->co = co;
     h->name = name;
     h->wait = NULL;
@@ -82,7 +82,7 @@ static void hook_fail(struct hook_state *h)
     h->cont = NULL;
     ev_timer_stop(h->loop, &h->deadline);
     cont(owner, false, co, 0);
-    policy_coroutine_drop(h->policy, ref);
+    vm_coroutine_drop(h->vm, ref);
 }
 
 /* Pushes msg twice (error value and log text) and fails the hook. */
@@ -122,13 +122,13 @@ static bool hook_settle(struct hook_state *h, int status)
         h->cont = NULL;
         ev_timer_stop(h->loop, &h->deadline);
         cont(owner, true, co, lua_gettop(co));
-        policy_coroutine_put(h->policy, co, ref);
+        vm_coroutine_put(h->vm, co, ref);
         return true;
     }
     /* A hook that hit lua_memory_limit leaves its garbage behind, and LuaJIT
      * has no emergency collection under a refusing allocator: collect now,
      * outside the hook, or every later hook fails too. */
-    if (status == LUA_ERRMEM) lua_gc(h->policy->L, LUA_GCCOLLECT, 0);
+    if (status == LUA_ERRMEM) lua_gc(h->vm->L, LUA_GCCOLLECT, 0);
     /* Keep the error value and add a traceback above it for the log. */
     const char *msg = lua_tostring(co, -1);
     luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
@@ -136,24 +136,17 @@ static bool hook_settle(struct hook_state *h, int status)
     return true;
 }
 
-/* Near the memory limit, collect before a hook runs rather than let it
- * fail for garbage that a collection would free. */
-static void hook_make_room(struct policy *p)
-{
-    if (p->heap_limit && p->heap_bytes > p->heap_limit / 4 * 3) lua_gc(p->L, LUA_GCCOLLECT, 0);
-}
-
 static bool hook_resume(struct hook_state *h, int nargs)
 {
-    hook_make_room(h->policy);
-    policy_enter_hook(h->policy);
+    vm_make_room(h->vm);
+    vm_enter_hook(h->vm);
     hook_status_set(h);
     struct hook_state *outer = hook_current;
     hook_current = h;
     int status = lua_resume(h->co, nargs);
     hook_current = outer;
     hook_status_clear();
-    policy_leave_hook(h->policy);
+    vm_leave_hook(h->vm);
     return hook_settle(h, status);
 }
 
@@ -228,7 +221,7 @@ void hook_abandon(struct hook_state *h)
     hook_end_wait(h);
     ev_timer_stop(h->loop, &h->deadline);
     /* A suspended coroutine can't be reused safely; let the GC have it. */
-    policy_coroutine_drop(h->policy, h->co_ref);
+    vm_coroutine_drop(h->vm, h->co_ref);
     h->co = NULL;
     h->cont = NULL;
 }

@@ -19,7 +19,7 @@
 
 #include <lua.h>
 
-struct policy;
+struct vm;
 struct hook_state;
 
 /* Called when the hook finishes (ok: results are co's stack 1..nres) or
@@ -43,7 +43,7 @@ struct hook_wait {
 #define HOOK_MAY_WAIT 1u
 
 struct hook_state {
-    struct policy *policy;
+    struct vm *vm;   /* the Lua state of the generation the hook belongs to */
     const char *sid;
     struct ev_loop *loop;
     double timeout;  /* hook_timeout: seconds a hook may stay suspended in all, 0 = none */
@@ -59,9 +59,9 @@ struct hook_state {
     ev_timer deadline;       /* hook_timeout, armed at the first suspension */
 };
 
-/* Sets up a hook state that runs hooks of policy p for owner-facing
- * logs (sid); after_wake (may be NULL) is told when a wake-up resumed it. */
-void hook_init(struct hook_state *h, struct ev_loop *loop, struct policy *p, const char *sid,
+/* Sets up a hook state that runs hooks in vm, logging as sid; after_wake
+ * (may be NULL) is told when a wake-up resumed it. */
+void hook_init(struct hook_state *h, struct ev_loop *loop, struct vm *vm, const char *sid,
                double timeout, void (*after_wake)(void *owner));
 
 /* Takes a coroutine and pushes the function `func_ref` on it; the caller

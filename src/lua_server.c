@@ -116,7 +116,7 @@ void l_server_register(lua_State *L)
     lua_pop(L, 1);
 }
 
-static lua_State *main_state(struct session *s) { return s->policy->L; }
+static lua_State *main_state(struct session *s) { return s->policy->vm.L; }
 
 static int table_ref(struct session *s, enum lsession_table t)
 {

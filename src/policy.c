@@ -22,7 +22,7 @@
 #include "log.h"
 #include "lua_bind.h"
 #include "l_sleep.h"
-#include "lua_sandbox.h"
+#include "lua_vm.h"
 
 #include <luajit.h>
 #include <time.h>
@@ -38,29 +38,6 @@ static unsigned next_generation = 1;
 double policy_load_timeout = 5.0;
 const char *const *policy_script_args;
 int policy_n_script_args;
-
-/* The allocator every generation runs on: LuaJIT's own, counted. */
-static void *policy_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    struct policy *p = ud;
-    lua_Alloc base = (lua_Alloc)p->base_alloc;
-    size_t old = ptr ? osize : 0;
-    if (nsize > old && p->in_hook && p->heap_limit && p->heap_bytes + (nsize - old) > p->heap_limit)
-        return NULL; /* LuaJIT raises "not enough memory" in the hook */
-    void *r = base(p->base_alloc_ud, ptr, osize, nsize);
-    if (r || nsize == 0) p->heap_bytes = p->heap_bytes - old + nsize;
-    return r;
-}
-
-static double load_deadline;
-
-/* Count hook while the script's top level runs (the JIT is off then, so the
- * hook fires even in tight loops). */
-static void load_budget_hook(lua_State *L, lua_Debug *ar)
-{
-    if (clock_monotonic() > load_deadline)
-        luaL_error(L, "the script's top level did not finish within %.1f s", policy_load_timeout);
-}
 
 static int traceback(lua_State *L)
 {
@@ -115,7 +92,7 @@ static int record_definition(lua_State *L)
 /* "file:line" where key was assigned at top level, else just the file. */
 static void definition_position(struct policy *p, const char *key, char *out, size_t outlen)
 {
-    lua_State *L = p->L;
+    lua_State *L = p->vm.L;
     lua_getfield(L, LUA_REGISTRYINDEX, DEFINITION_LINES_KEY);
     int line = 0;
     if (lua_istable(L, -1)) {
@@ -144,7 +121,7 @@ static int mechanism_cmp(const void *a, const void *b)
  * popped. */
 static bool add_mechanism(struct policy *p, const char *name, bool builtin)
 {
-    lua_State *L = p->L;
+    lua_State *L = p->vm.L;
     for (size_t i = 0; i < p->n_mechs; i++) {
         if (!strcmp(p->mechs[i].name, name)) { /* a handler entry replaces a built-in */
             luaL_unref(L, LUA_REGISTRYINDEX, p->mechs[i].ref);
@@ -201,7 +178,7 @@ static bool mechanism_name_for(lua_State *L, const char *key, int idx, char *nam
 
 static bool load_builtin_mechanisms(struct policy *p, char *err, size_t errlen)
 {
-    lua_State *L = p->L;
+    lua_State *L = p->vm.L;
     lua_pushcfunction(L, traceback);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "smtpd.mechanisms");
@@ -222,7 +199,7 @@ static bool load_builtin_mechanisms(struct policy *p, char *err, size_t errlen)
  * mechanisms and options. */
 static bool read_handler(struct policy *p, char *err, size_t errlen)
 {
-    lua_State *L = p->L;
+    lua_State *L = p->vm.L;
     int handler = lua_gettop(L);
     const char *script = p->script_name;
     lua_pushnil(L);
@@ -293,7 +270,7 @@ static void apply_exclusions_and_sort(struct policy *p)
     size_t o = 0;
     for (size_t i = 0; i < p->n_mechs; i++) {
         if (options_mechanism_excluded(&p->opt, p->mechs[i].name))
-            luaL_unref(p->L, LUA_REGISTRYINDEX, p->mechs[i].ref);
+            luaL_unref(p->vm.L, LUA_REGISTRYINDEX, p->mechs[i].ref);
         else p->mechs[o++] = p->mechs[i];
     }
     p->n_mechs = o;
@@ -317,7 +294,7 @@ static void add_script_dir_to_path(lua_State *L, const char *path)
 static bool run_script(struct policy *p, const char *path, const char *src, size_t len,
                        char *err, size_t errlen)
 {
-    lua_State *L = p->L;
+    lua_State *L = p->vm.L;
     int status;
     if (path) {
         add_script_dir_to_path(L, path);
@@ -356,17 +333,12 @@ static bool run_script(struct policy *p, const char *path, const char *src, size
     lua_insert(L, -2);    /* env, traceback, chunk */
     /* A top level that never returns must not hang start-up or a reload:
      * interpret it with a count hook checking a deadline. */
-    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
-    load_deadline = clock_monotonic() + policy_load_timeout;
-    lua_sethook(L, load_budget_hook, LUA_MASKCOUNT, 10000);
     if (!lua_checkstack(L, policy_n_script_args)) {
         fail(err, errlen, p->script_name, "too many handler arguments");
         return false;
     }
     for (int i = 0; i < policy_n_script_args; i++) lua_pushstring(L, policy_script_args[i]);
-    int rc = lua_pcall(L, policy_n_script_args, 1, -2 - policy_n_script_args);
-    lua_sethook(L, NULL, 0, 0);
-    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
+    int rc = vm_pcall_with_budget(&p->vm, policy_n_script_args, 1, -2 - policy_n_script_args, policy_load_timeout);
     if (rc) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         return false;
@@ -445,20 +417,12 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     p->script_name = strdup(path ? path : "(default handler)");
     for (int i = 0; i < HOOK_COUNT; i++) p->hook_ref[i] = LUA_NOREF;
     options_init_defaults(&p->opt);
-    p->L = luaL_newstate();
-    if (!p->L || !p->script_name) {
+    if (!p->script_name) {
         snprintf(err, errlen, "out of memory");
         goto failed;
     }
-    lua_State *L = p->L;
-    lua_Alloc base;
-    base = lua_getallocf(L, &p->base_alloc_ud);
-    p->base_alloc = (void *)base;
-    p->heap_bytes = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
-    lua_setallocf(L, policy_alloc, p);
-    luaL_openlibs(L);
-    lua_sandbox_open(L);
-    lua_smtpd_preload(L);
+    if (!vm_open(&p->vm, err, errlen)) goto failed;
+    lua_State *L = p->vm.L;
     l_server_register(L);
     /* Make the smtpd module's metatables exist even if the script never
      * requires it: mechanisms and results are checked against them. */
@@ -479,7 +443,7 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
         }
     }
     if (!options_finalize(&p->opt, err, errlen)) goto failed;
-    p->heap_limit = (size_t)p->opt.lua_memory_limit * 1024 * 1024;
+    p->vm.heap_limit = (size_t)p->opt.lua_memory_limit * 1024 * 1024;
     apply_exclusions_and_sort(p);
     p->generation = next_generation++; /* refused loads don't use up numbers */
     return p;
@@ -494,12 +458,7 @@ void policy_hold(struct policy *p) { p->refcount++; }
 void policy_release(struct policy *p)
 {
     if (!p || --p->refcount > 0) return;
-    if (p->L) {
-        /* LuaJIT frees its memory arena on close only when its own
-         * allocator is installed: put it back, or every generation leaks. */
-        if (p->base_alloc) lua_setallocf(p->L, (lua_Alloc)p->base_alloc, p->base_alloc_ud);
-        lua_close(p->L); /* frees every ref, pooled coroutine and table */
-    }
+    vm_close(&p->vm); /* frees every ref, pooled coroutine and table */
     free(p->mechs);
     free(p->script_name);
     options_free(&p->opt);
@@ -512,56 +471,4 @@ int policy_find_mechanism(const struct policy *p, const char *name, size_t len)
         if (strlen(p->mechs[i].name) == len && !strncasecmp(p->mechs[i].name, name, len))
             return (int)i;
     return -1;
-}
-
-lua_State *policy_coroutine_get(struct policy *p, int *ref)
-{
-    if (p->n_pool > 0) {
-        p->n_pool--;
-        *ref = p->pool[p->n_pool].ref;
-        return p->pool[p->n_pool].co;
-    }
-    lua_State *co = lua_newthread(p->L);
-    *ref = luaL_ref(p->L, LUA_REGISTRYINDEX); /* anchors the thread */
-    return co;
-}
-
-void policy_coroutine_put(struct policy *p, lua_State *co, int ref)
-{
-    lua_settop(co, 0);
-    if (p->n_pool == POLICY_POOL_MAX) {
-        luaL_unref(p->L, LUA_REGISTRYINDEX, ref);
-        return;
-    }
-    p->pool[p->n_pool].co = co;
-    p->pool[p->n_pool].ref = ref;
-    p->n_pool++;
-}
-
-void policy_coroutine_drop(struct policy *p, int ref) { luaL_unref(p->L, LUA_REGISTRYINDEX, ref); }
-
-/* package.preload loader for an embedded module; upvalue 1 is its index. */
-static int load_embedded(lua_State *L)
-{
-    const struct embedded_file *f = &embedded_files[lua_tointeger(L, lua_upvalueindex(1))];
-    char chunkname[128];
-    snprintf(chunkname, sizeof chunkname, "=[luasmtpd] %s", f->name);
-    if (luaL_loadbuffer(L, f->data, f->size, chunkname)) return lua_error(L);
-    lua_pushstring(L, f->name);
-    lua_call(L, 1, 1);
-    return 1;
-}
-
-void lua_smtpd_preload(lua_State *L)
-{
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, luaopen_smtpd);
-    lua_setfield(L, -2, "smtpd");
-    for (int i = 0; embedded_files[i].name; i++) {
-        lua_pushinteger(L, i);
-        lua_pushcclosure(L, load_embedded, 1);
-        lua_setfield(L, -2, embedded_files[i].name);
-    }
-    lua_pop(L, 2);
 }

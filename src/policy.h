@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "lua_vm.h"
 #include "options.h"
 
 struct lua_State;
@@ -49,10 +50,9 @@ struct option_override {
     const char *value;
 };
 
-#define POLICY_POOL_MAX 64
 
 struct policy {
-    struct lua_State *L;
+    struct vm vm; /* the generation's Lua state (vm.L) */
     int refcount;
     unsigned generation;
     char *script_name;         /* path, or "(default handler)" */
@@ -60,20 +60,6 @@ struct policy {
     struct mechanism *mechs;   /* sorted by name, exclusions applied */
     size_t n_mechs;
     struct options opt;
-    /* Finished coroutines kept for reuse (design.md: coroutines are pooled). */
-    struct {
-        struct lua_State *co;
-        int ref;
-    } pool[POLICY_POOL_MAX];
-    int n_pool;
-    /* Memory: LuaJIT's allocator wrapped to count the heap; the limit is
-     * enforced only while a hook runs (policy_enter_hook), so C code outside
-     * protected calls never meets an allocation failure. */
-    void *base_alloc;
-    void *base_alloc_ud;
-    size_t heap_bytes;
-    size_t heap_limit; /* bytes, 0 = none */
-    bool in_hook;
     /* Set when a reload replaced this generation (ev time); 0 while current. */
     double retired_at;
 };
@@ -87,8 +73,6 @@ extern double policy_load_timeout;
 extern const char *const *policy_script_args;
 extern int policy_n_script_args;
 
-static inline void policy_enter_hook(struct policy *p) { p->in_hook = true; }
-static inline void policy_leave_hook(struct policy *p) { p->in_hook = false; }
 
 /* Builds a generation from the script at path (NULL: the embedded default
  * handler), applying options: defaults, then the script's `options`, then
@@ -120,16 +104,5 @@ static inline bool policy_has_hook(const struct policy *p, enum hook_id h)
 
 /* Case-insensitive lookup (auth-api.md 4.2 row 8 fix); -1 when unknown. */
 int policy_find_mechanism(const struct policy *p, const char *name, size_t len);
-
-/* A coroutine from the pool (or a new one), anchored by *ref. */
-struct lua_State *policy_coroutine_get(struct policy *p, int *ref);
-/* Returns a coroutine that finished normally. */
-void policy_coroutine_put(struct policy *p, struct lua_State *co, int ref);
-/* Releases a coroutine that errored or was abandoned. */
-void policy_coroutine_drop(struct policy *p, int ref);
-
-/* Registers the `smtpd` module and the embedded Lua library in L's
- * package.preload. */
-void lua_smtpd_preload(struct lua_State *L);
 
 #endif

@@ -247,7 +247,7 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
     s->bogus_budget = SMTP_BOGUS_LIMIT;
     for (int i = 0; i < CMD_COUNT; i++)
         s->call_budget[i] = options_call_limit(s->opt, command_names[i]);
-    hook_init(&s->hook, srv->loop, s->policy, s->sid, s->opt->hook_timeout, session_after_wake);
+    hook_init(&s->hook, srv->loop, &s->policy->vm, s->sid, s->opt->hook_timeout, session_after_wake);
     s->server_ref = s->session_ref = s->envelope_ref = LUA_NOREF;
     lsession_open(s);
 
@@ -472,7 +472,7 @@ void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
      * use; it may not wait, so a yield fails it. */
     struct exception_call call = {s, false};
     struct hook_state eh;
-    hook_init(&eh, s->srv->loop, s->policy, s->sid, 0, NULL);
+    hook_init(&eh, s->srv->loop, &s->policy->vm, s->sid, 0, NULL);
     lua_State *eco = hook_begin(&eh, s->policy->hook_ref[HOOK_EXCEPTION], "handle_exception");
     lua_pushvalue(co, -2); /* the error value */
     lua_xmove(co, eco, 1);
@@ -645,7 +645,7 @@ static void ehlo_reply_default(struct session *s)
     size_t n = ehlo_lines(s, lines);
     for (size_t i = 0; i < n; i++) session_reply(s, lines[i]);
     if (auth_offered(s)) {
-        lua_State *L = s->policy->L;
+        lua_State *L = s->policy->vm.L;
         luaL_Buffer b;
         luaL_buffinit(L, &b);
         ehlo_push_auth_line(s, &b);
@@ -1247,7 +1247,7 @@ static void data_after(struct session *s, const struct hook_result *r)
     if (r->outcome != HOOK_FAILED) {
         /* One line per message: size, sender, recipients, and the reply. */
         char from[300] = "";
-        lua_State *L = s->policy->L;
+        lua_State *L = s->policy->vm.L;
         lsession_push_table(s, L, LS_ENVELOPE);
         lua_bind_rawgetfield(L, -1, "mail_from");
         size_t n = 0;
@@ -1291,7 +1291,7 @@ static void session_data_finished(struct session *s)
     }
     const char *content = buf_head(&s->data.content);
     size_t n = buf_len(&s->data.content);
-    lua_State *L = s->policy->L;
+    lua_State *L = s->policy->vm.L;
     lsession_push_table(s, L, LS_ENVELOPE);
     lua_pushlstring(L, content ? content : "", n);
     lua_pushvalue(L, -1);
@@ -1651,8 +1651,8 @@ static void session_read_proxy(struct session *s)
         co = session_hook_begin(s, HOOK_PROXY);
         lsession_set_proxy_data(s, co, &pi, buf_head(in), pi.header_len);
     } else {
-        lsession_set_proxy_data(s, s->policy->L, &pi, buf_head(in), pi.header_len);
-        lua_pop(s->policy->L, 1);
+        lsession_set_proxy_data(s, s->policy->vm.L, &pi, buf_head(in), pi.header_len);
+        lua_pop(s->policy->vm.L, 1);
     }
     buf_consume(in, pi.header_len); /* pointers in pi are dead from here */
     if (!co) {
