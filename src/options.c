@@ -34,6 +34,8 @@
 #define DEFAULT_DATA_RATE_GRACE 30.0
 #define DEFAULT_RCPT_LIMIT 100L
 #define DEFAULT_ERROR_LIMIT 20L
+#define DEFAULT_TLS_TICKET_LIFETIME 3600L
+#define DEFAULT_TLS_SESSION_CACHE_SIZE 1000L
 
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
                 T_NUMBER0 /* 0 allowed: "no limit" */ };
@@ -67,6 +69,8 @@ static const struct opt_def opt_defs[] = {
     {"data_rate_grace", T_NUMBER},
     {"rcpt_limit", T_INT},
     {"error_limit", T_INT},
+    {"tls_ticket_lifetime", T_INT},
+    {"tls_session_cache_size", T_INT},
     {NULL, 0},
 };
 
@@ -94,6 +98,8 @@ void options_init_defaults(struct options *o)
     o->data_rate_grace = DEFAULT_DATA_RATE_GRACE;
     o->rcpt_limit = DEFAULT_RCPT_LIMIT;
     o->error_limit = DEFAULT_ERROR_LIMIT;
+    o->tls_ticket_lifetime = DEFAULT_TLS_TICKET_LIFETIME;
+    o->tls_session_cache_size = DEFAULT_TLS_SESSION_CACHE_SIZE;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -126,6 +132,8 @@ static long *int_slot(struct options *o, const char *name)
     if (!strcmp(name, "max_connections_per_ip")) return &o->max_connections_per_ip;
     if (!strcmp(name, "data_rate_min")) return &o->data_rate_min;
     if (!strcmp(name, "rcpt_limit")) return &o->rcpt_limit;
+    if (!strcmp(name, "tls_ticket_lifetime")) return &o->tls_ticket_lifetime;
+    if (!strcmp(name, "tls_session_cache_size")) return &o->tls_session_cache_size;
     return &o->error_limit;
 }
 
@@ -246,6 +254,11 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         return true;
     case T_INT:
         if (!parse_long(v, &n)) return wrong_type(d, err, errlen);
+        /* RFC 5077 5.6: a ticket lifetime hint is at most 7 days. */
+        if (!strcmp(name, "tls_ticket_lifetime") && n > 604800) {
+            snprintf(err, errlen, "option 'tls_ticket_lifetime' must be at most 604800 seconds");
+            return false;
+        }
         *int_slot(o, name) = n;
         return true;
     case T_NUMBER:

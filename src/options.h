@@ -51,6 +51,8 @@ struct options {
     double data_rate_grace;    /* seconds of DATA before data_rate_min is judged */
     long rcpt_limit;           /* recipients per message */
     long error_limit;          /* error replies per session before 421 */
+    long tls_ticket_lifetime;  /* seconds per ticket key period; 0 = no session tickets */
+    long tls_session_cache_size; /* sessions a worker's ID cache keeps; 0 = no cache */
 };
 
 void options_init_defaults(struct options *o);
