@@ -456,14 +456,14 @@ static long tls_resumed_count, tls_full_count;
 
 static void tls_keep_session(SSL *ssl)
 {
-    SSL_SESSION *s = SSL_get1_session(ssl);
-    if (!s) return;
-    if (!SSL_SESSION_is_resumable(s)) {
-        SSL_SESSION_free(s);
-        return;
-    }
+    /* A copy: SSL_free without a close_notify marks the connection's own
+     * session object not resumable. */
+    SSL_SESSION *s = SSL_get_session(ssl);
+    if (!s || !SSL_SESSION_is_resumable(s)) return;
+    SSL_SESSION *copy = SSL_SESSION_dup(s);
+    if (!copy) return;
     if (tls_session) SSL_SESSION_free(tls_session);
-    tls_session = s;
+    tls_session = copy;
 }
 
 static void tls_init(void)
