@@ -1241,7 +1241,7 @@ int main(int argc, char **argv)
                g.aborted, cpu, 100 * cpu / (t_end - g.t0));
     }
 #ifdef LOADGEN_TLS
-    if (opt.starttls && !opt.quiet)
+    if (opt.starttls) /* also with -q: bench/run reads it */
         printf("TLS handshakes: %ld full, %ld resumed\n", tls_full_count, tls_resumed_count);
 #endif
     for (int i = 0; i < g.n_err_seen; i++)
