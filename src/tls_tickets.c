@@ -74,6 +74,10 @@ bool tls_tickets_init(char *err, size_t errlen)
         if (!*end && fd >= 0 && fd < 65536 && ticket_fd_is_ours((int)fd) &&
             pread((int)fd, ticket_secret, sizeof ticket_secret, 0) ==
                 (ssize_t)sizeof ticket_secret) {
+            /* A worker needs it no further: programs its hooks start must
+             * not inherit the secret. */
+            close((int)fd);
+            unsetenv(TICKET_FD_ENV);
             ticket_ready = true;
             return true;
         }
