@@ -119,6 +119,7 @@ static struct {
     int n_users;
     bool pipelining;
     bool starttls;
+    bool resume; /* offer the last session (ticket or ID) on the next connection */
     const char *tls_groups; /* OpenSSL groups list, e.g. "P-256" */
     long idle;
     int idle_ramp;
@@ -356,6 +357,10 @@ static double percentile_ms(double p)
 
 /* ---- connections ------------------------------------------------------- */
 
+#ifdef LOADGEN_TLS
+static void tls_keep_session(SSL *ssl);
+#endif
+
 static void conn_close(struct conn *c)
 {
     if (c->fd >= 0) close(c->fd); /* also removes it from the epoll set */
@@ -365,6 +370,9 @@ static void conn_close(struct conn *c)
     c->want_out = false;
     c->tls_on = false;
 #ifdef LOADGEN_TLS
+    /* Kept at the end, not after the handshake: a TLS 1.3 server sends its
+     * ticket only after the handshake. */
+    if (c->ssl && opt.resume) tls_keep_session(c->ssl);
     if (c->ssl) SSL_free(c->ssl);
     c->ssl = NULL;
 #endif
@@ -443,6 +451,20 @@ static void expect(struct conn *c, short code, enum phase what)
  * (printed once per run). */
 static SSL_CTX *tls_ctx;
 static bool tls_reported;
+static SSL_SESSION *tls_session; /* --resume: offered to the next connection */
+static long tls_resumed_count, tls_full_count;
+
+static void tls_keep_session(SSL *ssl)
+{
+    /* A copy: SSL_free without a close_notify marks the connection's own
+     * session object not resumable. */
+    SSL_SESSION *s = SSL_get_session(ssl);
+    if (!s || !SSL_SESSION_is_resumable(s)) return;
+    SSL_SESSION *copy = SSL_SESSION_dup(s);
+    if (!copy) return;
+    if (tls_session) SSL_SESSION_free(tls_session);
+    tls_session = copy;
+}
 
 static void tls_init(void)
 {
@@ -451,9 +473,10 @@ static void tls_init(void)
     /* A benchmark talks to its own self-signed certificate on 127.0.0.1. */
     SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
     SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
-    /* Every session is a full handshake, as between two MTAs that meet. */
+    /* Without --resume every session is a full handshake, as between two
+     * MTAs that meet; with it, each offers the session the last one kept. */
     SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_options(tls_ctx, SSL_OP_NO_TICKET);
+    if (!opt.resume) SSL_CTX_set_options(tls_ctx, SSL_OP_NO_TICKET);
     if (opt.tls_groups && !SSL_CTX_set1_groups_list(tls_ctx, opt.tls_groups))
         die("--tls-groups: OpenSSL does not take '%s'", opt.tls_groups);
 }
@@ -607,6 +630,8 @@ static bool tls_handshake(struct conn *c)
         tls_reported = true;
         printf("TLS: %s %s\n", SSL_get_version(c->ssl), SSL_get_cipher_name(c->ssl));
     }
+    if (SSL_session_reused(c->ssl)) tls_resumed_count++;
+    else tls_full_count++;
     c->tls_on = true;
     epoll_arm(c, false);
     return send_ehlo(c, PH_EHLO_TLS);
@@ -621,6 +646,7 @@ static bool tls_start(struct conn *c)
     c->ssl = SSL_new(tls_ctx);
     if (!c->ssl || !SSL_set_fd(c->ssl, c->fd)) die("SSL_new failed");
     SSL_set_connect_state(c->ssl);
+    if (opt.resume && tls_session) SSL_set_session(c->ssl, tls_session);
     c->phase = PH_HANDSHAKE;
     return tls_handshake(c);
 }
@@ -922,6 +948,7 @@ static void usage(FILE *f)
           "                          in one write when the server offers PIPELINING\n"
           "  -S, --starttls          STARTTLS after EHLO, then EHLO again (OpenSSL, no\n"
           "                          certificate verification, no session resumption)\n"
+          "      --resume            with -S: offer the previous session's ticket or ID\n"
           "      --tls-groups LIST   key exchange groups offered, OpenSSL syntax\n"
           "                          (default OpenSSL's: X25519 first)\n"
           "      --from ADDR, --rcpt ADDR   envelope addresses\n"
@@ -992,6 +1019,7 @@ static void parse_args(int argc, char **argv)
         {"pipelining", no_argument, 0, 'P'},
         {"starttls", no_argument, 0, 'S'},
         {"tls-groups", required_argument, 0, 'G'},
+        {"resume", no_argument, 0, 'Z'},
         {"from", required_argument, 0, 'F'},
         {"rcpt", required_argument, 0, 'R'},
         {"timeout", required_argument, 0, 'T'},
@@ -1053,6 +1081,9 @@ static void parse_args(int argc, char **argv)
             break;
         case 'G':
             opt.tls_groups = optarg;
+            break;
+        case 'Z':
+            opt.resume = true;
             break;
         case 'F':
             opt.mail_from = optarg;
@@ -1209,6 +1240,10 @@ int main(int argc, char **argv)
         printf("errors %ld, cut off by the time limit %ld; loadgen CPU %.2f s (%.0f%%)\n", g.errors,
                g.aborted, cpu, 100 * cpu / (t_end - g.t0));
     }
+#ifdef LOADGEN_TLS
+    if (opt.starttls) /* also with -q: bench/run reads it */
+        printf("TLS handshakes: %ld full, %ld resumed\n", tls_full_count, tls_resumed_count);
+#endif
     for (int i = 0; i < g.n_err_seen; i++)
         fprintf(stderr, "loadgen: error x%ld: %s\n", g.err_seen[i].count, g.err_seen[i].text);
     if (g.err_other) fprintf(stderr, "loadgen: ... and %ld other errors\n", g.err_other);

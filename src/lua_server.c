@@ -223,11 +223,13 @@ void lsession_new_session(struct session *s)
 }
 
 void lsession_set_ssl(struct session *s, const char *version, const char *cipher,
-                      const char *peer_pem)
+                      const char *peer_pem, bool resumed)
 {
     lua_State *L = main_state(s);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 4);
+    lua_pushboolean(L, resumed);
+    lua_setfield(L, -2, "resumed");
     lua_pushstring(L, version);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, cipher);

@@ -23,9 +23,10 @@ void lsession_close(struct session *s);
 void lsession_new_envelope(struct session *s);
 /* A fresh session table (after STARTTLS: RFC 3207 4.2 forgets everything). */
 void lsession_new_session(struct session *s);
-/* session.ssl = { version = ..., cipher = ..., peercert = pem or nil }. */
+/* session.ssl = { version = ..., cipher = ..., peercert = pem or nil,
+ * resumed = true if the handshake resumed an earlier TLS session }. */
 void lsession_set_ssl(struct session *s, const char *version, const char *cipher,
-                      const char *peer_pem);
+                      const char *peer_pem, bool resumed);
 
 struct proxy_info;
 /* session.proxy_data from a parsed PROXY header (aiosmtpd's ProxyData

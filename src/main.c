@@ -352,6 +352,8 @@ static void swap_tls(struct tls_config *tls, struct tls_config *smtps)
 /* Start-up facts an operator needs: mechanisms, and why AUTH may be off. */
 static void log_policy(const struct policy *p)
 {
+    /* Not a log line, but every generation that goes live passes here. */
+    tls_set_resumption(p->opt.tls_ticket_lifetime, p->opt.tls_session_cache_size);
     char names[512] = "";
     size_t o = 0;
     for (size_t i = 0; i < p->n_mechs && o < sizeof names - 80; i++)

@@ -39,6 +39,8 @@
 /* What all sessions of one process may buffer for DATA: eight messages of
  * the default data_size_limit. */
 #define DEFAULT_DATA_MEMORY_LIMIT (256L * 1024 * 1024)
+#define DEFAULT_TLS_TICKET_LIFETIME 3600L
+#define DEFAULT_TLS_SESSION_CACHE_SIZE 1000L
 
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
                 T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */ };
@@ -83,6 +85,8 @@ static const struct opt_def opt_defs[] = {
     OPT("rcpt_limit", T_INT, rcpt_limit),
     OPT("error_limit", T_INT, error_limit),
     OPT("data_memory_limit", T_SIZE, data_memory_limit),
+    OPT("tls_ticket_lifetime", T_INT, tls_ticket_lifetime),
+    OPT("tls_session_cache_size", T_INT, tls_session_cache_size),
     {NULL, 0, 0, NOT_TRACKED},
 };
 
@@ -112,6 +116,8 @@ void options_init_defaults(struct options *o)
     o->data_memory_limit = DEFAULT_DATA_MEMORY_LIMIT;
     o->rcpt_limit = DEFAULT_RCPT_LIMIT;
     o->error_limit = DEFAULT_ERROR_LIMIT;
+    o->tls_ticket_lifetime = DEFAULT_TLS_TICKET_LIFETIME;
+    o->tls_session_cache_size = DEFAULT_TLS_SESSION_CACHE_SIZE;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -455,6 +461,11 @@ static char *fqdn(void)
 
 bool options_finalize(struct options *o, char *err, size_t errlen)
 {
+    /* RFC 5077 5.6: a ticket lifetime hint is at most 7 days. */
+    if (o->tls_ticket_lifetime > 604800) {
+        snprintf(err, errlen, "option 'tls_ticket_lifetime' must be at most 604800 seconds");
+        return false;
+    }
     if (!o->hostname) o->hostname = fqdn();
     if (!o->ident) o->ident = strdup("luasmtpd " LUASMTPD_VERSION);
     if (!o->hostname || !o->ident) {

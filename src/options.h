@@ -53,6 +53,8 @@ struct options {
     long data_memory_limit;    /* bytes of message text all sessions of a process buffer */
     long rcpt_limit;           /* recipients per message */
     long error_limit;          /* error replies per session before 421 */
+    long tls_ticket_lifetime;  /* seconds per ticket key period; 0 = no session tickets */
+    long tls_session_cache_size; /* sessions a worker's ID cache keeps; 0 = no cache */
 };
 
 void options_init_defaults(struct options *o);

@@ -915,8 +915,9 @@ static void session_on_tls_done(struct conn *c, void *owner, bool ok)
     char version[32], cipher[96];
     char *pem = NULL;
     tls_info(c, version, sizeof version, cipher, sizeof cipher, &pem);
-    log_msg(LOG_INFO, s->sid, "TLS established: %s %s%s", version, cipher,
-            pem ? ", client certificate verified" : "");
+    bool resumed = tls_resumed(c);
+    log_msg(LOG_INFO, s->sid, "TLS established: %s %s%s%s", version, cipher,
+            resumed ? ", resumed" : "", pem ? ", client certificate verified" : "");
     s->tls_active = true;
     s->state = SESSION_COMMAND;
     if (!implicit) {
@@ -926,7 +927,7 @@ static void session_on_tls_done(struct conn *c, void *owner, bool ok)
         lsession_new_session(s);
         session_reset_envelope(s);
     }
-    lsession_set_ssl(s, version, cipher, pem);
+    lsession_set_ssl(s, version, cipher, pem, resumed);
     free(pem);
     session_touch(s);
     if (implicit) session_greet(s);

@@ -30,6 +30,7 @@
 #include <mbedtls/x509_crt.h>
 
 #include "log.h"
+#include "tls_tickets.h"
 
 struct tls_config {
     int refs;
@@ -45,6 +46,7 @@ struct tls_conn {
     mbedtls_ssl_context ssl;
     size_t write_pending; /* length of a write mbedTLS holds after WANT_WRITE */
     bool established;
+    bool resumed; /* the handshake resumed a ticket or cached session */
     /* Implicit TLS behind a PROXY header: TLS bytes that arrived with the
      * header, fed to mbedTLS before the socket. */
     struct buf early;
@@ -160,7 +162,7 @@ struct tls_config *tls_config_load(const char *cert_file, const char *key_file,
                                    const char *client_ca_file, char *err, size_t errlen)
 {
     char e[100];
-    if (!tls_rng_ready(err, errlen)) return NULL;
+    if (!tls_rng_ready(err, errlen) || !tls_tickets_init(err, errlen)) return NULL;
     struct tls_config *cfg = calloc(1, sizeof *cfg);
     if (!cfg) {
         snprintf(err, errlen, "out of memory loading TLS certificate %s", cert_file);
@@ -207,6 +209,7 @@ struct tls_config *tls_config_load(const char *cert_file, const char *key_file,
                                  MBEDTLS_SSL_MINOR_VERSION_3); /* TLS 1.2 */
     mbedtls_ssl_conf_ciphersuites(&cfg->conf, tls_ciphersuites);
     mbedtls_ssl_conf_curves(&cfg->conf, tls_curves);
+    tls_tickets_conf(&cfg->conf);
 #ifdef MBEDTLS_SSL_RENEGOTIATION
     mbedtls_ssl_conf_renegotiation(&cfg->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
 #endif
@@ -353,7 +356,9 @@ static void tls_free_state(struct conn *c)
 static int tls_handshake(struct conn *c)
 {
     struct tls_conn *t = c->tp_state;
+    tls_tickets_current(&t->resumed);
     int r = mbedtls_ssl_handshake(&t->ssl);
+    tls_tickets_current(NULL);
     if (r == 0) {
         t->established = true;
         return 1;
@@ -422,6 +427,18 @@ bool conn_is_tls(const struct conn *c)
     if (c->tp != &tls_transport) return false;
     const struct tls_conn *t = c->tp_state;
     return t->established;
+}
+
+bool tls_resumed(const struct conn *c)
+{
+    if (!conn_is_tls(c)) return false;
+    const struct tls_conn *t = c->tp_state;
+    return t->resumed;
+}
+
+void tls_set_resumption(long ticket_lifetime, long cache_size)
+{
+    tls_tickets_set(ticket_lifetime, cache_size);
 }
 
 const char *tls_error(const struct conn *c)

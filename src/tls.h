@@ -1,6 +1,6 @@
 /* tls.h — TLS for a conn: server certificates (struct tls_config) and the TLS
  * transport behind struct transport, with mbedTLS in non-blocking mode.
- * Owns every mbedTLS call: no other file includes an mbedTLS header. Must not
+ * Owns every mbedTLS call: no file but tls*.c includes an mbedTLS header. Must not
  * know SMTP: the caller decides when to start TLS and what to say around it. */
 #ifndef LUASMTPD_TLS_H
 #define LUASMTPD_TLS_H
@@ -15,8 +15,9 @@ struct tls_config;
 
 /* Loads a PEM certificate chain (leaf first) and its key (RSA or ECDSA,
  * unencrypted), checks that they match, and builds a server config: TLS 1.2 or
- * newer, ECDHE with AEAD cipher suites only, no renegotiation, no session
- * tickets or cache. With client_ca_file (may be NULL), a client certificate is
+ * newer, ECDHE with AEAD cipher suites only, no renegotiation, with session
+ * resumption by RFC 5077 tickets (keys shared by all workers, tls_tickets.c)
+ * and a per-process session-ID cache. With client_ca_file (may be NULL), a client certificate is
  * requested and verified against it if presented (optional: a client without
  * one still connects). Returns a config holding one reference (the caller's),
  * or NULL with a message naming the offending file in err. Seeds the process's
@@ -62,6 +63,15 @@ bool tls_start_implicit(struct conn *c, struct tls_config *cfg, double timeout,
  * false (outputs empty) unless the TLS handshake on c has completed. */
 bool tls_info(struct conn *c, char *version, size_t vlen, char *cipher, size_t clen,
               char **peer_pem);
+
+/* True if the completed handshake on c resumed an earlier session (ticket or
+ * session ID) instead of a full key exchange. */
+bool tls_resumed(const struct conn *c);
+
+/* Resumption settings from the script's options (start and every reload):
+ * seconds per ticket key period (tickets from this period and the previous
+ * one open; 0 = no tickets) and the session cache's entries (0 = none). */
+void tls_set_resumption(long ticket_lifetime, long cache_size);
 
 /* True once a TLS handshake on c has completed successfully. */
 bool conn_is_tls(const struct conn *c);
