@@ -19,6 +19,7 @@
 #include "script_store.h"
 #include "server.h"
 #include "tls.h"
+#include "tls_tickets.h"
 
 /* How long a graceful stop waits for sessions before cutting them. */
 #define STOP_TIMEOUT_SECONDS 30.0
@@ -645,7 +646,7 @@ int main(int argc, char **argv)
             .n_listen_smtps = cli.n_listen_smtps, .watchdog = cli.watchdog,
             .stop_timeout = STOP_TIMEOUT_SECONDS, .ready_fd = cli.ready_fd,
             .watch_path = cli.watch ? cli.handler : NULL, .script_fd = master_store_fd,
-            .reload = master_reload,
+            .reload = master_reload, .child_setup = tls_tickets_prepare_child,
         };
         return master_run(&mc);
     }

@@ -132,6 +132,7 @@ static void worker_spawn(struct ev_loop *loop, struct worker *w)
         fcntl(status_fd, F_SETFD, 0);
         fcntl(ready_pipe[1], F_SETFD, 0);
         if (mc->script_fd >= 0) fcntl(mc->script_fd, F_SETFD, 0);
+        if (mc->child_setup) mc->child_setup();
         /* Die with the master, even if it is killed outright. */
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         /* SIGHUP stays blocked until the worker's loop handles it: a reload

@@ -42,6 +42,9 @@ struct master_config {
      * master_signal_workers(SIGHUP), or refuses (the caller loads Lua: this
      * file must not). NULL: forward SIGHUP at once. */
     void (*reload)(struct ev_loop *loop, const char *why);
+    /* Runs in each forked worker before exec (what it must inherit beyond
+     * the status memory and the script store), or NULL. */
+    void (*child_setup)(void);
 };
 
 /* Sends sig to every running worker. */

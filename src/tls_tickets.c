@@ -21,6 +21,7 @@
 #include "tls_tickets.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,7 @@ static long cache_size = 1000;
 static mbedtls_ssl_cache_context cache;
 static bool cache_ready;
 static bool *current_resumed;
+static int secret_fd = -1; /* the memfd this process created (close-on-exec) */
 
 /* Only a descriptor that really is our memfd: an environment variable left
  * over from elsewhere must not make us read some unrelated file. */
@@ -83,7 +85,9 @@ bool tls_tickets_init(char *err, size_t errlen)
         }
         /* Not ours (inherited from some other program): make our own. */
     }
-    int fd = memfd_create(TICKET_MEMFD_NAME, 0); /* no CLOEXEC: workers inherit it */
+    /* Close-on-exec: only workers get it (tls_tickets_prepare_child), never
+     * a program a hook or the script's top level starts. */
+    int fd = memfd_create(TICKET_MEMFD_NAME, MFD_CLOEXEC);
     if (fd < 0) {
         snprintf(err, errlen, "cannot create the TLS ticket secret: %s", strerror(errno));
         return false;
@@ -94,11 +98,18 @@ bool tls_tickets_init(char *err, size_t errlen)
         close(fd);
         return false;
     }
-    char num[16];
-    snprintf(num, sizeof num, "%d", fd);
-    setenv(TICKET_FD_ENV, num, 1);
+    secret_fd = fd;
     ticket_ready = true;
     return true;
+}
+
+void tls_tickets_prepare_child(void)
+{
+    if (secret_fd < 0) return;
+    char num[16];
+    snprintf(num, sizeof num, "%d", secret_fd);
+    fcntl(secret_fd, F_SETFD, 0);
+    setenv(TICKET_FD_ENV, num, 1);
 }
 
 void tls_tickets_set(long lifetime, long size)

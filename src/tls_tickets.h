@@ -28,4 +28,9 @@ void tls_tickets_set(long ticket_lifetime, long cache_size);
  * it sets *resumed. NULL after the call. */
 void tls_tickets_current(bool *resumed);
 
+/* In a forked worker before exec: lets it inherit the secret (clears
+ * close-on-exec on the memfd and names it in the environment). Nothing else
+ * the process starts inherits it. */
+void tls_tickets_prepare_child(void);
+
 #endif

@@ -242,3 +242,36 @@ print(r2, t2)
     assert.matches("option 'tls_ticket_lifetime' must be at most 604800 seconds", out)
   end)
 end)
+
+-- The ticket secret reaches workers only: a program a hook starts inherits
+-- neither its descriptor nor the variable naming it.
+describe("the TLS ticket secret", function()
+  local LEAK = [[
+options = { auth_require_tls = false }
+function handle_NOOP(server, session, envelope, arg)
+  local p = io.popen("ls -l /proc/self/fd 2>/dev/null; env")
+  local out = p:read("*a")
+  p:close()
+  local fd = out:find("luasmtpd-tickets", 1, true) and "fd" or "nofd"
+  local env = out:find("LUASMTPD_TICKET_FD", 1, true) and "env" or "noenv"
+  return "250 " .. fd .. " " .. env
+end
+]]
+  for _, mode in ipairs({ "single", "workers" }) do
+    it("is not inherited by programs a hook starts (" .. mode .. ")", function()
+      local srv = testing.start{ source = LEAK, tls = "starttls",
+        args = mode == "workers" and { "--workers", "2" } or nil }
+      local ok, err = pcall(function()
+        for _ = 1, 4 do -- both workers, by chance of the kernel
+          local c = srv:connect()
+          local code, text = c:cmd("NOOP")
+          c:close()
+          assert.equal(250, code)
+          assert.equal("nofd noenv", text)
+        end
+      end)
+      srv:stop()
+      if not ok then error(err, 0) end
+    end)
+  end
+end)
