@@ -37,7 +37,17 @@ int lua_bind_getfields(lua_State *L, int idx, const char *const *keys, int n)
 {
     if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
     struct getfields_keys k = {keys, n};
-    lua_pushcfunction(L, getfields_protected);
+    /* The C function is made once per state and kept in the registry: this
+     * runs after every hook, and a fresh closure each time is garbage. */
+    lua_pushlightuserdata(L, (void *)getfields_protected);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushcfunction(L, getfields_protected);
+        lua_pushlightuserdata(L, (void *)getfields_protected);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+    }
     lua_pushvalue(L, idx);
     lua_pushlightuserdata(L, &k);
     return lua_pcall(L, 2, n, 0);
