@@ -6,8 +6,8 @@
  * verbs.c, reached through s->verbs. Input is consumed only between
  * commands, so a suspended hook holds back pipelined commands. The session
  * is freed only from a safe point: a close is scheduled, and the conn's
- * on_closed does the freeing. Must not include mbedTLS, nor know any verb
- * by name. */
+ * on_closed does the freeing. Must not include mbedTLS, nor check or
+ * answer a verb itself (verbs.c does). */
 #include "session.h"
 #include "session_internal.h"
 
