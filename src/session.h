@@ -1,7 +1,8 @@
 /* session.h — one SMTP session: the state machine of one connection.
- * Owns the command dispatch, replies, the mail transaction, the idle timer
- * and the deferred close. Must not include mbedTLS or touch sockets
- * directly (it talks to struct conn). */
+ * Owns the state, replies, the mail transaction, the idle timer and the
+ * deferred close; the verbs are a table in verbs.c that the session reads
+ * through s->verbs. Must not include mbedTLS or touch sockets directly (it
+ * talks to struct conn). */
 #ifndef LUASMTPD_SESSION_H
 #define LUASMTPD_SESSION_H
 
@@ -19,6 +20,8 @@ struct conn;
 struct policy;
 struct options;
 struct tls_config;
+struct verb;
+struct verb_table;
 
 enum session_state {
     SESSION_COMMAND, /* reading command lines */
@@ -40,6 +43,8 @@ struct session_line_wait {
 };
 
 #define SESSION_SECRETS_MAX 8
+/* Rows a verb table may have (one command_call_limit budget each). */
+#define SESSION_COMMANDS_MAX 16
 /* An address rendered by addr_parse: re-quoting can double a local part, so
  * twice the longest MAIL argument plus quotes and NUL. */
 #define SMTP_ADDR_MAX                                                                          \
@@ -78,7 +83,7 @@ struct session {
     int bogus_budget;
     long auth_failures;
     /* command_call_limit budgets, for known commands by index. */
-    long call_budget[16];
+    long call_budget[SESSION_COMMANDS_MAX];
     /* ... and for the few unknown names seen before the bogus limit. */
     struct {
         char name[16];
@@ -103,11 +108,17 @@ struct session {
 
     struct data_reader data;
 
+    /* The commands this listener speaks (LMTP will be a second table), and
+     * the row whose hook is running (NULL when none is). */
+    const struct verb_table *verbs;
+    const struct verb *verb_running;
+
     /* What a command hands to its continuation across a hook call. The
      * bytes are copied at dispatch (session_pending_keep): a hook that
      * suspends outlives the input buffer and the dispatcher's stack. They
      * are released when the command proceeds. */
     void *hook_after;       /* command_after_fn of the running hook */
+    int hook_returns;       /* enum hook_returns of the running hook */
     struct buf pending;     /* argument, then address, then parameters */
     size_t pending_arg_len;
     size_t pending_addr_len;
