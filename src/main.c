@@ -344,9 +344,9 @@ static bool load_tls(struct tls_config **tls, struct tls_config **smtps, char *e
 
 static void swap_tls(struct tls_config *tls, struct tls_config *smtps)
 {
-    if (srv.tls) tls_config_release(srv.tls);
+    if (srv.host.tls) tls_config_release(srv.host.tls);
     if (srv.smtps_tls) tls_config_release(srv.smtps_tls);
-    srv.tls = tls;
+    srv.host.tls = tls;
     srv.smtps_tls = smtps;
 }
 
@@ -369,7 +369,7 @@ static void log_policy(const struct policy *p)
     if (p->opt.auth_required && !p->opt.auth_require_tls)
         log_msg(LOG_WARN, NULL, "auth_required is true but auth_require_tls is false: "
                                 "credentials may cross the network in clear text");
-    if (p->opt.auth_require_tls && !srv.tls && !srv.smtps_tls)
+    if (p->opt.auth_require_tls && !srv.host.tls && !srv.smtps_tls)
         log_msg(LOG_WARN, NULL, "AUTH is not offered: auth_require_tls is true and no TLS "
                                 "is configured (set auth_require_tls = false only for testing)");
     else if (!policy_has_hook(p, HOOK_AUTHENTICATOR))
@@ -428,12 +428,12 @@ static void reload_built(struct policy *p, const char *src, size_t len, const ch
     struct ev_loop *loop = ud;
     if (!p) {
         log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s%s%s%s",
-                srv.policy->generation, err, drop.active ? " (files are read as user " : "",
+                srv.host.policy->generation, err, drop.active ? " (files are read as user " : "",
                 drop.active ? drop.user : "", drop.active ? ")" : "");
     } else {
         apply_cli_defaults(p);
-        struct policy *old = srv.policy;
-        srv.policy = p;
+        struct policy *old = srv.host.policy;
+        srv.host.policy = p;
         old->retired_at = ev_now(loop);
         log_policy(p);
         if (old->refcount > 1)
@@ -478,13 +478,13 @@ static void reload(struct ev_loop *loop, const char *why)
     if (cli.handler && cli.script_fd >= 0 &&
         !(src = script_store_read(cli.script_fd, &len, err, sizeof err))) {
         log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
-                srv.policy->generation, err);
+                srv.host.policy->generation, err);
         return;
     }
     if (!policy_builder_start(loop, cli.handler, src, len, cli.ov, cli.n_ov, reload_built, loop,
                               err, sizeof err))
         log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
-                srv.policy->generation, err);
+                srv.host.policy->generation, err);
 }
 
 /* ------------------------------------------------ the master's reload */
@@ -662,8 +662,8 @@ int main(int argc, char **argv)
         log_msg(LOG_INFO, NULL, "worker %d (pid %d)", cli.worker_slot, (int)getpid());
     }
     signal(SIGPIPE, SIG_IGN);
-    srv.loop = EV_DEFAULT;
-    srv.policy = p;
+    srv.host.loop = EV_DEFAULT;
+    srv.host.policy = p;
     struct tls_config *tls, *smtps;
     if (!load_tls(&tls, &smtps, err, sizeof err)) {
         log_msg(LOG_ERROR, NULL, "%s", err);
@@ -678,7 +678,7 @@ int main(int argc, char **argv)
         }
     }
     for (size_t i = 0; i < cli.n_listen_smtps; i++) {
-        if (!server_listen(&srv, cli.listen_smtps[i], &srv.tls, worker ? LISTEN_REUSEPORT : 0,
+        if (!server_listen(&srv, cli.listen_smtps[i], &srv.host.tls, worker ? LISTEN_REUSEPORT : 0,
                            err, sizeof err)) {
             log_msg(LOG_ERROR, NULL, "%s", err);
             return 1;
@@ -695,32 +695,32 @@ int main(int argc, char **argv)
                 (int)drop.gid);
     log_msg(LOG_INFO, NULL, "luasmtpd %s starting", LUASMTPD_VERSION);
     log_policy(p);
-    ev_now_update(srv.loop);
+    ev_now_update(srv.host.loop);
 
     ev_signal sigterm, sigint, sighup;
     ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
     ev_signal_init(&sigint, on_stop_signal, SIGINT);
     ev_signal_init(&sighup, on_reload_signal, SIGHUP);
-    ev_signal_start(srv.loop, &sigterm);
-    ev_signal_start(srv.loop, &sigint);
-    ev_signal_start(srv.loop, &sighup);
+    ev_signal_start(srv.host.loop, &sigterm);
+    ev_signal_start(srv.host.loop, &sigint);
+    ev_signal_start(srv.host.loop, &sighup);
     sigprocmask(SIG_UNBLOCK, &hup, NULL);
 
-    srv.drain_timeout = cli.drain_timeout;
+    srv.host.drain_timeout = cli.drain_timeout;
     ev_stat watcher;
     if (cli.watch) {
         ev_timer_init(&watch_settle, on_watch_settled, WATCH_SETTLE_SECONDS, 0.);
         /* ev_stat polls too (every second), so a rename that replaces the
          * inode is seen even where inotify watches the old one. */
         ev_stat_init(&watcher, on_script_changed, cli.handler, 1.0);
-        ev_stat_start(srv.loop, &watcher);
+        ev_stat_start(srv.host.loop, &watcher);
         log_msg(LOG_INFO, NULL, "watching %s for changes", cli.handler);
     }
     server_start(&srv);
     write_ready();
-    ev_run(srv.loop, 0);
+    ev_run(srv.host.loop, 0);
     log_msg(LOG_INFO, NULL, "stopped");
-    policy_release(srv.policy);
+    policy_release(srv.host.policy);
     swap_tls(NULL, NULL);
     return 0;
 }

@@ -2,7 +2,10 @@
  * registry and graceful stop. Must not touch Lua stacks or parse SMTP. */
 #include "server.h"
 
+#include "verbs.h"
+
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <arpa/inet.h>
@@ -93,7 +96,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         char host[64];
         int port;
         format_addr((struct sockaddr *)&ss, len, host, sizeof host, &port);
-        if (!session_new(srv, fd, host, port, l->implicit_tls ? *l->implicit_tls : NULL))
+        if (!session_new(&srv->host, &verbs_smtp, fd, host, port, l->implicit_tls ? *l->implicit_tls : NULL))
             log_msg(LOG_ERROR, NULL, "out of memory: dropped connection from %s", host);
     }
 }
@@ -192,10 +195,30 @@ bool server_listen(struct server *srv, const char *spec, struct tls_config **imp
     return true;
 }
 
+/* The session_host callbacks: the server that embeds the host. */
+static struct server *server_of(struct session_host *h)
+{
+    return (struct server *)((char *)h - offsetof(struct server, host));
+}
+static void host_session_added(struct session_host *h, struct session *s) { server_add_session(server_of(h), s); }
+static void host_session_removed(struct session_host *h, struct session *s)
+{
+    server_remove_session(server_of(h), s);
+}
+static long host_ip_acquire(struct session_host *h, const char *ip)
+{
+    return server_ip_acquire(server_of(h), ip);
+}
+static void host_ip_release(struct session_host *h, const char *ip) { server_ip_release(server_of(h), ip); }
+
 void server_start(struct server *srv)
 {
+    srv->host.session_added = host_session_added;
+    srv->host.session_removed = host_session_removed;
+    srv->host.ip_acquire = host_ip_acquire;
+    srv->host.ip_release = host_ip_release;
     for (size_t i = 0; i < srv->n_listeners; i++) {
-        ev_io_start(srv->loop, &srv->listeners[i].io);
+        ev_io_start(srv->host.loop, &srv->listeners[i].io);
         log_msg(LOG_INFO, NULL, "listening on %s%s", srv->listeners[i].addr,
                 srv->listeners[i].implicit_tls ? " (implicit TLS)" : "");
     }
@@ -241,7 +264,7 @@ void server_add_session(struct server *srv, struct session *s)
     s->prev = NULL;
     if (srv->sessions) srv->sessions->prev = s;
     srv->sessions = s;
-    srv->n_sessions++;
+    srv->host.n_sessions++;
 }
 
 void server_remove_session(struct server *srv, struct session *s)
@@ -249,14 +272,14 @@ void server_remove_session(struct server *srv, struct session *s)
     if (s->prev) s->prev->next = s->next;
     else srv->sessions = s->next;
     if (s->next) s->next->prev = s->prev;
-    srv->n_sessions--;
-    if (srv->stopping && srv->n_sessions == 0) ev_break(srv->loop, EVBREAK_ALL);
+    srv->host.n_sessions--;
+    if (srv->stopping && srv->host.n_sessions == 0) ev_break(srv->host.loop, EVBREAK_ALL);
 }
 
 static void on_stop_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct server *srv = w->data;
-    log_msg(LOG_WARN, NULL, "stop timeout: closing %zu remaining sessions", srv->n_sessions);
+    log_msg(LOG_WARN, NULL, "stop timeout: closing %zu remaining sessions", srv->host.n_sessions);
     ev_break(loop, EVBREAK_ALL);
 }
 
@@ -265,14 +288,14 @@ void server_stop(struct server *srv, double timeout)
     if (srv->stopping) return;
     srv->stopping = true;
     for (size_t i = 0; i < srv->n_listeners; i++) {
-        ev_io_stop(srv->loop, &srv->listeners[i].io);
+        ev_io_stop(srv->host.loop, &srv->listeners[i].io);
         close(srv->listeners[i].fd);
     }
-    ev_timer_stop(srv->loop, &accept_pause);
+    ev_timer_stop(srv->host.loop, &accept_pause);
     srv->n_listeners = 0;
-    log_msg(LOG_INFO, NULL, "stopping: %zu sessions open", srv->n_sessions);
-    if (srv->n_sessions == 0) {
-        ev_break(srv->loop, EVBREAK_ALL);
+    log_msg(LOG_INFO, NULL, "stopping: %zu sessions open", srv->host.n_sessions);
+    if (srv->host.n_sessions == 0) {
+        ev_break(srv->host.loop, EVBREAK_ALL);
         return;
     }
     for (struct session *s = srv->sessions, *next; s; s = next) {
@@ -281,5 +304,5 @@ void server_stop(struct server *srv, double timeout)
     }
     ev_timer_init(&srv->stop_timer, on_stop_timeout, timeout, 0.);
     srv->stop_timer.data = srv;
-    ev_timer_start(srv->loop, &srv->stop_timer);
+    ev_timer_start(srv->host.loop, &srv->stop_timer);
 }

@@ -5,7 +5,7 @@
 
 #include <ev.h>
 
-#include "data.h"
+#include "session.h"
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -34,23 +34,19 @@ struct listener {
 };
 
 struct server {
-    struct ev_loop *loop;
-    struct policy *policy; /* the current generation; new sessions use it */
+    /* What sessions see of the server (loop, current generation, STARTTLS
+     * config, DATA budget, counts): sessions include session.h, not this. */
+    struct session_host host;
     struct listener listeners[SERVER_MAX_LISTENERS];
     size_t n_listeners;
     struct session *sessions; /* registry, for shutdown */
-    size_t n_sessions;
-    unsigned long next_session_id;
     bool stopping;
-    double drain_timeout; /* seconds a retired generation's sessions may go on */
     struct ip_count *per_ip[SERVER_IP_BUCKETS];
     /* Certificates: STARTTLS on plain listeners (--tlscert), and implicit
      * TLS listeners (--smtpscert, else --tlscert). NULL when not configured.
      * Replaced on SIGHUP; live connections hold their own reference. */
-    struct tls_config *tls;
-    struct tls_config *smtps_tls;
+    struct tls_config *smtps_tls; /* STARTTLS's is host.tls */
     ev_timer stop_timer; /* bounds a graceful stop */
-    struct data_budget data_budget; /* message text all sessions buffer (data_memory_limit) */
 };
 
 /* Binds "[HOST][:PORT]" (default host localhost, default port 8025; port 0 =

@@ -24,12 +24,10 @@
 #include "lua_bind.h"
 #include "lua_session.h"
 #include "policy.h"
-#include "server.h"
 #include "smtp_limits.h"
 #include "status_line.h"
 #include "tls.h"
 #include "proxy.h"
-#include "verbs.h"
 
 static const char *const reply_hook_error = "451 4.3.0 Error: local error in processing";
 static const char *const reply_auth_hook_error = "454 4.7.0 Temporary authentication failure";
@@ -208,16 +206,16 @@ void session_start_tls(struct session *s)
      * CVE-2024-34083): the pump must not look at this line or the input
      * again. */
     session_set_state(s, SESSION_TLS_HANDSHAKE, "STARTTLS");
-    if (!tls_start(s->conn, s->srv->tls, handshake_timeout(s), session_on_tls_done))
+    if (!tls_start(s->conn, s->host->tls, handshake_timeout(s), session_on_tls_done))
         session_close(s, "cannot start TLS");
 }
 
 void session_begin_data(struct session *s)
 {
     data_begin(&s->data, (size_t)s->opt->data_size_limit, s->opt->bare_newline,
-               &s->srv->data_budget, (size_t)s->opt->data_memory_limit);
+               &s->host->data_budget, (size_t)s->opt->data_memory_limit);
     session_set_state(s, SESSION_DATA, "DATA");
-    s->data_window_start = ev_now(s->srv->loop);
+    s->data_window_start = ev_now(s->host->loop);
     s->data_window_bytes = 0;
     if (s->opt->data_rate_min) session_replan_timer(s);
 }
@@ -237,8 +235,8 @@ static void session_begin_smtp(struct session *s, struct tls_config *implicit_tl
     session_greet(s);
 }
 
-struct session *session_new(struct server *srv, int fd, const char *peer_host, int peer_port,
-                            struct tls_config *implicit_tls)
+struct session *session_new(struct session_host *host, const struct verb_table *verbs, int fd,
+                            const char *peer_host, int peer_port, struct tls_config *implicit_tls)
 {
     struct session *s = calloc(1, sizeof *s);
     if (!s) {
@@ -246,40 +244,40 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
         return NULL;
     }
     static const struct conn_events events = {session_on_input, session_on_closed};
-    s->conn = conn_new(srv->loop, fd, &events, s);
+    s->conn = conn_new(host->loop, fd, &events, s);
     if (!s->conn) {
         free(s);
         return NULL;
     }
-    s->id = ++srv->next_session_id;
+    s->id = ++host->next_session_id;
     snprintf(s->sid, sizeof s->sid, "s%lu", s->id);
-    s->srv = srv;
-    s->policy = srv->policy;
+    s->host = host;
+    s->policy = host->policy;
     policy_hold(s->policy);
     s->opt = &s->policy->opt;
     snprintf(s->peer_host, sizeof s->peer_host, "%s", peer_host);
     s->peer_port = peer_port;
     s->state = SESSION_COMMAND; /* the initial state, not a transition */
     s->bogus_budget = SMTP_BOGUS_LIMIT;
-    s->verbs = &verbs_smtp; /* LMTP: the listener will choose another table */
-    verbs_session_init(s);
-    hook_init(&s->hook, srv->loop, &s->policy->vm, s->sid, s->opt->hook_timeout, session_after_wake);
+    s->verbs = verbs; /* the listener's table: SMTP's, later LMTP's */
+    s->verbs->session_init(s);
+    hook_init(&s->hook, host->loop, &s->policy->vm, s->sid, s->opt->hook_timeout, session_after_wake);
     s->server_ref = s->session_ref = s->envelope_ref = LUA_NOREF;
     lsession_open(s);
 
     ev_init(&s->idle, session_on_idle);
     s->idle.data = s;
-    s->last_activity = ev_now(srv->loop);
+    s->last_activity = ev_now(host->loop);
     s->idle.repeat = s->opt->timeout;
-    ev_timer_again(srv->loop, &s->idle);
+    ev_timer_again(host->loop, &s->idle);
 
-    server_add_session(srv, s);
+    host->session_added(host, s);
     log_msg(LOG_INFO, s->sid, "connection from %s port %d%s (policy generation %u)", peer_host,
             peer_port, implicit_tls ? " over implicit TLS" : "", s->policy->generation);
-    long from_ip = server_ip_acquire(srv, peer_host);
+    long from_ip = host->ip_acquire(host, peer_host);
     s->ip_counted = from_ip > 0;
     const struct options *o = s->opt;
-    if (o->max_connections && srv->n_sessions > (size_t)o->max_connections) {
+    if (o->max_connections && host->n_sessions > (size_t)o->max_connections) {
         session_replyf(s, "421 4.3.2 %s Error: too many connections, try again later",
                        o->hostname);
         session_close(s, "max_connections reached");
@@ -297,7 +295,7 @@ struct session *session_new(struct server *srv, int fd, const char *peer_host, i
         /* The load balancer speaks first; TLS and the greeting wait. */
         session_set_state(s, SESSION_PROXY, "expecting a PROXY header");
         s->pending_implicit_tls = implicit_tls;
-        s->proxy_deadline = ev_now(srv->loop) + o->proxy_protocol_timeout;
+        s->proxy_deadline = ev_now(host->loop) + o->proxy_protocol_timeout;
         session_replan_timer(s);
         return s;
     }
@@ -314,7 +312,7 @@ void session_close(struct session *s, const char *why)
     if (hook_active(&s->hook))
         log_msg(LOG_INFO, s->sid, "abandoning suspended hook %s", s->hook.name);
     hook_abandon(&s->hook);
-    ev_timer_stop(s->srv->loop, &s->idle);
+    ev_timer_stop(s->host->loop, &s->idle);
     conn_close(s->conn);
 }
 
@@ -325,9 +323,9 @@ static void session_free(struct session *s)
     auth_forget(s);
     data_end(&s->data);
     buf_free(&s->pending);
-    ev_timer_stop(s->srv->loop, &s->idle);
-    server_remove_session(s->srv, s);
-    if (s->ip_counted) server_ip_release(s->srv, s->peer_host);
+    ev_timer_stop(s->host->loop, &s->idle);
+    s->host->session_removed(s->host, s);
+    if (s->ip_counted) s->host->ip_release(s->host, s->peer_host);
     policy_release(s->policy);
     conn_free(s->conn);
     free(s);
@@ -410,7 +408,7 @@ static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
 
 void session_touch(struct session *s)
 {
-    s->last_activity = ev_now(s->srv->loop);
+    s->last_activity = ev_now(s->host->loop);
 }
 
 /* Lets the idle timer recompute its next deadline from the loop (a command
@@ -419,7 +417,7 @@ void session_replan_timer(struct session *s)
 {
     if (s->state == SESSION_CLOSING) return;
     s->idle.repeat = 0.001;
-    ev_timer_again(s->srv->loop, &s->idle);
+    ev_timer_again(s->host->loop, &s->idle);
 }
 
 void session_shutdown(struct session *s)
@@ -491,7 +489,7 @@ void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
      * use; it may not wait, so a yield fails it. */
     struct exception_call call = {s, false};
     struct hook_state eh;
-    hook_init(&eh, s->srv->loop, &s->policy->vm, s->sid, 0, NULL);
+    hook_init(&eh, s->host->loop, &s->policy->vm, s->sid, 0, NULL);
     lua_State *eco = hook_begin(&eh, s->policy->hook_ref[HOOK_EXCEPTION], "handle_exception");
     lua_pushvalue(co, -2); /* the error value */
     lua_xmove(co, eco, 1);
@@ -659,13 +657,13 @@ static void session_command(struct session *s, const char *line, size_t len)
     /* A reload retired this session's generation long enough ago: make the
      * client come back on the new one rather than hold the old one open. */
     if (s->policy->retired_at > 0 &&
-        ev_now(s->srv->loop) - s->policy->retired_at > s->srv->drain_timeout) {
+        ev_now(s->host->loop) - s->policy->retired_at > s->host->drain_timeout) {
         session_replyf(s, "421 4.3.2 %s Error: policy reloaded, try again later",
                        s->opt->hostname);
         session_close(s, "drain timeout of a retired policy generation");
         return;
     }
-    verbs_dispatch(s, line, len);
+    s->verbs->dispatch(s, line, len);
 }
 
 /* The message text is in (or refused): back to commands, then the table's
@@ -674,7 +672,7 @@ static void session_data_finished(struct session *s)
 {
     session_set_state(s, SESSION_COMMAND, "end of DATA");
     session_touch(s);
-    verbs_message(s);
+    s->verbs->message_done(s);
 }
 
 /* Takes one LF-terminated line from the input. Returns false when no whole
@@ -805,7 +803,7 @@ void session_pump(struct session *s)
         bool too_long;
         if (!session_next_line(s, AUTH_LINE_MAX, &line, &len, &too_long, &consumed)) {
             if ((buf_len(in) > 0 || s->discard_line) && !s->line_started) {
-                s->line_started = ev_now(s->srv->loop);
+                s->line_started = ev_now(s->host->loop);
                 session_replan_timer(s);
             }
             break;

@@ -15,7 +15,6 @@
 #include "lua_hook.h"
 #include "smtp_limits.h"
 
-struct server;
 struct conn;
 struct policy;
 struct options;
@@ -50,10 +49,43 @@ struct session_line_wait {
 #define SMTP_ADDR_MAX                                                                          \
     (2 * (SMTP_LINE_MAX + SMTP_MAIL_SIZE_EXTRA + SMTP_MAIL_SMTPUTF8_EXTRA) + 3)
 
+/* What a session needs from the process that accepts it, which embeds
+ * one (the app layer's server): the loop, the current generation and TLS
+ * configuration, the process-wide DATA budget, and how the session reports
+ * its start, its end and its client address. A session never includes the
+ * server itself. */
+struct session_host {
+    struct ev_loop *loop;
+    struct policy *policy;     /* the current generation; new sessions use it */
+    struct tls_config *tls;    /* STARTTLS (NULL: none); replaced on reload */
+    struct data_budget data_budget; /* message text all sessions buffer */
+    unsigned long next_session_id;
+    size_t n_sessions;
+    double drain_timeout;      /* seconds a retired generation's sessions may go on */
+    void (*session_added)(struct session_host *h, struct session *s);
+    void (*session_removed)(struct session_host *h, struct session *s);
+    /* Counts a session from ip; returns the count including it (0: no memory). */
+    long (*ip_acquire)(struct session_host *h, const char *ip);
+    void (*ip_release)(struct session_host *h, const char *ip);
+};
+
+/* The commands a session reads, chosen by its listener (verbs.c has SMTP's;
+ * LMTP will be a second table). The session calls only these. */
+struct verb;
+struct verb_table {
+    const struct verb *rows; /* indexed by command; the index is also the
+                                slot of its command_call_limit budget */
+    int n_rows;
+    const struct verb *message; /* the end of DATA: the message is in */
+    void (*session_init)(struct session *s);                         /* budgets */
+    void (*dispatch)(struct session *s, const char *line, size_t len); /* one command line */
+    void (*message_done)(struct session *s);                          /* DATA is complete */
+};
+
 struct session {
     unsigned long id;
     char sid[24];          /* "s<id>", the log prefix */
-    struct server *srv;
+    struct session_host *host; /* what the accepting process lends it */
     struct conn *conn;
     struct policy *policy; /* the generation this session started on (held) */
     const struct options *opt;
@@ -69,7 +101,7 @@ struct session {
     size_t rcpt_count;
     bool tls_active;
     bool greeted;          /* the 220 greeting went out */
-    bool ip_counted;       /* holds a server_ip_acquire() count */
+    bool ip_counted;       /* holds an ip_acquire() count */
     struct tls_config *pending_implicit_tls; /* TLS to start once PROXY is read */
     ev_tstamp proxy_deadline;
     long errors;           /* error replies sent (error_limit) */
@@ -135,7 +167,8 @@ struct session {
 
 /* Creates a session for an accepted socket and sends the greeting. Returns
  * NULL (socket closed) if memory runs out. */
-struct session *session_new(struct server *srv, int fd, const char *peer_host, int peer_port,
+struct session *session_new(struct session_host *host, const struct verb_table *verbs, int fd,
+                            const char *peer_host, int peer_port,
                             struct tls_config *implicit_tls);
 
 /* Sends one reply line (CRLF added). Lines queue and leave together when the

@@ -21,7 +21,6 @@
 #include "lua_session.h"
 #include "options.h"
 #include "policy.h"
-#include "server.h"
 #include "session_internal.h"
 #include "smtp_limits.h"
 
@@ -210,7 +209,7 @@ static size_t ehlo_lines(struct session *s, char lines[][96])
     snprintf(lines[n++], 96, "250-8BITMIME");
     if (o->enable_smtputf8) snprintf(lines[n++], 96, "250-SMTPUTF8");
     snprintf(lines[n++], 96, "250-PIPELINING");
-    if (s->srv->tls && !s->tls_active) snprintf(lines[n++], 96, "250-STARTTLS");
+    if (s->host->tls && !s->tls_active) snprintf(lines[n++], 96, "250-STARTTLS");
     return n;
 }
 
@@ -356,7 +355,7 @@ static bool help_check(struct session *s, struct verb_call *call)
 static bool syntax_available(struct session *s, const struct verb *v)
 {
     if (!v->syntax) return false;
-    if (v->flags & VERB_NEEDS_TLS) return s->srv->tls != NULL;
+    if (v->flags & VERB_NEEDS_TLS) return s->host->tls != NULL;
     return true;
 }
 
@@ -422,7 +421,7 @@ static bool starttls_check(struct session *s, struct verb_call *call)
         session_reply(s, "554 5.5.1 Error: TLS already active"); /* fix */
         return false;
     }
-    if (!s->srv->tls) {
+    if (!s->host->tls) {
         session_reply(s, "454 TLS not available");
         return false;
     }
@@ -851,9 +850,9 @@ static const struct verb smtp_message = {
 };
 
 const struct verb_table verbs_smtp = {
-    smtp_rows,
-    (int)(sizeof smtp_rows / sizeof smtp_rows[0]),
-    &smtp_message,
+    smtp_rows,         (int)(sizeof smtp_rows / sizeof smtp_rows[0]),
+    &smtp_message,     verbs_session_init,
+    verbs_dispatch,    verbs_message,
 };
 
 /* ---------------------------------------------------------------- dispatch */
@@ -979,7 +978,7 @@ void verbs_dispatch(struct session *s, const char *line, size_t len)
         session_reply(s, "554 Command refused due to lack of security");
         return;
     }
-    if (s->opt->require_starttls && s->srv->tls && !s->tls_active &&
+    if (s->opt->require_starttls && s->host->tls && !s->tls_active &&
         !(v && (v->flags & VERB_BEFORE_STARTTLS))) {
         session_reply(s, "530 Must issue a STARTTLS command first");
         return;

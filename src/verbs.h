@@ -7,15 +7,7 @@
 
 #include <stddef.h>
 
-struct session;
-struct verb;
-
-struct verb_table {
-    const struct verb *rows; /* indexed by command; the index is also the
-                                slot of its command_call_limit budget */
-    int n_rows;
-    const struct verb *message; /* the end of DATA: the message is in */
-};
+#include "session.h"
 
 /* aiosmtpd's commands, replies and order of checks. */
 extern const struct verb_table verbs_smtp;
