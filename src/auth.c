@@ -97,9 +97,9 @@ static bool auth_succeeded(struct session *s, lua_State *co, int idx)
     /* login_data: the deprecated alias, auth_data.login when there is one.
      * Only tables and LoginPassword are indexed, and protected: a table's
      * __index may raise. */
-    if (lua_type(co, idx) == LUA_TTABLE || lua_bind_is_udata(co, idx, LOGINPASSWORD_MT)) {
+    if (lua_type(co, idx) == LUA_TTABLE || lbind_is_udata(co, idx, LOGINPASSWORD_MT)) {
         static const char *const login_key[] = {"login"};
-        if (lua_bind_getfields(co, idx, login_key, 1) != 0) {
+        if (lbind_getfields(co, idx, login_key, 1) != 0) {
             const char *e = lua_tostring(co, -1);
             lua_pushfstring(co, "%s: reading auth_data.login: %s", s->hook.name ? s->hook.name : "AUTH",
                             e ? e : "(error object is not a string)");
@@ -112,9 +112,9 @@ static bool auth_succeeded(struct session *s, lua_State *co, int idx)
     lsession_push_table(s, co, LS_SESSION);
     int t = lua_gettop(co);
     lua_pushvalue(co, idx);
-    lua_bind_rawsetfield(co, t, "auth_data");
+    lbind_rawsetfield(co, t, "auth_data");
     lua_pushvalue(co, login);
-    lua_bind_rawsetfield(co, t, "login_data");
+    lbind_rawsetfield(co, t, "login_data");
     lua_settop(co, login - 1);
     return true; /* auth_finish(s, true) sets authenticated */
 }
@@ -158,7 +158,7 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
     /* A plain table (whose __index may raise: read protected), or an
      * AuthResult. */
     static const char *const result_keys[] = {"success", "handled", "message", "auth_data"};
-    if (lua_bind_getfields(co, 1, result_keys, 4) != 0) {
+    if (lbind_getfields(co, 1, result_keys, 4) != 0) {
         char what[512];
         const char *e = lua_tostring(co, -1);
         snprintf(what, sizeof what, "reading the AuthResult: %s", e ? e : "(error object is not a string)");
@@ -227,7 +227,7 @@ static void auth_handle_auth_done(void *owner, bool ok, lua_State *co, int nres)
         auth_hook_failed(s, co);
         return;
     }
-    if (nres >= 1 && lua_smtpd_is_missing(co, 1)) {
+    if (nres >= 1 && lbind_is_missing(co, 1)) {
         /* The coroutine is recycled after we return; the mechanism gets a
          * fresh one. */
         auth_run_mechanism(s);

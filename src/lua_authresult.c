@@ -12,7 +12,7 @@ struct authresult {
     bool handled;
 };
 
-bool l_authresult_is(lua_State *L, int idx) { return lua_bind_is_udata(L, idx, AUTHRESULT_MT); }
+bool l_authresult_is(lua_State *L, int idx) { return lbind_is_udata(L, idx, AUTHRESULT_MT); }
 
 static struct authresult *check_authresult(lua_State *L, int idx)
 {
@@ -83,7 +83,7 @@ static int l_authresult_tostring(lua_State *L)
     } else {
         size_t n;
         const char *m = lua_tolstring(L, -1, &n);
-        lua_bind_push_quoted(L, m, n);
+        lbind_push_quoted(L, m, n);
         lua_replace(L, -3);
         lua_pop(L, 1);
         luaL_addvalue(&b);

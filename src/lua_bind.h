@@ -26,24 +26,24 @@ int l_loginpassword_new(lua_State *L);
 /* lua_smtpd.c */
 int luaopen_smtpd(lua_State *L);
 /* True if the value at idx is smtpd.MISSING. */
-bool lua_smtpd_is_missing(lua_State *L, int idx);
+bool lbind_is_missing(lua_State *L, int idx);
 /* Pushes the mechanism name given to smtpd.auth_mechanism() for the
  * function at idx, or nil. */
-void lua_smtpd_push_mechanism_name(lua_State *L, int idx);
+void lbind_push_mechanism_name(lua_State *L, int idx);
 /* True if the userdata at idx has the metatable registered as tname. */
-bool lua_bind_is_udata(lua_State *L, int idx, const char *tname);
+bool lbind_is_udata(lua_State *L, int idx, const char *tname);
 /* Pushes a Lua-quoted rendering of s (like %q, but one line) for tostring. */
-void lua_bind_push_quoted(lua_State *L, const char *s, size_t n);
+void lbind_push_quoted(lua_State *L, const char *s, size_t n);
 
 /* Pushes t[keys[0]] .. t[keys[n-1]] for the table (or any value) at idx,
  * through its metamethods but inside a protected call, since a script's
  * __index may raise. Returns 0, or a lua_pcall error code with the error
  * message pushed instead of the values. */
-int lua_bind_getfields(lua_State *L, int idx, const char *const *keys, int n);
+int lbind_getfields(lua_State *L, int idx, const char *const *keys, int n);
 /* t[key] = value on top (popped) / pushes t[key], both raw: for the fields C
  * owns, where a script's metamethods have no say and cannot raise. */
-void lua_bind_rawsetfield(lua_State *L, int idx, const char *key);
-void lua_bind_rawgetfield(lua_State *L, int idx, const char *key);
+void lbind_rawsetfield(lua_State *L, int idx, const char *key);
+void lbind_rawgetfield(lua_State *L, int idx, const char *key);
 
 /* lua_server.c */
 void l_server_register(lua_State *L);

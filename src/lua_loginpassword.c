@@ -8,7 +8,7 @@
 
 static void check_loginpassword(lua_State *L, int idx)
 {
-    if (!lua_bind_is_udata(L, idx, LOGINPASSWORD_MT))
+    if (!lbind_is_udata(L, idx, LOGINPASSWORD_MT))
         luaL_error(L, "expected LoginPassword, got %s", luaL_typename(L, idx));
 }
 
@@ -52,7 +52,7 @@ static int l_loginpassword_tostring(lua_State *L)
     size_t n;
     const char *login = lua_tolstring(L, -1, &n);
     lua_pushliteral(L, "LoginPassword(login=");
-    lua_bind_push_quoted(L, login, n);
+    lbind_push_quoted(L, login, n);
     lua_pushliteral(L, ", password=...)");
     lua_concat(L, 3);
     return 1;

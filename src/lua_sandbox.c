@@ -125,7 +125,7 @@ static void wrap_field(lua_State *L, int module, const char *name, lua_CFunction
     lua_setfield(L, module, name);
 }
 
-void lua_sandbox_open(lua_State *L)
+void l_sandbox_open(lua_State *L)
 {
     lua_atpanic(L, sandbox_panic);
 

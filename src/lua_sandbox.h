@@ -7,6 +7,6 @@
 #include <lua.h>
 
 /* Call once on a new state, after luaL_openlibs and before any script code. */
-void lua_sandbox_open(lua_State *L);
+void l_sandbox_open(lua_State *L);
 
 #endif

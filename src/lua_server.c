@@ -25,7 +25,7 @@ struct server_box {
 
 static struct session *check_server(lua_State *L)
 {
-    if (!lua_bind_is_udata(L, 1, SERVER_MT))
+    if (!lbind_is_udata(L, 1, SERVER_MT))
         luaL_error(L, "expected server, got %s (call it as server:method(...))",
                    luaL_typename(L, 1));
     struct server_box *box = lua_touserdata(L, 1);
@@ -216,8 +216,8 @@ void lsession_new_session(struct session *s)
     lua_State *L = main_state(s);
     new_session_table(s, L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref); /* the old one */
-    lua_bind_rawgetfield(L, -1, "proxy_data");
-    lua_bind_rawsetfield(L, -3, "proxy_data");
+    lbind_rawgetfield(L, -1, "proxy_data");
+    lbind_rawsetfield(L, -3, "proxy_data");
     lua_pop(L, 1);
     lua_rawseti(L, LUA_REGISTRYINDEX, s->session_ref);
 }
@@ -238,7 +238,7 @@ void lsession_set_ssl(struct session *s, const char *version, const char *cipher
         lua_pushstring(L, peer_pem);
         lua_setfield(L, -2, "peercert");
     }
-    lua_bind_rawsetfield(L, -2, "ssl");
+    lbind_rawsetfield(L, -2, "ssl");
     lua_pop(L, 1);
 }
 
@@ -308,7 +308,7 @@ void lsession_set_proxy_data(struct session *s, lua_State *L, const struct proxy
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
     lua_pushvalue(L, -2);
-    lua_bind_rawsetfield(L, -2, "proxy_data");
+    lbind_rawsetfield(L, -2, "proxy_data");
     lua_pop(L, 1);
 }
 
@@ -333,7 +333,7 @@ static bool sync_table(struct session *s, lua_State *co, enum lsession_table t,
     lua_State *L = main_state(s);
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
-    if (lua_bind_getfields(L, -1, keys, n) != 0) {
+    if (lbind_getfields(L, -1, keys, n) != 0) {
         const char *e = lua_tostring(L, -1);
         if (co) {
             lua_pushfstring(co, "reading the %s table: %s", t == LS_SESSION ? "session" : "envelope",
@@ -375,7 +375,7 @@ void lsession_set_string(struct session *s, enum lsession_table t, const char *k
     lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
     if (v) lua_pushlstring(L, v, n);
     else lua_pushnil(L);
-    lua_bind_rawsetfield(L, -2, key);
+    lbind_rawsetfield(L, -2, key);
     lua_pop(L, 1);
 }
 
@@ -384,19 +384,19 @@ void lsession_set_bool(struct session *s, enum lsession_table t, const char *key
     lua_State *L = main_state(s);
     lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref(s, t));
     lua_pushboolean(L, v);
-    lua_bind_rawsetfield(L, -2, key);
+    lbind_rawsetfield(L, -2, key);
     lua_pop(L, 1);
 }
 
 static void append_to_array(lua_State *L, int tbl, const char *key)
 {
     /* value on top */
-    lua_bind_rawgetfield(L, tbl, key);
+    lbind_rawgetfield(L, tbl, key);
     if (lua_type(L, -1) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
         lua_pushvalue(L, -1);
-        lua_bind_rawsetfield(L, tbl, key);
+        lbind_rawsetfield(L, tbl, key);
     }
     lua_insert(L, -2);
     lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);

@@ -12,7 +12,7 @@
 /* Same bound as policy.h; kept here so the module stands alone. */
 #define MECHANISM_NAME_MAX 64
 
-bool lua_bind_is_udata(lua_State *L, int idx, const char *tname)
+bool lbind_is_udata(lua_State *L, int idx, const char *tname)
 {
     if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return false;
     luaL_getmetatable(L, tname);
@@ -33,7 +33,7 @@ static int getfields_protected(lua_State *L)
     return k->n;
 }
 
-int lua_bind_getfields(lua_State *L, int idx, const char *const *keys, int n)
+int lbind_getfields(lua_State *L, int idx, const char *const *keys, int n)
 {
     if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
     struct getfields_keys k = {keys, n};
@@ -53,7 +53,7 @@ int lua_bind_getfields(lua_State *L, int idx, const char *const *keys, int n)
     return lua_pcall(L, 2, n, 0);
 }
 
-void lua_bind_rawsetfield(lua_State *L, int idx, const char *key)
+void lbind_rawsetfield(lua_State *L, int idx, const char *key)
 {
     if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
     lua_pushstring(L, key);
@@ -61,14 +61,14 @@ void lua_bind_rawsetfield(lua_State *L, int idx, const char *key)
     lua_rawset(L, idx);
 }
 
-void lua_bind_rawgetfield(lua_State *L, int idx, const char *key)
+void lbind_rawgetfield(lua_State *L, int idx, const char *key)
 {
     if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
     lua_pushstring(L, key);
     lua_rawget(L, idx);
 }
 
-void lua_bind_push_quoted(lua_State *L, const char *s, size_t n)
+void lbind_push_quoted(lua_State *L, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     luaL_Buffer b;
@@ -88,7 +88,7 @@ void lua_bind_push_quoted(lua_State *L, const char *s, size_t n)
     luaL_pushresult(&b);
 }
 
-bool lua_smtpd_is_missing(lua_State *L, int idx)
+bool lbind_is_missing(lua_State *L, int idx)
 {
     if (lua_type(L, idx) != LUA_TUSERDATA) return false;
     idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
@@ -98,7 +98,7 @@ bool lua_smtpd_is_missing(lua_State *L, int idx)
     return same;
 }
 
-void lua_smtpd_push_mechanism_name(lua_State *L, int idx)
+void lbind_push_mechanism_name(lua_State *L, int idx)
 {
     idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
     lua_getfield(L, LUA_REGISTRYINDEX, MECHANISM_NAMES_KEY);

@@ -39,7 +39,7 @@ bool vm_open(struct vm *vm, char *err, size_t errlen)
     vm->heap_bytes = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
     lua_setallocf(L, vm_alloc, vm);
     luaL_openlibs(L);
-    lua_sandbox_open(L);
+    l_sandbox_open(L);
     vm_preload(L);
     return true;
 }

@@ -151,7 +151,7 @@ static bool add_mechanism(struct policy *p, const char *name, bool builtin)
  * standing for "-", upper-cased (aiosmtpd's rule). */
 static bool mechanism_name_for(lua_State *L, const char *key, int idx, char *name, size_t cap)
 {
-    lua_smtpd_push_mechanism_name(L, idx);
+    lbind_push_mechanism_name(L, idx);
     if (lua_type(L, -1) == LUA_TSTRING) {
         snprintf(name, cap, "%s", lua_tostring(L, -1));
         lua_pop(L, 1);

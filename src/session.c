@@ -440,6 +440,19 @@ void session_reset_envelope(struct session *s)
 
 /* ---------------------------------------------------------------- hooks */
 
+/* The one hook-error logger: the log text at co's top (error and
+ * traceback), secrets scrubbed, client bytes escaped so it stays one line,
+ * after "hook <name> failed<what>: ". */
+void session_log_hook_error(struct session *s, lua_State *co, const char *name, const char *what)
+{
+    char msg[2048], esc[4096];
+    const char *tb = lua_tostring(co, -1);
+    snprintf(msg, sizeof msg, "%s", tb ? tb : "(no message)");
+    session_scrub(s, msg);
+    log_msg(LOG_ERROR, s->sid, "hook %s failed%s: %s", name ? name : "?", what ? what : "",
+            log_escape(msg, strlen(msg), esc, sizeof esc));
+}
+
 struct exception_call {
     struct session *s;
     bool replied;
@@ -450,12 +463,7 @@ static void exception_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct exception_call *call = owner;
     if (!ok) {
-        char msg[2048], esc[4096];
-        const char *tb = lua_tostring(co, -1);
-        snprintf(msg, sizeof msg, "%s", tb ? tb : "(no message)");
-        session_scrub(call->s, msg);
-        log_msg(LOG_ERROR, call->s->sid, "hook handle_exception failed: %s",
-                log_escape(msg, strlen(msg), esc, sizeof esc));
+        session_log_hook_error(call->s, co, "handle_exception", NULL);
         return;
     }
     size_t n = 0;
@@ -470,13 +478,7 @@ static void exception_done(void *owner, bool ok, lua_State *co, int nres)
  * handle_exception's status if it gives a valid one, else 451 (454 in AUTH). */
 void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
 {
-    char msg[2048], esc[4096];
-    const char *tb = lua_tostring(co, -1);
-    snprintf(msg, sizeof msg, "%s", tb ? tb : "(no message)");
-    session_scrub(s, msg);
-    /* Error text often quotes client bytes: escaped, it stays one line. */
-    log_msg(LOG_ERROR, s->sid, "hook %s failed: %s", s->hook.name ? s->hook.name : "?",
-            log_escape(msg, strlen(msg), esc, sizeof esc));
+    session_log_hook_error(s, co, s->hook.name, NULL);
 
     const char *fallback = in_auth ? reply_auth_hook_error : reply_hook_error;
     if (!policy_has_hook(s->policy, HOOK_EXCEPTION)) {
@@ -506,7 +508,7 @@ static struct hook_result session_hook_result(struct session *s, lua_State *co, 
                                               enum hook_returns returns)
 {
     struct hook_result r = {HOOK_FAILED, NULL, 0, NULL};
-    if (nres >= 1 && lua_smtpd_is_missing(co, 1)) {
+    if (nres >= 1 && lbind_is_missing(co, 1)) {
         r.outcome = HOOK_MISSING;
         return r;
     }
@@ -600,12 +602,7 @@ static void starttls_hook_done(void *owner, bool ok, lua_State *co, int nres)
     if (!ok) lsession_sync(s, NULL);
     else ok = lsession_sync(s, co);
     if (!ok) {
-        char msg[1024], esc[2048];
-        const char *e = lua_tostring(co, -1);
-        snprintf(msg, sizeof msg, "%s", e ? e : "?");
-        session_scrub(s, msg);
-        log_msg(LOG_ERROR, s->sid, "hook handle_STARTTLS failed (session refused): %s",
-                log_escape(msg, strlen(msg), esc, sizeof esc));
+        session_log_hook_error(s, co, "handle_STARTTLS", " (session refused)");
         s->tls_refused = true;
         return;
     }
@@ -831,12 +828,9 @@ static void proxy_hook_done(void *owner, bool ok, lua_State *co, int nres)
     struct session *s = owner;
     if (!ok) lsession_sync(s, NULL);
     else ok = lsession_sync(s, co);
-    bool accept = ok && nres >= 1 && lua_toboolean(co, 1) && !lua_smtpd_is_missing(co, 1);
+    bool accept = ok && nres >= 1 && lua_toboolean(co, 1) && !lbind_is_missing(co, 1);
     if (!ok) {
-        const char *e = lua_tostring(co, -1);
-        char esc[2048];
-        log_msg(LOG_ERROR, s->sid, "hook handle_PROXY failed: %s",
-                e ? log_escape(e, strlen(e), esc, sizeof esc) : "?");
+        session_log_hook_error(s, co, "handle_PROXY", NULL);
     }
     if (!accept) {
         session_close(s, "rejected by handle_PROXY");

@@ -206,6 +206,10 @@ void session_await_line(struct session *s,
                         void (*deliver)(struct session *s, const char *line, size_t len,
                                         bool too_long));
 
+/* Logs a failed hook: the text at co's top, scrubbed and escaped, as
+ * "hook <name> failed<what>: ...". Every hook error goes through it. */
+void session_log_hook_error(struct session *s, lua_State *co, const char *name, const char *what);
+
 /* The reply for a hook that failed (auth-api.md section 5), honouring
  * handle_exception. The error value is on top of co's stack. */
 void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth);

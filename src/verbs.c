@@ -774,8 +774,8 @@ static bool message_check(struct session *s, struct verb_call *call)
     lsession_push_table(s, L, LS_ENVELOPE);
     lua_pushlstring(L, content ? content : "", n);
     lua_pushvalue(L, -1);
-    lua_bind_rawsetfield(L, -3, "content");
-    lua_bind_rawsetfield(L, -2, "original_content");
+    lbind_rawsetfield(L, -3, "content");
+    lbind_rawsetfield(L, -2, "original_content");
     lua_pop(L, 1);
     return true;
 }
@@ -791,7 +791,7 @@ static void message_proceed(struct session *s, const struct hook_result *r,
         char from[300] = "";
         lua_State *L = s->policy->vm.L;
         lsession_push_table(s, L, LS_ENVELOPE);
-        lua_bind_rawgetfield(L, -1, "mail_from");
+        lbind_rawgetfield(L, -1, "mail_from");
         size_t n = 0;
         const char *f = lua_tolstring(L, -1, &n);
         if (f) log_escape(f, n, from, sizeof from);
