@@ -9,7 +9,7 @@
  * one read per readiness event, all replies to a pipelined group in one
  * write, dot-transparent end-of-data detection across reads, AUTH PLAIN
  * (with and without initial response) and AUTH LOGIN dialogues, STARTTLS
- * with mbedTLS (same ciphersuites and curves as luasmtpd's src/tls.c) when
+ * with mbedTLS (same ciphersuites and curves as luasmtpd's src/net/tls.c) when
  * given a certificate, and discarding plaintext pipelined after STARTTLS. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -105,7 +105,7 @@ static mbedtls_pk_context tls_key;
 static mbedtls_ctr_drbg_context tls_drbg;
 static mbedtls_entropy_context tls_entropy;
 
-/* As src/tls.c offers them, so that STARTTLS costs the same crypto. */
+/* As src/net/tls.c offers them, so that STARTTLS costs the same crypto. */
 static const int tls_ciphersuites[] = {
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
     MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,

@@ -1,4 +1,4 @@
-/* fuzz_addr.c — the MAIL FROM / RCPT TO / VRFY address parser (src/addr.c)
+/* fuzz_addr.c — the MAIL FROM / RCPT TO / VRFY address parser (src/smtp/addr.c)
  * under libFuzzer. The whole input is the argument (after "FROM:"); the
  * parameters after the address are the rest, which the session target
  * feeds on to its parameter parser.

@@ -1,4 +1,4 @@
-/* fuzz_base64.c — the strict base64 decoder and the encoder (src/base64.c)
+/* fuzz_base64.c — the strict base64 decoder and the encoder (src/base/base64.c)
  * under libFuzzer. Buffers are heap blocks of exactly the size base64.h
  * promises is enough, so ASan sees any write past them.
  *

@@ -1,4 +1,4 @@
-/* fuzz_data.c — the DATA reader (src/data.c) under libFuzzer.
+/* fuzz_data.c — the DATA reader (src/smtp/data.c) under libFuzzer.
  *
  * Input: byte 0 picks the bare CR/LF mode (bits 0-1: reject, normalize,
  * keep) and the size limit (bits 2-3: none, 100, 1500, 5000 octets); byte 1

@@ -1,4 +1,4 @@
-/* fuzz_proxy.c — the PROXY protocol v1/v2 header parser (src/proxy.c)
+/* fuzz_proxy.c — the PROXY protocol v1/v2 header parser (src/smtp/proxy.c)
  * under libFuzzer. The input is what a load balancer (or anyone who can
  * reach a --proxy-protocol listener) sends first.
  *

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Expected results for src/addr.c, taken from the reference itself.
+"""Expected results for src/smtp/addr.c, taken from the reference itself.
 
 Runs aiosmtpd's real SMTP._getaddr (1.4.3, on the system CPython) over every
 input below and writes spec/c/addr_cases.inc, which test_addr.c compiles in,

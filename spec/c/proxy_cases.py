@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Expected results for src/proxy.c, taken from the reference itself.
+"""Expected results for src/smtp/proxy.c, taken from the reference itself.
 
 Runs aiosmtpd's real proxy_protocol.get_proxy (1.4.3, on the system
 CPython) over every input below, fed through an asyncio.StreamReader as

@@ -1,4 +1,4 @@
-/* test_base64.c — unit tests for src/base64.c: RFC 4648 vectors, round
+/* test_base64.c — unit tests for src/base/base64.c: RFC 4648 vectors, round
  * trips, every strictness rule of the decoder, and the promise that neither
  * function touches memory outside the sizes base64.h documents (each buffer
  * is allocated to exactly that size, so an ASan build catches a stray

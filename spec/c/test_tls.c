@@ -1,4 +1,4 @@
-/* test_tls.c — tests for src/tls.c and the handshake support in src/conn.c:
+/* test_tls.c — tests for src/net/tls.c and the handshake support in src/net/conn.c:
  * a conn on 127.0.0.1 switched to TLS with tls_start() (implicit TLS and
  * STARTTLS), driven by real clients — `openssl s_client`, python3's ssl
  * module, and small raw-socket children for the misbehaving ones — with

@@ -3,7 +3,7 @@
 -- defines is documented under docs/, everything docs/ names exists in the
 -- code, every relative link in README.md and docs/*.md reaches a file (and
 -- heading) of the repository, and nothing points outside it. The names come
--- from the code itself (src/options.c's option table, the hook names the C
+-- from the code itself (src/smtp/options.c's option table, the hook names the C
 -- side knows, the fields luaopen_smtpd sets, the functions of
 -- lua/smtpd/*.lua), never from a list kept here.
 
@@ -74,13 +74,13 @@ end
 -- What the code defines
 
 local function code_options()
-  local src = read("src/options.c")
+  local src = read("src/smtp/options.c")
   local tbl = src:match("opt_defs%[%] = {(.-)\n};")
-  assert(tbl, "option table not found in src/options.c")
+  assert(tbl, "option table not found in src/smtp/options.c")
   local names = {}
   -- Rows are OPT("name", TYPE, field) or {"name", TYPE, ...}.
   for name in tbl:gmatch('[{(]"([%w_]+)",') do names[name] = true end
-  assert(next(names), "no options parsed from src/options.c")
+  assert(next(names), "no options parsed from src/smtp/options.c")
   return names
 end
 
@@ -88,11 +88,11 @@ end
 -- log and error messages), plus the other entries of policy_hook_names.
 local function code_hooks()
   local names = {}
-  for _, path in ipairs(ls("src/*.c")) do
+  for _, path in ipairs(ls("src/*/*.c")) do
     for name in read(path):gmatch('"(handle_[%w_]+)') do names[name] = true end
   end
-  local tbl = read("src/policy.c"):match("policy_hook_names%[HOOK_COUNT%] = {(.-)};")
-  assert(tbl, "policy_hook_names not found in src/policy.c")
+  local tbl = read("src/smtp/policy.c"):match("policy_hook_names%[HOOK_COUNT%] = {(.-)};")
+  assert(tbl, "policy_hook_names not found in src/smtp/policy.c")
   for name in tbl:gmatch('"([%w_]+)"') do names[name] = true end
   assert(names.handle_DATA and names.authenticator, "hook names not parsed")
   return names
@@ -100,15 +100,15 @@ end
 
 -- The fields luaopen_smtpd puts into the module table.
 local function code_smtpd()
-  local body = read("src/lua_smtpd.c"):match("int luaopen_smtpd%(lua_State %*L%)\n(%b{})")
-  assert(body, "luaopen_smtpd not found in src/lua_smtpd.c")
+  local body = read("src/lua/lua_smtpd.c"):match("int luaopen_smtpd%(lua_State %*L%)\n(%b{})")
+  assert(body, "luaopen_smtpd not found in src/lua/lua_smtpd.c")
   local names = {}
   for name in body:gmatch('lua_setfield%(L, %-2, "([%w_]+)"%)') do
     if not name:match("^__") then names[name] = true end -- metatable fields of MISSING etc.
   end
   assert(names.AuthResult, "smtpd functions not parsed")
   -- Wait kinds add theirs in their own file (src/l_<kind>.c, l_<kind>_register).
-  for _, path in ipairs(ls("src/l_*.c")) do
+  for _, path in ipairs(ls("src/lua/l_*.c")) do
     local reg = read(path):match("void l_[%w_]+_register%(lua_State %*L%)\n(%b{})")
     for name in (reg or ""):gmatch('lua_setfield%(L, %-2, "([%w_]+)"%)') do names[name] = true end
   end
@@ -145,11 +145,11 @@ describe("docs/", function()
     end
   end)
 
-  it("documents every option of src/options.c and no other", function()
+  it("documents every option of src/smtp/options.c and no other", function()
     local code = code_options()
     local doc = table_names(section(read("docs/options.md"), "## Option table"))
-    assert.same({}, missing(code, doc), "options in src/options.c but not in docs/options.md")
-    assert.same({}, missing(doc, code), "options in docs/options.md but not in src/options.c")
+    assert.same({}, missing(code, doc), "options in src/smtp/options.c but not in docs/options.md")
+    assert.same({}, missing(doc, code), "options in docs/options.md but not in src/smtp/options.c")
   end)
 
   it("documents every hook the C side knows and names no other", function()
@@ -165,15 +165,15 @@ describe("docs/", function()
     assert.same({}, missing(named, code), "hooks named in docs/ that src/ does not know")
   end)
 
-  it("documents every smtpd.* field of src/lua_smtpd.c and src/l_*.c and names no other", function()
+  it("documents every smtpd.* field of src/lua/lua_smtpd.c and src/l_*.c and names no other", function()
     local code = code_smtpd()
     local mods = code_lua_modules()
     local doc = {}
     for name in DOCS_TEXT:gmatch("`smtpd%.([%a_][%w_]*)") do
       if not mods[name] then doc[name] = true end -- `smtpd.testing` is a module
     end
-    assert.same({}, missing(code, doc), "smtpd fields in src/lua_smtpd.c but not in docs/")
-    assert.same({}, missing(doc, code), "smtpd fields named in docs/ but not in src/lua_smtpd.c")
+    assert.same({}, missing(code, doc), "smtpd fields in src/lua/lua_smtpd.c but not in docs/")
+    assert.same({}, missing(doc, code), "smtpd fields named in docs/ but not in src/lua/lua_smtpd.c")
   end)
 
   it("documents every function of lua/smtpd/*.lua and names no other", function()
