@@ -55,6 +55,7 @@
 #include "conn.h"
 #include "log.h"
 #include "policy.h"
+#include "verbs.h"
 #include "server.h"
 #include "session.h"
 #include "tls.h"
@@ -298,14 +299,14 @@ static int live_refs(lua_State *L)
 
 static int policy_refs(const struct policy *p)
 {
-    return live_refs(p->L) - p->n_pool;
+    return live_refs(p->vm.L) - p->vm.n_pool;
 }
 
 static void check_policy(size_t v)
 {
-    struct policy *p = servers[v].policy;
-    if (lua_gettop(p->L) != 0)
-        fuzz_fail("the policy's Lua stack holds %d values", lua_gettop(p->L));
+    struct policy *p = servers[v].host.policy;
+    if (lua_gettop(p->vm.L) != 0)
+        fuzz_fail("the policy's Lua stack holds %d values", lua_gettop(p->vm.L));
     int refs = policy_refs(p);
     if (refs != baseline_refs[v])
         fuzz_fail("registry references: %d, %d before the session", refs, baseline_refs[v]);
@@ -329,25 +330,25 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     for (size_t v = 0; v < N_CONFIGS; v++) {
         char err[1024];
         struct server *srv = &servers[v];
-        srv->loop = loop;
-        srv->drain_timeout = 60;
-        srv->policy =
+        server_init(srv, loop);
+        srv->host.drain_timeout = 60;
+        srv->host.policy =
             policy_load(FUZZ_DIR "/handler.lua", configs[v].ov, configs[v].n_ov, err, sizeof err);
-        if (!srv->policy) {
+        if (!srv->host.policy) {
             fprintf(stderr, "fuzz_session: %s\n", err);
             exit(1);
         }
-        lua_register(srv->policy->L, "fuzz_fail", l_fuzz_fail);
-        fuzz_lua_coverage(srv->policy->L);
+        lua_register(srv->host.policy->vm.L, "fuzz_fail", l_fuzz_fail);
+        fuzz_lua_coverage(srv->host.policy->vm.L);
         if (configs[v].tls) {
-            srv->tls = tls_config_load(FUZZ_DIR "/tls/cert.pem", FUZZ_DIR "/tls/key.pem", NULL, err,
+            srv->host.tls = tls_config_load(FUZZ_DIR "/tls/cert.pem", FUZZ_DIR "/tls/key.pem", NULL, err,
                                        sizeof err);
-            if (!srv->tls) {
+            if (!srv->host.tls) {
                 fprintf(stderr, "fuzz_session: %s\n", err);
                 exit(1);
             }
         }
-        baseline_refs[v] = policy_refs(srv->policy);
+        baseline_refs[v] = policy_refs(srv->host.policy);
     }
     return 0;
 }
@@ -391,7 +392,7 @@ static void run_config(size_t v, const uint8_t *data, size_t size, const size_t 
     }
     struct reply_check rc = {0};
     /* Takes fds[0]; sends the greeting. */
-    if (!session_new(srv, fds[0], "127.0.0.1", 1234, NULL)) fuzz_fail("session_new failed");
+    if (!session_new(&srv->host, &verbs_smtp, fds[0], "127.0.0.1", 1234, NULL)) fuzz_fail("session_new failed");
     pump(srv, fds[1], &rc);
 
     size_t off = 0;
@@ -408,9 +409,9 @@ static void run_config(size_t v, const uint8_t *data, size_t size, const size_t 
         fuzz_fail("%zu final replies to %zu lines", rc.finals, count_lf(data, size));
 
     close(fds[1]);
-    for (int i = 0; i < CLOSE_ITERATIONS && srv->n_sessions > 0; i++)
+    for (int i = 0; i < CLOSE_ITERATIONS && srv->host.n_sessions > 0; i++)
         ev_run(loop, EVRUN_NOWAIT);
-    if (srv->n_sessions != 0) fuzz_fail("the session is still open after the client closed");
+    if (srv->host.n_sessions != 0) fuzz_fail("the session is still open after the client closed");
     if (srv->sessions) fuzz_fail("the session registry is not empty");
     check_policy(v);
 }

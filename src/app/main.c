@@ -662,7 +662,7 @@ int main(int argc, char **argv)
         log_msg(LOG_INFO, NULL, "worker %d (pid %d)", cli.worker_slot, (int)getpid());
     }
     signal(SIGPIPE, SIG_IGN);
-    srv.host.loop = EV_DEFAULT;
+    server_init(&srv, EV_DEFAULT);
     srv.host.policy = p;
     struct tls_config *tls, *smtps;
     if (!load_tls(&tls, &smtps, err, sizeof err)) {

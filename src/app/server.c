@@ -211,12 +211,17 @@ static long host_ip_acquire(struct session_host *h, const char *ip)
 }
 static void host_ip_release(struct session_host *h, const char *ip) { server_ip_release(server_of(h), ip); }
 
-void server_start(struct server *srv)
+void server_init(struct server *srv, struct ev_loop *loop)
 {
+    srv->host.loop = loop;
     srv->host.session_added = host_session_added;
     srv->host.session_removed = host_session_removed;
     srv->host.ip_acquire = host_ip_acquire;
     srv->host.ip_release = host_ip_release;
+}
+
+void server_start(struct server *srv)
+{
     for (size_t i = 0; i < srv->n_listeners; i++) {
         ev_io_start(srv->host.loop, &srv->listeners[i].io);
         log_msg(LOG_INFO, NULL, "listening on %s%s", srv->listeners[i].addr,

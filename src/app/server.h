@@ -58,6 +58,10 @@ struct server {
 bool server_listen(struct server *srv, const char *spec, struct tls_config **implicit_tls,
                    int flags, char *err, size_t errlen);
 
+/* Sets up a server that will run sessions on loop (before server_start, or
+ * before any session_new on its host). */
+void server_init(struct server *srv, struct ev_loop *loop);
+
 /* Starts accepting on every listener. */
 void server_start(struct server *srv);
 
