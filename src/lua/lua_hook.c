@@ -39,7 +39,8 @@ static void hook_status_clear(void)
 static void hook_on_deadline(struct ev_loop *loop, ev_timer *w, int revents);
 
 void hook_init(struct hook_state *h, struct ev_loop *loop, struct vm *vm, const char *sid,
-               double timeout, void (*after_wake)(void *owner))
+               double timeout, void (*after_wake)(void *owner),
+               bool (*sync)(void *owner, lua_State *co))
 {
     memset(h, 0, sizeof *h);
     h->loop = loop;
@@ -47,6 +48,7 @@ void hook_init(struct hook_state *h, struct ev_loop *loop, struct vm *vm, const 
     h->sid = sid;
     h->timeout = timeout;
     h->after_wake = after_wake;
+    h->sync = sync;
     ev_init(&h->deadline, hook_on_deadline);
     h->deadline.data = h;
 }
@@ -81,6 +83,7 @@ static void hook_fail(struct hook_state *h)
     h->co = NULL;
     h->cont = NULL;
     ev_timer_stop(h->loop, &h->deadline);
+    if (h->sync) h->sync(owner, NULL);
     cont(owner, false, co, 0);
     vm_coroutine_drop(h->vm, ref);
 }
@@ -112,6 +115,12 @@ static bool hook_settle(struct hook_state *h, int status)
         snprintf(msg, sizeof msg, "%s yielded without waiting for anything", h->name);
         lua_settop(co, 0);
         hook_fail_with(h, msg);
+        return true;
+    }
+    /* The one place every hook finishes: the owner syncs its mirrors before
+     * anything reads the result; a failing sync fails the hook. */
+    if (status == 0 && h->sync && !h->sync(h->owner, co)) {
+        hook_fail(h);
         return true;
     }
     if (status == 0) {

@@ -48,6 +48,11 @@ struct hook_state {
     struct ev_loop *loop;
     double timeout;  /* hook_timeout: seconds a hook may stay suspended in all, 0 = none */
     void (*after_wake)(void *owner); /* a wake-up resumed the hook: pump, flush */
+    /* Where every hook finishes, before its result is read: the owner syncs
+     * what it mirrors from Lua (co: the finished coroutine; NULL after a
+     * failure, when only the mirrors matter). Returning false fails a hook
+     * that had finished, with the error pushed twice onto co. May be NULL. */
+    bool (*sync)(void *owner, lua_State *co);
     lua_State *co;   /* the running or suspended coroutine, or NULL */
     int co_ref;
     const char *name;
@@ -62,7 +67,8 @@ struct hook_state {
 /* Sets up a hook state that runs hooks in vm, logging as sid; after_wake
  * (may be NULL) is told when a wake-up resumed it. */
 void hook_init(struct hook_state *h, struct ev_loop *loop, struct vm *vm, const char *sid,
-               double timeout, void (*after_wake)(void *owner));
+               double timeout, void (*after_wake)(void *owner),
+               bool (*sync)(void *owner, lua_State *co));
 
 /* Takes a coroutine and pushes the function `func_ref` on it; the caller
  * pushes the arguments on the returned state, then calls hook_run. */

@@ -123,7 +123,7 @@ static bool auth_succeeded(struct session *s, lua_State *co, int idx)
 static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
-    if (!ok || !lsession_sync(s, co)) {
+    if (!ok) {
         auth_hook_failed(s, co);
         return;
     }
@@ -223,7 +223,7 @@ static void auth_run_mechanism(struct session *s)
 static void auth_handle_auth_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
-    if (!ok || !lsession_sync(s, co)) {
+    if (!ok) {
         auth_hook_failed(s, co);
         return;
     }

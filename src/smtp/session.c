@@ -36,6 +36,7 @@ static void session_on_input(struct conn *c, void *owner);
 static void session_on_closed(struct conn *c, void *owner);
 static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents);
 static void session_after_wake(void *owner);
+static bool session_sync_hook(void *owner, lua_State *co);
 
 /* ---------------------------------------------------------------- replies */
 
@@ -261,7 +262,8 @@ struct session *session_new(struct session_host *host, const struct verb_table *
     s->bogus_budget = SMTP_BOGUS_LIMIT;
     s->verbs = verbs; /* the listener's table: SMTP's, later LMTP's */
     s->verbs->session_init(s);
-    hook_init(&s->hook, host->loop, &s->policy->vm, s->sid, s->opt->hook_timeout, session_after_wake);
+    hook_init(&s->hook, host->loop, &s->policy->vm, s->sid, s->opt->hook_timeout,
+              session_after_wake, session_sync_hook);
     s->server_ref = s->session_ref = s->envelope_ref = LUA_NOREF;
     lsession_open(s);
 
@@ -491,7 +493,7 @@ void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
      * use; it may not wait, so a yield fails it. */
     struct exception_call call = {s, false};
     struct hook_state eh;
-    hook_init(&eh, s->host->loop, &s->policy->vm, s->sid, 0, NULL);
+    hook_init(&eh, s->host->loop, &s->policy->vm, s->sid, 0, NULL, NULL);
     lua_State *eco = hook_begin(&eh, s->policy->hook_ref[HOOK_EXCEPTION], "handle_exception");
     lua_pushvalue(co, -2); /* the error value */
     lua_xmove(co, eco, 1);
@@ -567,8 +569,7 @@ static void session_hook_done(void *owner, bool ok, lua_State *co, int nres)
     s->hook_after = NULL;
     struct hook_result r = {HOOK_FAILED, NULL, 0, NULL};
     /* A failed hook's own error is what gets reported, not the tables'. */
-    if (!ok || !lsession_sync(s, co)) {
-        if (!ok) lsession_sync(s, NULL);
+    if (!ok) { /* the hook layer synced the mirrors already (session_sync_hook) */
         session_reply_hook_error(s, co, false);
         after(s, &r);
         return;
@@ -599,8 +600,6 @@ void session_hook_run(struct session *s, int nextra, enum hook_returns returns,
 static void starttls_hook_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
-    if (!ok) lsession_sync(s, NULL);
-    else ok = lsession_sync(s, co);
     if (!ok) {
         session_log_hook_error(s, co, "handle_STARTTLS", " (session refused)");
         s->tls_refused = true;
@@ -736,6 +735,10 @@ void session_await_line(struct session *s,
     s->line_wait.active = true;
 }
 
+/* Where every hook of this session finishes (the hook layer calls it before
+ * the result is read): the C mirrors are re-read from the Lua tables. */
+static bool session_sync_hook(void *owner, lua_State *co) { return lsession_sync(owner, co); }
+
 /* A wake-up resumed this session's hook (from a timer, a line, a socket):
  * go on with what the client sent meanwhile, and send the replies. */
 static void session_after_wake(void *owner)
@@ -826,8 +829,6 @@ void session_pump(struct session *s)
 static void proxy_hook_done(void *owner, bool ok, lua_State *co, int nres)
 {
     struct session *s = owner;
-    if (!ok) lsession_sync(s, NULL);
-    else ok = lsession_sync(s, co);
     bool accept = ok && nres >= 1 && lua_toboolean(co, 1) && !lbind_is_missing(co, 1);
     if (!ok) {
         session_log_hook_error(s, co, "handle_PROXY", NULL);
