@@ -308,7 +308,14 @@ static void conn_flush_out(struct conn *c, bool may_finish)
      * sends what was queued meanwhile. */
     if (c->hs.active) return;
     bool was_failed = c->failed;
+    size_t had_out = buf_len(&c->out);
     conn_send_some(c, SIZE_MAX);
+    /* The owner stopped taking input until the output drains (out_resume).
+     * If this flush drained it, no read or write event may ever come to say
+     * so (the client sent everything already): tell the owner from the loop. */
+    if (c->out_resume && had_out > c->out_resume && buf_len(&c->out) <= c->out_resume &&
+        !c->failed && !c->closing)
+        ev_timer_start(c->loop, &c->notify);
     conn_shrink(&c->out);
     /* A send that failed here (a client that reset before its greeting)
      * arms no watcher: tell the owner from the loop, or the session would
