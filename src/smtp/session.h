@@ -115,11 +115,11 @@ struct session {
     int bogus_budget;
     long auth_failures;
     /* command_call_limit budgets, for known commands by index. */
-    long call_budget[SESSION_COMMANDS_MAX];
+    int call_budget[SESSION_COMMANDS_MAX];
     /* ... and for the few unknown names seen before the bogus limit. */
     struct {
         char name[16];
-        long budget;
+        int budget;
     } unknown_budget[SMTP_BOGUS_LIMIT];
     int n_unknown_budget;
 

@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <lauxlib.h>
 #include <stdio.h>
+#include <limits.h>
 #include <string.h>
 #include <strings.h>
 
@@ -857,11 +858,15 @@ const struct verb_table verbs_smtp = {
 
 /* ---------------------------------------------------------------- dispatch */
 
+/* A command_call_limit as a per-session counter (int: the session is kept
+ * small; a limit beyond INT_MAX is no limit in practice). */
+static int call_budget_of(long limit) { return limit > INT_MAX ? INT_MAX : (int)limit; }
+
 void verbs_session_init(struct session *s)
 {
     int n = s->verbs->n_rows < SESSION_COMMANDS_MAX ? s->verbs->n_rows : SESSION_COMMANDS_MAX;
     for (int i = 0; i < n; i++)
-        s->call_budget[i] = options_call_limit(s->opt, s->verbs->rows[i].name);
+        s->call_budget[i] = call_budget_of(options_call_limit(s->opt, s->verbs->rows[i].name));
 }
 
 static int find_command(const struct verb_table *t, const char *name, size_t n)
@@ -874,7 +879,7 @@ static int find_command(const struct verb_table *t, const char *name, size_t n)
 static bool spend_call_budget(struct session *s, int cmd, const char *name)
 {
     if (!s->opt->call_limit_enforced) return true;
-    long *budget = NULL;
+    int *budget = NULL;
     if (cmd >= 0)
         budget = &s->call_budget[cmd];
     else {
@@ -883,7 +888,7 @@ static bool spend_call_budget(struct session *s, int cmd, const char *name)
         if (!budget && s->n_unknown_budget < SMTP_BOGUS_LIMIT && strlen(name) < 16) {
             int i = s->n_unknown_budget++;
             snprintf(s->unknown_budget[i].name, 16, "%s", name);
-            s->unknown_budget[i].budget = options_call_limit(s->opt, name);
+            s->unknown_budget[i].budget = call_budget_of(options_call_limit(s->opt, name));
             budget = &s->unknown_budget[i].budget;
         }
         if (!budget) return true;
