@@ -12,22 +12,9 @@ local socket = require "socket"
 local NO_STORAGE = "452 4.3.1 Error: insufficient system storage"
 local TIMEOUT = "421 4.4.2 mx.test Error: timeout exceeded"
 
-local function with_server(opts, fn)
-  local srv = testing.start(opts)
-  local ok, err = pcall(fn, srv)
-  srv:stop()
-  if not ok then
-    error(tostring(err) .. "\n--- server stderr (last 3000 octets) ---\n" .. srv:stderr():sub(-3000), 0)
-  end
-  return srv
-end
+local with_server = hu.with_server
 
-local function open_data(c, name)
-  assert.are.equal(250, (c:cmd("EHLO " .. name .. ".test")))
-  assert.are.equal(250, (c:cmd("MAIL FROM:<a@example.org>")))
-  assert.are.equal(250, (c:cmd("RCPT TO:<b@example.org>")))
-  assert.are.equal(354, (c:cmd("DATA")))
-end
+local open_data = hu.open_data
 
 -- 1 MB of 100-octet lines.
 local MEGABYTE = (("m"):rep(98) .. "\r\n"):rep(10000)

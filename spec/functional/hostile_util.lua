@@ -381,4 +381,32 @@ function M.free_port()
   return tonumber(port)
 end
 
+--- Runs fn(srv) against a fresh server started with `opts` (as for
+-- `testing.start`); stops it whatever happens and adds the end of its log to
+-- a failure. Returns the stopped server.
+function M.with_server(opts, fn)
+  local testing = require "smtpd.testing"
+  local srv = testing.start(opts)
+  local ok, err = pcall(fn, srv)
+  srv:stop()
+  if not ok then
+    error(tostring(err) .. "\n--- server stderr (last 3000 octets) ---\n" .. srv:stderr():sub(-3000), 0)
+  end
+  return srv
+end
+
+--- EHLO, MAIL, RCPT and DATA on a testing client, checking each reply's
+-- code (raises naming the command otherwise): the client then sends
+-- message text.
+function M.open_data(c, name)
+  local steps = { { "EHLO " .. name .. ".test", 250 }, { "MAIL FROM:<a@example.org>", 250 },
+    { "RCPT TO:<b@example.org>", 250 }, { "DATA", 354 } }
+  for _, step in ipairs(steps) do
+    local code, text = c:cmd(step[1])
+    if code ~= step[2] then
+      error(("%s: expected %d, got %s %s"):format(step[1], step[2], tostring(code), tostring(text)), 2)
+    end
+  end
+end
+
 return M

@@ -10,7 +10,6 @@
 -- spec fast. Every wait is bounded; where a client is made deliberately
 -- slow, its pauses are reads that must time out (nothing may arrive early),
 -- not sleeps.
-local testing = require "smtpd.testing"
 local h = require "spec.functional.common"
 local hu = require "spec.functional.hostile_util"
 local socket = require "socket"
@@ -23,17 +22,7 @@ local TOO_MANY_ERRORS = "421 4.7.0 mx.test Error: too many errors"
 local BARE = "550 5.5.2 Error: bare CR or LF in message data; use CRLF line endings"
 local SEND_HELO = "503 Error: send HELO first"
 
--- Runs fn(srv) against a fresh server; stops it whatever happens and adds the
--- end of its log to a failure.
-local function with_server(opts, fn)
-  local srv = testing.start(opts)
-  local ok, err = pcall(fn, srv)
-  srv:stop()
-  if not ok then
-    error(tostring(err) .. "\n--- server stderr (last 3000 octets) ---\n" .. srv:stderr():sub(-3000), 0)
-  end
-  return srv
-end
+local with_server = hu.with_server
 
 -- A testing client's full session: EHLO, MAIL, RCPT, DATA, QUIT.
 local function full_session(c, name)
@@ -232,12 +221,7 @@ end)
 -- ---------------------------------------------------------------------------
 
 describe("data_rate_min", function()
-  local function open_data(c, name)
-    assert.are.equal(250, (c:cmd("EHLO " .. name .. ".test")))
-    assert.are.equal(250, (c:cmd("MAIL FROM:<a@example.org>")))
-    assert.are.equal(250, (c:cmd("RCPT TO:<b@example.org>")))
-    assert.are.equal(354, (c:cmd("DATA")))
-  end
+  local open_data = hu.open_data
 
   it("a DATA transfer slower than data_rate_min is cut with 421 4.4.2 after data_rate_grace; a fast one is not",
     function()

@@ -6,7 +6,6 @@
 -- worker swaps. A new generation is built on a thread of its own, so a slow
 -- top level does not stop other clients from being served.
 local socket = require "socket"
-local testing = require "smtpd.testing"
 local u = require "spec.functional.reload_util"
 
 local SIGKILL = 9
@@ -30,15 +29,7 @@ end
 
 local BROKEN = "function handle_NOOP(\n  this is not Lua\n"
 
-local function ask(srv)
-  local c, err = testing.connect(srv.host, srv.port, { timeout = 10 })
-  if not c then return nil, err end
-  local code, text = c:cmd("NOOP")
-  c:close()
-  local version, pid = tostring(text):match("^(%S+) pid (%d+)$")
-  if code ~= 250 or not pid then return nil, ("NOOP: %s %s"):format(tostring(code), tostring(text)) end
-  return version, tonumber(pid)
-end
+local function ask(srv) return u.ask_worker(srv, 10) end
 
 -- Asks until both of `pids` answered (bounded); returns pid -> version.
 local function ask_both(srv, pids, max)
@@ -63,18 +54,7 @@ local function ask_both(srv, pids, max)
   return seen
 end
 
-local function wait_workers(srv, n, gone)
-  gone = gone or {}
-  return u.wait_until(function()
-    local kids = u.children(srv.pid)
-    for _, k in ipairs(kids) do
-      for _, g in ipairs(gone) do
-        if k == g then return false end
-      end
-    end
-    return #kids == n and kids
-  end, 15, ("%d workers"):format(n), u.log_tail(srv))
-end
+local wait_workers = u.wait_workers
 
 -- Kills worker `victim` and returns the pids of the two workers after its
 -- replacement started.

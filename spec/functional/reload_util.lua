@@ -338,4 +338,32 @@ function M.spawn_client_loop(srv, dir, max, secs)
   }
 end
 
+--- NOOP on a new connection to a server whose handler answers
+-- "250 <version> pid <pid>": returns version and pid, or nil and what
+-- failed. `timeout` (default 5 s) bounds every read.
+function M.ask_worker(srv, timeout)
+  local c, err = testing.connect(srv.host, srv.port, { timeout = timeout or 5 })
+  if not c then return nil, err end
+  local code, text = c:cmd("NOOP")
+  c:close()
+  local version, pid = tostring(text):match("^(%S+) pid (%d+)$")
+  if code ~= 250 or not pid then return nil, ("NOOP: %s %s"):format(tostring(code), tostring(text)) end
+  return version, tonumber(pid)
+end
+
+--- Waits (bounded) until the master has `n` children, none of them in
+-- `gone` (pids); returns their pids, sorted.
+function M.wait_workers(srv, n, gone)
+  gone = gone or {}
+  return M.wait_until(function()
+    local kids = M.children(srv.pid)
+    for _, k in ipairs(kids) do
+      for _, g in ipairs(gone) do
+        if k == g then return false end
+      end
+    end
+    return #kids == n and kids
+  end, 15, ("%d workers other than {%s}"):format(n, table.concat(gone, ", ")), log_tail(srv))
+end
+
 return M

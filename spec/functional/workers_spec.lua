@@ -25,15 +25,7 @@ end
 
 -- Connects and asks NOOP; returns version and pid, or nil and what failed.
 -- `timeout` bounds every read (a stuck worker never greets).
-local function ask(srv, timeout)
-  local c, err = testing.connect(srv.host, srv.port, { timeout = timeout or 5 })
-  if not c then return nil, err end
-  local code, text = c:cmd("NOOP")
-  c:close()
-  local version, pid = tostring(text):match("^(%S+) pid (%d+)$")
-  if code ~= 250 or not pid then return nil, ("NOOP: %s %s"):format(tostring(code), tostring(text)) end
-  return version, tonumber(pid)
-end
+local ask = u.ask_worker
 
 -- Opens `n` connections at once, then reads their greetings with one
 -- shared deadline of `secs`; asks NOOP on those greeted. Returns the pids
@@ -92,18 +84,7 @@ local function keys(t)
 end
 
 -- Waits until the master has `n` children, none of them in `gone` (pids).
-local function wait_workers(srv, n, gone)
-  gone = gone or {}
-  return u.wait_until(function()
-    local kids = u.children(srv.pid)
-    for _, k in ipairs(kids) do
-      for _, g in ipairs(gone) do
-        if k == g then return false end
-      end
-    end
-    return #kids == n and kids
-  end, 15, ("%d workers other than {%s}"):format(n, table.concat(gone, ", ")), u.log_tail(srv))
-end
+local wait_workers = u.wait_workers
 
 describe("--workers 2", function()
   local srv
