@@ -5,7 +5,6 @@
 -- holds by then, and a reload is validated once, in the master, before any
 -- worker swaps. A new generation is built on a thread of its own, so a slow
 -- top level does not stop other clients from being served.
-local socket = require "socket"
 local u = require "spec.functional.reload_util"
 
 local SIGKILL = 9
@@ -33,25 +32,8 @@ local function ask(srv) return u.ask_worker(srv, 10) end
 
 -- Asks until both of `pids` answered (bounded); returns pid -> version.
 local function ask_both(srv, pids, max)
-  local seen, n = {}, 0
-  while not (seen[pids[1]] and seen[pids[2]]) do
-    n = n + 1
-    if n > max then
-      local got = {}
-      for pid, v in pairs(seen) do got[#got + 1] = pid .. "=" .. v end
-      error(("not both workers answered after %d connections (seen: %s)\n%s"):format(max,
-        table.concat(got, " "), u.log_tail(srv)()), 2)
-    end
-    local version, pid = ask(srv)
-    local deadline = socket.gettime() + 10
-    while not version and tostring(pid):match("refused") and socket.gettime() < deadline do
-      socket.sleep(0.05)
-      version, pid = ask(srv)
-    end
-    if not version then error("a connection failed: " .. tostring(pid) .. "\n" .. u.log_tail(srv)(), 2) end
-    seen[pid] = version
-  end
-  return seen
+  return u.ask_until(srv, function(seen) return seen[pids[1]] and seen[pids[2]] end, max,
+    "both workers answering", 10)
 end
 
 local wait_workers = u.wait_workers

@@ -366,4 +366,31 @@ function M.wait_workers(srv, n, gone)
   end, 15, ("%d workers other than {%s}"):format(n, table.concat(gone, ", ")), log_tail(srv))
 end
 
+--- Asks new connections (ask_worker, reads bounded by `timeout`) until
+-- `done(seen)` holds (seen: pid -> version of the last reply), at most `max`
+-- connections; every connection must succeed. Returns seen.
+function M.ask_until(srv, done, max, what, timeout)
+  local seen, n = {}, 0
+  while not done(seen) do
+    n = n + 1
+    if n > max then
+      local pids = {}
+      for pid, v in pairs(seen) do pids[#pids + 1] = pid .. "=" .. v end
+      error(("%s: not reached after %d connections (seen: %s)\n%s"):format(what, max,
+        table.concat(pids, " "), log_tail(srv)()), 2)
+    end
+    local version, pid = M.ask_worker(srv, timeout)
+    -- Right after a restart no worker may be listening yet: a refused
+    -- connection is retried (bounded by the deadline), anything else fails.
+    local deadline = socket.gettime() + 10
+    while not version and tostring(pid):match("refused") and socket.gettime() < deadline do
+      socket.sleep(0.05)
+      version, pid = M.ask_worker(srv, timeout)
+    end
+    if not version then error("a connection failed: " .. tostring(pid) .. "\n" .. log_tail(srv)(), 2) end
+    seen[pid] = version
+  end
+  return seen
+end
+
 return M

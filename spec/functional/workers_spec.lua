@@ -52,29 +52,7 @@ end
 
 -- Asks new connections until `done(seen)` holds (seen: pid -> version of the
 -- last reply), at most `max` connections; every connection must succeed.
-local function ask_until(srv, done, max, what)
-  local seen, n = {}, 0
-  while not done(seen) do
-    n = n + 1
-    if n > max then
-      local pids = {}
-      for pid, v in pairs(seen) do pids[#pids + 1] = pid .. "=" .. v end
-      error(("%s: not reached after %d connections (seen: %s)\n%s"):format(what, max,
-        table.concat(pids, " "), u.log_tail(srv)()), 2)
-    end
-    local version, pid = ask(srv)
-    -- Right after a restart no worker may be listening yet: a refused
-    -- connection is retried (bounded by the deadline), anything else fails.
-    local deadline = socket.gettime() + 10
-    while not version and tostring(pid):match("refused") and socket.gettime() < deadline do
-      socket.sleep(0.05)
-      version, pid = ask(srv)
-    end
-    if not version then error("a connection failed: " .. tostring(pid) .. "\n" .. u.log_tail(srv)(), 2) end
-    seen[pid] = version
-  end
-  return seen
-end
+local ask_until = u.ask_until
 
 local function keys(t)
   local out = {}

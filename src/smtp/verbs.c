@@ -654,6 +654,19 @@ static bool mail_check(struct session *s, struct verb_call *call)
     return true;
 }
 
+/* What MAIL and RCPT share after their default: the hook's status, and the
+ * path in the debug log unless the hook failed. */
+static void path_reply_and_log(struct session *s, const struct hook_result *r,
+                               const struct verb_call *call, const char *what)
+{
+    if (r->outcome == HOOK_STATUS) session_reply_len(s, r->status, r->len);
+    if (r->outcome != HOOK_FAILED && log_enabled(LOG_DEBUG)) {
+        char esc[600];
+        log_msg(LOG_DEBUG, s->sid, "%s: %s", what,
+                log_escape(call->addr, call->addr_len, esc, sizeof esc));
+    }
+}
+
 static void mail_proceed(struct session *s, const struct hook_result *r,
                          const struct verb_call *call)
 {
@@ -662,14 +675,8 @@ static void mail_proceed(struct session *s, const struct hook_result *r,
         lsession_append_words(s, LS_ENVELOPE, "mail_options", call->opts, call->opts_len);
         s->has_mail_from = true;
         session_reply(s, reply_ok);
-    } else if (r->outcome == HOOK_STATUS)
-        session_reply_len(s, r->status, r->len);
-    if (r->outcome != HOOK_FAILED) {
-        char esc[600];
-        if (log_enabled(LOG_DEBUG))
-            log_msg(LOG_DEBUG, s->sid, "sender: %s",
-                    log_escape(call->addr, call->addr_len, esc, sizeof esc));
     }
+    path_reply_and_log(s, r, call, "sender");
 }
 
 static bool rcpt_check(struct session *s, struct verb_call *call)
@@ -707,14 +714,8 @@ static void rcpt_proceed(struct session *s, const struct hook_result *r,
         lsession_append_words(s, LS_ENVELOPE, "rcpt_options", call->opts, call->opts_len);
         s->rcpt_count++;
         session_reply(s, reply_ok);
-    } else if (r->outcome == HOOK_STATUS)
-        session_reply_len(s, r->status, r->len);
-    if (r->outcome != HOOK_FAILED) {
-        char esc[600];
-        if (log_enabled(LOG_DEBUG))
-            log_msg(LOG_DEBUG, s->sid, "recip: %s",
-                    log_escape(call->addr, call->addr_len, esc, sizeof esc));
     }
+    path_reply_and_log(s, r, call, "recip");
 }
 
 /* ---------------------------------------------------------------- DATA */
