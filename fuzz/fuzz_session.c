@@ -332,12 +332,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         struct server *srv = &servers[v];
         server_init(srv, loop);
         srv->host.drain_timeout = 60;
-        srv->host.policy =
-            policy_load(FUZZ_DIR "/handler.lua", configs[v].ov, configs[v].n_ov, err, sizeof err);
+        struct policy_inputs in = {configs[v].ov, configs[v].n_ov, server_register_lua_classes};
+        srv->host.policy = policy_load(FUZZ_DIR "/handler.lua", &in, err, sizeof err);
         if (!srv->host.policy) {
             fprintf(stderr, "fuzz_session: %s\n", err);
             exit(1);
         }
+        policy_attach(srv->host.policy, loop);
         lua_register(srv->host.policy->vm.L, "fuzz_fail", l_fuzz_fail);
         fuzz_lua_coverage(srv->host.policy->vm.L);
         if (configs[v].tls) {

@@ -43,7 +43,7 @@ end
 function handle_exception(err)
   if tostring(err):find("in handle_exception", 1, true) then return nil end
   local ok, e = pcall(smtpd.sleep, 0.01)
-  if not ok and e:find("cannot wait in handle_exception", 1, true) then
+  if not ok and e:find("cannot wait here (handle_exception)", 1, true) then
     return "451 4.3.0 handle_exception may not wait"
   end
   return nil
@@ -63,7 +63,7 @@ describe("smtpd.sleep", function()
 
     { name = "a coroutine of the script's own cannot wait: readable error, the hook goes on",
       source = SOURCE,
-      dialogue = { h.ehlo, { "NOOP nested", "250 nested false smtpd.sleep cannot wait inside a coroutine "
+      dialogue = { h.ehlo, { "NOOP nested", "250 nested false smtpd.sleep: cannot wait inside a coroutine "
         .. "the script created; call it from the hook itself" } } },
 
     { name = "handle_exception cannot wait (the binding raises there)",
@@ -159,6 +159,6 @@ describe("smtpd.sleep where no hook runs", function()
   it("the script's top level cannot wait: the load fails with a readable error", function()
     local status, out = testing.check{ source = 'require("smtpd").sleep(1)\n' }
     assert.are_not.equal(0, status)
-    assert.truthy(out:find("smtpd.sleep cannot wait here: no hook is running", 1, true), out)
+    assert.truthy(out:find("smtpd.sleep: cannot wait while the script loads", 1, true), out)
   end)
 end)

@@ -390,14 +390,20 @@ static struct policy *apply_cli_defaults(struct policy *p)
 /* Start-up: a worker loads the bytes the master validated (its store), any
  * other process reads the file itself. *src_out, when given, receives the
  * bytes that were loaded (the master stores them). */
+static struct policy_inputs policy_inputs(void)
+{
+    return (struct policy_inputs){cli.ov, cli.n_ov, server_register_lua_classes};
+}
+
 static struct policy *load_policy(char *err, size_t errlen, char **src_out, size_t *len_out)
 {
-    if (!cli.handler) return apply_cli_defaults(policy_load(NULL, cli.ov, cli.n_ov, err, errlen));
+    struct policy_inputs in = policy_inputs();
+    if (!cli.handler) return apply_cli_defaults(policy_load(NULL, &in, err, errlen));
     size_t len;
     char *src = cli.script_fd >= 0 ? script_store_read(cli.script_fd, &len, err, errlen)
                                    : policy_read_script(cli.handler, &len, err, errlen);
     if (!src) return NULL;
-    struct policy *p = policy_load_source(cli.handler, src, len, cli.ov, cli.n_ov, err, errlen);
+    struct policy *p = policy_load_source(cli.handler, src, len, &in, err, errlen);
     if (p && src_out) {
         *src_out = src;
         *len_out = len;
@@ -420,6 +426,8 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 /* A SIGHUP that arrives while a reload is being built: one more build
  * follows it, so the last change is never missed. */
 static bool reload_queued;
+/* What the builder thread builds with (it outlives the call that starts it). */
+static struct policy_inputs build_inputs;
 static void reload(struct ev_loop *loop, const char *why);
 
 /* The new generation is built (or refused): swap it in on the loop. */
@@ -434,7 +442,8 @@ static void reload_built(struct policy *p, const char *src, size_t len, const ch
         apply_cli_defaults(p);
         struct policy *old = srv.host.policy;
         srv.host.policy = p;
-        old->retired_at = ev_now(loop);
+        policy_attach(p, loop);
+        policy_retire(old, ev_now(loop));
         log_policy(p);
         if (old->refcount > 1)
             log_msg(LOG_INFO, NULL, "generation %u retired; %d sessions finish on it",
@@ -481,7 +490,7 @@ static void reload(struct ev_loop *loop, const char *why)
                 srv.host.policy->generation, err);
         return;
     }
-    if (!policy_builder_start(loop, cli.handler, src, len, cli.ov, cli.n_ov, reload_built, loop,
+    if (!policy_builder_start(loop, cli.handler, src, len, &build_inputs, reload_built, loop,
                               err, sizeof err))
         log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s",
                 srv.host.policy->generation, err);
@@ -543,7 +552,7 @@ static void master_reload(struct ev_loop *loop, const char *why)
             return;
         }
     }
-    if (!policy_builder_start(loop, cli.handler, src, len, cli.ov, cli.n_ov, master_reload_built,
+    if (!policy_builder_start(loop, cli.handler, src, len, &build_inputs, master_reload_built,
                               loop, err, sizeof err))
         log_msg(LOG_ERROR, NULL, "reload refused, workers keep their generation: %s", err);
 }
@@ -597,6 +606,7 @@ int main(int argc, char **argv)
     sigaddset(&hup, SIGHUP);
     sigprocmask(SIG_BLOCK, &hup, NULL);
     parse_args(argc, argv);
+    build_inputs = policy_inputs();
     char err[2048];
     if (!cli.check && !privdrop_resolve(&drop, cli.user, cli.stay_root, err, sizeof err)) {
         fprintf(stderr, "luasmtpd: %s\n", err);
@@ -664,6 +674,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     server_init(&srv, EV_DEFAULT);
     srv.host.policy = p;
+    policy_attach(p, srv.host.loop);
     struct tls_config *tls, *smtps;
     if (!load_tls(&tls, &smtps, err, sizeof err)) {
         log_msg(LOG_ERROR, NULL, "%s", err);

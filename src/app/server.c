@@ -17,7 +17,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "l_sleep.h"
 #include "log.h"
+#include "lua_bind.h"
+#include "policy.h"
 #include "session.h"
 
 #define DEFAULT_HOST "localhost"
@@ -299,6 +302,8 @@ void server_stop(struct server *srv, double timeout)
     ev_timer_stop(srv->host.loop, &accept_pause);
     srv->n_listeners = 0;
     log_msg(LOG_INFO, NULL, "stopping: %zu sessions open", srv->host.n_sessions);
+    /* The generation's pending timers run once more, with premature = true. */
+    if (srv->host.policy) policy_retire(srv->host.policy, ev_now(srv->host.loop));
     if (srv->host.n_sessions == 0) {
         ev_break(srv->host.loop, EVBREAK_ALL);
         return;
@@ -310,4 +315,10 @@ void server_stop(struct server *srv, double timeout)
     ev_timer_init(&srv->stop_timer, on_stop_timeout, timeout, 0.);
     srv->stop_timer.data = srv;
     ev_timer_start(srv->host.loop, &srv->stop_timer);
+}
+
+void server_register_lua_classes(lua_State *L)
+{
+    l_server_register(L);
+    l_sleep_register(L);
 }

@@ -77,4 +77,10 @@ void server_ip_release(struct server *srv, const char *ip);
 void server_add_session(struct server *srv, struct session *s);
 void server_remove_session(struct server *srv, struct session *s);
 
+/* Registers this program's Lua classes and bindings in a fresh state
+ * (struct policy_inputs.register_classes): the server class and every
+ * smtpd binding that lives outside the smtpd module itself. */
+struct lua_State;
+void server_register_lua_classes(struct lua_State *L);
+
 #endif

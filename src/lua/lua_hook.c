@@ -38,19 +38,51 @@ static void hook_status_clear(void)
 
 static void hook_on_deadline(struct ev_loop *loop, ev_timer *w, int revents);
 
-void hook_init(struct hook_state *h, struct ev_loop *loop, struct vm *vm, const char *sid,
-               double timeout, void (*after_wake)(void *owner),
-               bool (*sync)(void *owner, lua_State *co))
+static const struct hook_owner_ops no_ops;
+
+void hook_init(struct hook_state *h, struct vm *vm, const char *sid,
+               const struct hook_owner_ops *ops)
 {
     memset(h, 0, sizeof *h);
-    h->loop = loop;
     h->vm = vm;
     h->sid = sid;
-    h->timeout = timeout;
-    h->after_wake = after_wake;
-    h->sync = sync;
+    h->ops = ops ? ops : &no_ops;
     ev_init(&h->deadline, hook_on_deadline);
     h->deadline.data = h;
+}
+
+void hook_resource_add(struct hook_state *h, struct hook_resource *r)
+{
+    r->next = h->resources;
+    if (r->next) r->next->pprev = &r->next;
+    r->pprev = &h->resources;
+    h->resources = r;
+}
+
+void hook_resource_remove(struct hook_resource *r)
+{
+    if (!r->pprev) return;
+    *r->pprev = r->next;
+    if (r->next) r->next->pprev = r->pprev;
+    r->next = NULL;
+    r->pprev = NULL;
+}
+
+/* The run is over: close what it left open, newest first. */
+static void hook_release_resources(struct hook_state *h)
+{
+    while (h->resources) {
+        struct hook_resource *r = h->resources;
+        hook_resource_remove(r);
+        r->release(r);
+    }
+}
+
+/* The run ended (finished, failed or abandoned): no deadline, no scope. */
+static void hook_end_run(struct hook_state *h)
+{
+    if (h->vm->loop) ev_timer_stop(h->vm->loop, &h->deadline);
+    hook_release_resources(h);
 }
 
 lua_State *hook_begin(struct hook_state *h, int func_ref, const char *name)
@@ -82,8 +114,8 @@ static void hook_fail(struct hook_state *h)
     /* Clear first: the continuation may start the next hook. */
     h->co = NULL;
     h->cont = NULL;
-    ev_timer_stop(h->loop, &h->deadline);
-    if (h->sync) h->sync(owner, NULL);
+    hook_end_run(h);
+    if (h->ops->sync) h->ops->sync(owner, NULL);
     cont(owner, false, co, 0);
     vm_coroutine_drop(h->vm, ref);
 }
@@ -103,9 +135,10 @@ static bool hook_settle(struct hook_state *h, int status)
     if (status == LUA_YIELD) {
         if (h->wait) {
             /* One deadline for the whole run, from its first suspension. */
-            if (h->timeout > 0 && !ev_is_active(&h->deadline)) {
-                ev_timer_set(&h->deadline, h->timeout, 0.);
-                ev_timer_start(h->loop, &h->deadline);
+            double timeout = h->vm->hook_timeout;
+            if (timeout > 0 && !ev_is_active(&h->deadline)) {
+                ev_timer_set(&h->deadline, timeout, 0.);
+                ev_timer_start(h->vm->loop, &h->deadline);
             }
             return false;
         }
@@ -119,7 +152,7 @@ static bool hook_settle(struct hook_state *h, int status)
     }
     /* The one place every hook finishes: the owner syncs its mirrors before
      * anything reads the result; a failing sync fails the hook. */
-    if (status == 0 && h->sync && !h->sync(h->owner, co)) {
+    if (status == 0 && h->ops->sync && !h->ops->sync(h->owner, co)) {
         hook_fail(h);
         return true;
     }
@@ -129,7 +162,7 @@ static bool hook_settle(struct hook_state *h, int status)
         int ref = h->co_ref;
         h->co = NULL;
         h->cont = NULL;
-        ev_timer_stop(h->loop, &h->deadline);
+        hook_end_run(h);
         cont(owner, true, co, lua_gettop(co));
         vm_coroutine_put(h->vm, co, ref);
         return true;
@@ -167,18 +200,25 @@ bool hook_run(struct hook_state *h, int nargs, hook_cont_fn cont, void *owner, u
     return hook_resume(h, nargs);
 }
 
+struct hook_state *hook_running(lua_State *L)
+{
+    return hook_current && hook_current->co == L ? hook_current : NULL;
+}
+
 struct hook_state *hook_wait_check(lua_State *L, const char *binding)
 {
     struct hook_state *h = hook_current;
+    if (!h && vm_of(L)->loading)
+        luaL_error(L, "%s: cannot wait while the script loads", binding);
     if (!h)
-        luaL_error(L, "%s cannot wait here: no hook is running (the script's top level and "
-                      "metamethods called by the server cannot wait)",
+        luaL_error(L, "%s: cannot wait here (no hook is running: metamethods the server calls "
+                      "cannot wait)",
                    binding);
     if (h->co != L)
-        luaL_error(L, "%s cannot wait inside a coroutine the script created; call it from "
+        luaL_error(L, "%s: cannot wait inside a coroutine the script created; call it from "
                       "the hook itself",
                    binding);
-    if (!(h->flags & HOOK_MAY_WAIT)) luaL_error(L, "%s cannot wait in %s", binding, h->name);
+    if (!(h->flags & HOOK_MAY_WAIT)) luaL_error(L, "%s: cannot wait here (%s)", binding, h->name);
     if (h->wait) luaL_error(L, "%s: the hook is already waiting", binding);
     return h;
 }
@@ -208,7 +248,7 @@ void hook_wake_finish(struct hook_state *h, int nargs)
 {
     void *owner = h->owner;
     hook_resume(h, nargs);
-    if (h->after_wake) h->after_wake(owner);
+    if (h->ops->after_wake) h->ops->after_wake(owner);
 }
 
 static void hook_on_deadline(struct ev_loop *loop, ev_timer *t, int revents)
@@ -217,18 +257,18 @@ static void hook_on_deadline(struct ev_loop *loop, ev_timer *t, int revents)
     if (!h->co) return;
     char msg[256];
     snprintf(msg, sizeof msg, "%s still waiting for %s after hook_timeout (%.0f s)", h->name,
-             h->wait && h->wait->what ? h->wait->what : "something", h->timeout);
+             h->wait && h->wait->what ? h->wait->what : "something", h->vm->hook_timeout);
     hook_end_wait(h);
     void *owner = h->owner;
     hook_fail_with(h, msg);
-    if (h->after_wake) h->after_wake(owner);
+    if (h->ops->after_wake) h->ops->after_wake(owner);
 }
 
 void hook_abandon(struct hook_state *h)
 {
     if (!h->co) return;
     hook_end_wait(h);
-    ev_timer_stop(h->loop, &h->deadline);
+    hook_end_run(h);
     /* A suspended coroutine can't be reused safely; let the GC have it. */
     vm_coroutine_drop(h->vm, h->co_ref);
     h->co = NULL;

@@ -19,6 +19,8 @@
 
 #include <lua.h>
 
+#include "lua_vm.h"
+
 struct vm;
 struct hook_state;
 
@@ -42,33 +44,49 @@ struct hook_wait {
  * handle_exception and the script's top level may not. */
 #define HOOK_MAY_WAIT 1u
 
-struct hook_state {
-    struct vm *vm;   /* the Lua state of the generation the hook belongs to */
-    const char *sid;
-    struct ev_loop *loop;
-    double timeout;  /* hook_timeout: seconds a hook may stay suspended in all, 0 = none */
-    void (*after_wake)(void *owner); /* a wake-up resumed the hook: pump, flush */
+/* What the owner of a hook state (a session, a timer) is told. */
+struct hook_owner_ops {
+    /* A wake-up resumed the hook: the session pumps its input and flushes.
+     * May be NULL. */
+    void (*after_wake)(void *owner);
     /* Where every hook finishes, before its result is read: the owner syncs
      * what it mirrors from Lua (co: the finished coroutine; NULL after a
      * failure, when only the mirrors matter). Returning false fails a hook
      * that had finished, with the error pushed twice onto co. May be NULL. */
     bool (*sync)(void *owner, lua_State *co);
+};
+
+/* Something a hook opened that must not outlive its run (a cosocket, a
+ * Redis connection): released when the hook finishes, fails or is
+ * abandoned, unless its binding removed it first (setkeepalive, close).
+ * Embed it; the hook layer only links it. */
+struct hook_resource {
+    struct hook_resource *next, **pprev;
+    void (*release)(struct hook_resource *r);
+};
+
+struct hook_state {
+    struct vm *vm;   /* the generation the hook belongs to: its Lua state,
+                        loop and hook_timeout */
+    const char *sid;
+    const struct hook_owner_ops *ops;
     lua_State *co;   /* the running or suspended coroutine, or NULL */
     int co_ref;
+    unsigned flags;          /* HOOK_MAY_WAIT */
     const char *name;
     hook_cont_fn cont;
     void *owner;
-    unsigned flags;          /* HOOK_MAY_WAIT */
     struct hook_wait *wait;  /* what the suspended hook waits for, or NULL */
+    struct hook_resource *resources; /* the run's cleanup scope */
     unsigned serial;         /* moves whenever a wait ends: stale wakes see it */
     ev_timer deadline;       /* hook_timeout, armed at the first suspension */
 };
 
-/* Sets up a hook state that runs hooks in vm, logging as sid; after_wake
- * (may be NULL) is told when a wake-up resumed it. */
-void hook_init(struct hook_state *h, struct ev_loop *loop, struct vm *vm, const char *sid,
-               double timeout, void (*after_wake)(void *owner),
-               bool (*sync)(void *owner, lua_State *co));
+/* Sets up a hook state that runs hooks in vm (on vm->loop, bounded by
+ * vm->hook_timeout), logging as sid and telling the owner through ops
+ * (may be NULL). */
+void hook_init(struct hook_state *h, struct vm *vm, const char *sid,
+               const struct hook_owner_ops *ops);
 
 /* Takes a coroutine and pushes the function `func_ref` on it; the caller
  * pushes the arguments on the returned state, then calls hook_run. */
@@ -96,6 +114,15 @@ lua_State *hook_wake_begin(struct hook_state *h, struct hook_wait *w);
 /* Resumes the hook with the nargs values pushed since hook_wake_begin,
  * then tells the owner (after_wake). May resume Lua. */
 void hook_wake_finish(struct hook_state *h, int nargs);
+
+/* The hook running on L (a coroutine of ours), or NULL: the owner of what
+ * a non-yielding call creates (a socket belongs to its hook). */
+struct hook_state *hook_running(lua_State *L);
+
+/* Registers r in the cleanup scope of h's current run. */
+void hook_resource_add(struct hook_state *h, struct hook_resource *r);
+/* Takes r out of the scope it is in (no-op if none). */
+void hook_resource_remove(struct hook_resource *r);
 
 /* The owner is going away (disconnect, shutdown, retirement): cancel the
  * wait and drop the coroutine without resuming it. */

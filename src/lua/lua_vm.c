@@ -44,9 +44,63 @@ bool vm_open(struct vm *vm, char *err, size_t errlen)
     return true;
 }
 
+struct vm *vm_of(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud); /* vm_open installs vm_alloc with the vm as ud */
+    return ud;
+}
+
+void vm_attach(struct vm *vm, struct ev_loop *loop)
+{
+    vm->loop = loop;
+    for (struct vm_resource *r = vm->resources, *next; r; r = next) {
+        next = r->next;
+        if (r->attach) r->attach(r, vm);
+    }
+}
+
+void vm_retire(struct vm *vm)
+{
+    if (vm->retired) return;
+    vm->retired = true;
+    for (struct vm_resource *r = vm->resources, *next; r; r = next) {
+        next = r->next; /* retire may remove r */
+        if (r->retire) r->retire(r, vm);
+    }
+}
+
+void vm_resource_add(struct vm *vm, struct vm_resource *r)
+{
+    r->prev = NULL;
+    r->next = vm->resources;
+    if (r->next) r->next->prev = r;
+    vm->resources = r;
+}
+
+void vm_resource_remove(struct vm *vm, struct vm_resource *r)
+{
+    if (r->prev) r->prev->next = r->next;
+    else if (vm->resources == r) vm->resources = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->next = r->prev = NULL;
+}
+
+struct vm_resource *vm_resource_find(struct vm *vm, const void *kind)
+{
+    for (struct vm_resource *r = vm->resources; r; r = r->next)
+        if (r->kind == kind) return r;
+    return NULL;
+}
+
 void vm_close(struct vm *vm)
 {
     if (!vm->L) return;
+    while (vm->resources) {
+        struct vm_resource *r = vm->resources;
+        vm_resource_remove(vm, r);
+        r->close(r, vm);
+    }
     /* LuaJIT frees its memory arena on close only when its own allocator is
      * installed: put it back, or every generation leaks. */
     if (vm->base_alloc) lua_setallocf(vm->L, (lua_Alloc)vm->base_alloc, vm->base_alloc_ud);
@@ -72,7 +126,9 @@ int vm_pcall_with_budget(struct vm *vm, int nargs, int nresults, int errfunc, do
     load_budget = budget;
     load_deadline = clock_monotonic() + budget;
     lua_sethook(L, load_budget_hook, LUA_MASKCOUNT, 10000);
+    vm->loading = true;
     int rc = lua_pcall(L, nargs, nresults, errfunc);
+    vm->loading = false;
     lua_sethook(L, NULL, 0, 0);
     luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
     return rc;

@@ -6,12 +6,36 @@
 #ifndef LUASMTPD_LUA_VM_H
 #define LUASMTPD_LUA_VM_H
 
+#include <ev.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 #include <lua.h>
 
 #define VM_POOL_MAX 64
+
+struct vm;
+
+/* Something a generation owns in C beside its Lua state: the timers, the
+ * socket pools. Kept in the vm's list, found again by `kind` (the address
+ * of a static in the owning file), told when the generation goes live on
+ * the loop, when a reload or shutdown retires it, and when its state
+ * closes. Resources are the way the async bindings stay per generation
+ * (design.md "Policy generations"). */
+struct vm_resource {
+    const void *kind;
+    struct vm_resource *next, *prev;
+    /* The generation was installed on vm->loop (a resource made while the
+     * script loaded, on the builder thread, may start its events now). May
+     * be NULL. */
+    void (*attach)(struct vm_resource *r, struct vm *vm);
+    /* A reload or shutdown replaced the generation: let pending work end
+     * (timers run once with premature = true, idle pooled sockets close).
+     * May be NULL. */
+    void (*retire)(struct vm_resource *r, struct vm *vm);
+    /* The state is about to close: stop every event and free r. */
+    void (*close)(struct vm_resource *r, struct vm *vm);
+};
 
 struct vm {
     lua_State *L;
@@ -28,6 +52,17 @@ struct vm {
         int ref;
     } pool[VM_POOL_MAX];
     int n_pool;
+    /* The generation's life on the loop (vm_attach, vm_retire). */
+    struct ev_loop *loop; /* NULL until attached (while loading, in -t) */
+    double hook_timeout;  /* seconds a hook may stay suspended in all, 0 = none */
+    bool loading;         /* the script's top level runs */
+    bool retired;
+    struct vm_resource *resources;
+    /* The owner's reference count (the policy's): work that outlives the
+     * session that started it (a timer's run) holds the generation. */
+    void (*hold)(void *owner);
+    void (*release)(void *owner);
+    void *owner;
 };
 
 /* A fresh state: counting allocator, standard libraries, the sandbox and the
@@ -47,6 +82,28 @@ static inline void vm_leave_hook(struct vm *vm) { vm->in_hook = false; }
 /* Near the memory limit, collect before a hook runs rather than let it fail
  * for garbage that a collection would free. */
 void vm_make_room(struct vm *vm);
+
+/* The vm a state (or any of its coroutines) belongs to. */
+struct vm *vm_of(lua_State *L);
+
+/* The generation goes live on loop: every resource's attach. */
+void vm_attach(struct vm *vm, struct ev_loop *loop);
+/* The generation was replaced (reload) or the process stops: every
+ * resource's retire, once. May resume Lua. */
+void vm_retire(struct vm *vm);
+static inline void vm_hold(struct vm *vm)
+{
+    if (vm->hold) vm->hold(vm->owner);
+}
+static inline void vm_release(struct vm *vm)
+{
+    if (vm->release) vm->release(vm->owner);
+}
+
+void vm_resource_add(struct vm *vm, struct vm_resource *r);
+void vm_resource_remove(struct vm *vm, struct vm_resource *r);
+/* The resource of that kind, or NULL. */
+struct vm_resource *vm_resource_find(struct vm *vm, const void *kind);
 
 /* A coroutine from the pool (or a new one), anchored by *ref. */
 lua_State *vm_coroutine_get(struct vm *vm, int *ref);

@@ -21,7 +21,6 @@
 #include "embedded.h"
 #include "log.h"
 #include "lua_bind.h"
-#include "l_sleep.h"
 #include "lua_vm.h"
 
 #include <luajit.h>
@@ -392,21 +391,24 @@ char *policy_read_script(const char *path, size_t *len, char *err, size_t errlen
     return buf;
 }
 
-struct policy *policy_load(const char *path, const struct option_override *ov, size_t n_ov,
-                           char *err, size_t errlen)
+/* The vm's hold/release: a timer's run keeps its generation. */
+static void policy_hold_owner(void *owner) { policy_hold(owner); }
+static void policy_release_owner(void *owner) { policy_release(owner); }
+
+struct policy *policy_load(const char *path, const struct policy_inputs *in, char *err,
+                           size_t errlen)
 {
-    if (!path) return policy_load_source(NULL, NULL, 0, ov, n_ov, err, errlen);
+    if (!path) return policy_load_source(NULL, NULL, 0, in, err, errlen);
     size_t len;
     char *src = policy_read_script(path, &len, err, errlen);
     if (!src) return NULL;
-    struct policy *p = policy_load_source(path, src, len, ov, n_ov, err, errlen);
+    struct policy *p = policy_load_source(path, src, len, in, err, errlen);
     free(src);
     return p;
 }
 
 struct policy *policy_load_source(const char *path, const char *src, size_t len,
-                                  const struct option_override *ov, size_t n_ov, char *err,
-                                  size_t errlen)
+                                  const struct policy_inputs *in, char *err, size_t errlen)
 {
     struct policy *p = calloc(1, sizeof *p);
     if (!p) {
@@ -422,21 +424,24 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
         goto failed;
     }
     if (!vm_open(&p->vm, err, errlen)) goto failed;
+    p->vm.owner = p;
+    p->vm.hold = policy_hold_owner;
+    p->vm.release = policy_release_owner;
     lua_State *L = p->vm.L;
-    l_server_register(L);
     /* Make the smtpd module's metatables exist even if the script never
      * requires it: mechanisms and results are checked against them. */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "smtpd");
     lua_call(L, 1, 0);
-    l_sleep_register(L);
+    if (in->register_classes) in->register_classes(L);
 
     if (!load_builtin_mechanisms(p, err, errlen)) goto failed;
     if (!run_script(p, path, src, len, err, errlen)) goto failed;
     if (!read_handler(p, err, errlen)) goto failed;
     lua_settop(L, 0);
-    for (size_t i = 0; i < n_ov; i++) {
+    for (size_t i = 0; i < in->n_ov; i++) {
         char msg[256];
+        const struct option_override *ov = in->ov;
         if (!options_set_string(&p->opt, ov[i].name, ov[i].value, msg, sizeof msg)) {
             fail(err, errlen, "command line", "%s", msg);
             goto failed;
@@ -444,6 +449,7 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     }
     if (!options_finalize(&p->opt, err, errlen)) goto failed;
     p->vm.heap_limit = (size_t)p->opt.lua_memory_limit * 1024 * 1024;
+    p->vm.hook_timeout = p->opt.hook_timeout;
     apply_exclusions_and_sort(p);
     p->generation = next_generation++; /* refused loads don't use up numbers */
     return p;
@@ -454,6 +460,14 @@ failed:
 }
 
 void policy_hold(struct policy *p) { p->refcount++; }
+
+void policy_attach(struct policy *p, struct ev_loop *loop) { vm_attach(&p->vm, loop); }
+
+void policy_retire(struct policy *p, double now)
+{
+    p->retired_at = now;
+    vm_retire(&p->vm);
+}
 
 void policy_release(struct policy *p)
 {

@@ -74,26 +74,42 @@ extern const char *const *policy_script_args;
 extern int policy_n_script_args;
 
 
+/* What every generation is built with, the same at start-up and on every
+ * reload: the command line's option overrides, and the function that
+ * registers the Lua classes and bindings of this program in a fresh state
+ * (the server class, smtpd.sleep, ...; the app layer chooses them). */
+struct policy_inputs {
+    const struct option_override *ov;
+    size_t n_ov;
+    void (*register_classes)(struct lua_State *L);
+};
+
 /* Builds a generation from the script at path (NULL: the embedded default
  * handler), applying options: defaults, then the script's `options`, then
- * overrides. On failure returns NULL and writes a message with file:line to
+ * in->ov. On failure returns NULL and writes a message with file:line to
  * err. The returned generation has refcount 1 (the caller's). */
-struct policy *policy_load(const char *path, const struct option_override *ov, size_t n_ov,
-                           char *err, size_t errlen);
+struct policy *policy_load(const char *path, const struct policy_inputs *in, char *err,
+                           size_t errlen);
 
 /* The same from the script's bytes (path names the chunk and the folder
  * `require` searches; NULL with src NULL: the embedded default handler).
  * Touches no global state but the generation counter, so a builder thread
  * may call it while the loop runs (one build at a time). */
 struct policy *policy_load_source(const char *path, const char *src, size_t len,
-                                  const struct option_override *ov, size_t n_ov, char *err,
-                                  size_t errlen);
+                                  const struct policy_inputs *in, char *err, size_t errlen);
 
 /* Reads a script file whole: a malloc'd NUL-terminated copy, or NULL with a
  * message ("cannot open PATH: ...") in err. */
 char *policy_read_script(const char *path, size_t *len, char *err, size_t errlen);
 
 void policy_hold(struct policy *p);
+/* The generation goes live on the loop (start-up, a reload's swap): its
+ * resources made while loading (timers) start. */
+void policy_attach(struct policy *p, struct ev_loop *loop);
+/* A reload replaced it, or the process stops: marks it retired at `now`
+ * (sessions on it get drain_timeout) and retires its resources (pending
+ * timers run once with premature = true). May resume Lua. */
+void policy_retire(struct policy *p, double now);
 /* Drops a reference; the lua_State is closed with the last one. */
 void policy_release(struct policy *p);
 

@@ -21,8 +21,7 @@ static struct build {
     const char *path;
     char *src;
     size_t len;
-    const struct option_override *ov;
-    size_t n_ov;
+    const struct policy_inputs *in;
     policy_built_fn done;
     void *ud;
     /* Out (written by the thread, read after pthread_join): */
@@ -35,7 +34,7 @@ static void *build_thread(void *arg)
     (void)arg;
     if (b.path && !b.src) b.src = policy_read_script(b.path, &b.len, b.err, sizeof b.err);
     if (b.src || !b.path)
-        b.result = policy_load_source(b.path, b.src, b.len, b.ov, b.n_ov, b.err, sizeof b.err);
+        b.result = policy_load_source(b.path, b.src, b.len, b.in, b.err, sizeof b.err);
     ev_async_send(b.loop, &b.done_signal);
     return NULL;
 }
@@ -57,8 +56,8 @@ static void on_build_done(struct ev_loop *loop, ev_async *w, int revents)
 bool policy_builder_busy(void) { return b.running; }
 
 bool policy_builder_start(struct ev_loop *loop, const char *path, char *src, size_t len,
-                          const struct option_override *ov, size_t n_ov, policy_built_fn done,
-                          void *ud, char *err, size_t errlen)
+                          const struct policy_inputs *in, policy_built_fn done, void *ud,
+                          char *err, size_t errlen)
 {
     if (b.running) {
         free(src);
@@ -75,8 +74,7 @@ bool policy_builder_start(struct ev_loop *loop, const char *path, char *src, siz
     b.path = path;
     b.src = src;
     b.len = len;
-    b.ov = ov;
-    b.n_ov = n_ov;
+    b.in = in;
     b.done = done;
     b.ud = ud;
     b.result = NULL;

@@ -22,8 +22,8 @@ typedef void (*policy_built_fn)(struct policy *p, const char *src, size_t len, c
  * given, else read from path by the thread. False if a build is already
  * running (the caller queues one more) or the thread cannot start (err). */
 bool policy_builder_start(struct ev_loop *loop, const char *path, char *src, size_t len,
-                          const struct option_override *ov, size_t n_ov, policy_built_fn done,
-                          void *ud, char *err, size_t errlen);
+                          const struct policy_inputs *in, policy_built_fn done, void *ud,
+                          char *err, size_t errlen);
 
 bool policy_builder_busy(void);
 

@@ -37,6 +37,7 @@ static void session_on_closed(struct conn *c, void *owner);
 static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents);
 static void session_after_wake(void *owner);
 static bool session_sync_hook(void *owner, lua_State *co);
+static const struct hook_owner_ops session_hook_ops = {session_after_wake, session_sync_hook};
 
 /* ---------------------------------------------------------------- replies */
 
@@ -118,29 +119,33 @@ void session_scrub(struct session *s, char *msg)
 
 /* ---------------------------------------------------------------- pending arguments */
 
-/* Copies what a continuation needs; false (and a 451) if memory ran out. */
+/* Copies what a continuation needs; false (and a 451) if memory ran out.
+ * The three parts are one allocation; a command line is far below 4 GiB,
+ * so 32-bit lengths keep every session small. */
 bool session_pending_keep(struct session *s, const char *arg, size_t arg_len, const char *addr,
                           size_t addr_len, const char *opts, size_t opts_len)
 {
-    buf_clear(&s->pending);
-    if (!buf_reserve(&s->pending, arg_len + addr_len + opts_len + 1)) {
+    session_pending_release(s);
+    char *p = malloc(arg_len + addr_len + opts_len + 1);
+    if (!p) {
         session_reply(s, reply_hook_error);
         return false;
     }
-    buf_append(&s->pending, arg, arg_len);
-    buf_append(&s->pending, addr, addr_len);
-    buf_append(&s->pending, opts, opts_len);
-    s->pending_arg_len = arg_len;
-    s->pending_addr_len = addr_len;
-    s->pending_opts_len = opts_len;
+    if (arg_len) memcpy(p, arg, arg_len);
+    if (addr_len) memcpy(p + arg_len, addr, addr_len);
+    if (opts_len) memcpy(p + arg_len + addr_len, opts, opts_len);
+    p[arg_len + addr_len + opts_len] = '\0';
+    s->pending = p;
+    s->pending_arg_len = (uint32_t)arg_len;
+    s->pending_addr_len = (uint32_t)addr_len;
+    s->pending_opts_len = (uint32_t)opts_len;
     return true;
 }
 
 /* NULL when nothing was kept (a hook whose continuation needs nothing). */
 static const char *session_pending_at(struct session *s, size_t offset)
 {
-    const char *head = buf_head(&s->pending);
-    return head ? head + offset : NULL;
+    return s->pending ? s->pending + offset : NULL;
 }
 
 const char *session_pending_arg(struct session *s)
@@ -161,7 +166,8 @@ const char *session_pending_opts(struct session *s)
 /* The command proceeded: nothing of it is needed any more. */
 void session_pending_release(struct session *s)
 {
-    buf_free(&s->pending);
+    free(s->pending);
+    s->pending = NULL;
     s->pending_arg_len = s->pending_addr_len = s->pending_opts_len = 0;
 }
 
@@ -262,8 +268,7 @@ struct session *session_new(struct session_host *host, const struct verb_table *
     s->bogus_budget = SMTP_BOGUS_LIMIT;
     s->verbs = verbs; /* the listener's table: SMTP's, later LMTP's */
     s->verbs->session_init(s);
-    hook_init(&s->hook, host->loop, &s->policy->vm, s->sid, s->opt->hook_timeout,
-              session_after_wake, session_sync_hook);
+    hook_init(&s->hook, &s->policy->vm, s->sid, &session_hook_ops);
     s->server_ref = s->session_ref = s->envelope_ref = LUA_NOREF;
     lsession_open(s);
 
@@ -324,7 +329,7 @@ static void session_free(struct session *s)
     lsession_close(s);
     auth_forget(s);
     data_end(&s->data);
-    buf_free(&s->pending);
+    session_pending_release(s);
     ev_timer_stop(s->host->loop, &s->idle);
     s->host->session_removed(s->host, s);
     if (s->ip_counted) s->host->ip_release(s->host, s->peer_host);
@@ -493,7 +498,7 @@ void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
      * use; it may not wait, so a yield fails it. */
     struct exception_call call = {s, false};
     struct hook_state eh;
-    hook_init(&eh, s->host->loop, &s->policy->vm, s->sid, 0, NULL, NULL);
+    hook_init(&eh, &s->policy->vm, s->sid, NULL);
     lua_State *eco = hook_begin(&eh, s->policy->hook_ref[HOOK_EXCEPTION], "handle_exception");
     lua_pushvalue(co, -2); /* the error value */
     lua_xmove(co, eco, 1);
@@ -719,20 +724,13 @@ static void session_check_error_limit(struct session *s)
     }
 }
 
-static void line_wait_cancel(struct hook_wait *w)
-{
-    struct session_line_wait *lw = (struct session_line_wait *)w;
-    lw->active = false;
-}
-
 void session_await_line(struct session *s,
                         void (*deliver)(struct session *s, const char *line, size_t len,
                                         bool too_long))
 {
     s->line_wait.wait.what = "the client's next line";
-    s->line_wait.wait.cancel = line_wait_cancel;
+    s->line_wait.wait.cancel = NULL; /* nothing to stop: the pump just stops delivering */
     s->line_wait.deliver = deliver;
-    s->line_wait.active = true;
 }
 
 /* Where every hook of this session finishes (the hook layer calls it before
@@ -759,7 +757,7 @@ void session_pump(struct session *s)
     while (s->state != SESSION_CLOSING && s->state != SESSION_TLS_HANDSHAKE) {
         if (hook_active(&s->hook)) {
             /* A suspended hook: input waits, unless the hook waits for it. */
-            if (!s->line_wait.active) break;
+            if (s->hook.wait != &s->line_wait.wait) break;
             const char *line;
             size_t len, consumed;
             bool too_long;
@@ -767,7 +765,6 @@ void session_pump(struct session *s)
             /* The line is used in place and consumed afterwards: nothing
              * reads into `in` while the pump runs. */
             session_touch(s);
-            s->line_wait.active = false;
             s->line_wait.deliver(s, line, len, too_long);
             buf_consume(in, consumed);
             session_check_error_limit(s);

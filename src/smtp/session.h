@@ -8,6 +8,7 @@
 
 #include <ev.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 #include "buf.h"
@@ -36,8 +37,7 @@ struct session;
  * pump hands the next line to `deliver` instead of reading a command
  * (server:challenge_auth; AUTH supplies the decoding). */
 struct session_line_wait {
-    struct hook_wait wait;
-    bool active;
+    struct hook_wait wait; /* armed while s->hook.wait points here */
     void (*deliver)(struct session *s, const char *line, size_t len, bool too_long);
 };
 
@@ -90,18 +90,19 @@ struct session {
     struct policy *policy; /* the generation this session started on (held) */
     const struct options *opt;
     enum session_state state;
-    char peer_host[64];
     int peer_port;
+    char peer_host[64];
 
     /* Protocol state mirrored from the Lua tables (which hooks may change). */
     bool has_host_name;    /* session.host_name is set (non-empty) */
     bool extended_smtp;    /* last greeting was EHLO */
     bool authenticated;
     bool has_mail_from;    /* a mail transaction is open */
-    size_t rcpt_count;
     bool tls_active;
     bool greeted;          /* the 220 greeting went out */
     bool ip_counted;       /* holds an ip_acquire() count */
+    bool tls_refused;      /* handle_STARTTLS said no */
+    size_t rcpt_count;
     struct tls_config *pending_implicit_tls; /* TLS to start once PROXY is read */
     ev_tstamp proxy_deadline;
     long errors;           /* error replies sent (error_limit) */
@@ -110,7 +111,6 @@ struct session {
      * the current one began, and the octets received by then. */
     ev_tstamp data_window_start;
     size_t data_window_bytes;
-    bool tls_refused;      /* handle_STARTTLS said no */
 
     int bogus_budget;
     long auth_failures;
@@ -151,10 +151,10 @@ struct session {
      * are released when the command proceeds. */
     void *hook_after;       /* command_after_fn of the running hook */
     int hook_returns;       /* enum hook_returns of the running hook */
-    struct buf pending;     /* argument, then address, then parameters */
-    size_t pending_arg_len;
-    size_t pending_addr_len;
-    size_t pending_opts_len; /* upper-cased parameters */
+    char *pending;          /* argument, then address, then parameters */
+    uint32_t pending_arg_len;
+    uint32_t pending_addr_len;
+    uint32_t pending_opts_len; /* upper-cased parameters */
     const char *close_reason; /* for the one "closed" log line */
     unsigned messages;        /* accepted in this session */
 
