@@ -112,7 +112,6 @@ struct session {
     ev_tstamp data_window_start;
     size_t data_window_bytes;
 
-    int bogus_budget;
     long auth_failures;
     /* command_call_limit budgets, for known commands by index. */
     int call_budget[SESSION_COMMANDS_MAX];
@@ -122,6 +121,7 @@ struct session {
         int budget;
     } unknown_budget[SMTP_BOGUS_LIMIT];
     int n_unknown_budget;
+    int bogus_budget;
 
     /* Lua: the server handle box and the session/envelope tables. */
     int server_ref, session_ref, envelope_ref;
@@ -150,18 +150,18 @@ struct session {
      * suspends outlives the input buffer and the dispatcher's stack. They
      * are released when the command proceeds. */
     void *hook_after;       /* command_after_fn of the running hook */
-    int hook_returns;       /* enum hook_returns of the running hook */
     char *pending;          /* argument, then address, then parameters */
     uint32_t pending_arg_len;
     uint32_t pending_addr_len;
     uint32_t pending_opts_len; /* upper-cased parameters */
+    int hook_returns;       /* enum hook_returns of the running hook */
     const char *close_reason; /* for the one "closed" log line */
     unsigned messages;        /* accepted in this session */
+    bool pumping;           /* inside session_pump(): don't re-enter */
+    bool shutting_down;     /* server stop requested: close after this command */
 
     ev_timer idle;
     ev_tstamp last_activity;
-    bool pumping;           /* inside session_pump(): don't re-enter */
-    bool shutting_down;     /* server stop requested: close after this command */
     struct session *next, *prev; /* the server's registry */
 };
 
