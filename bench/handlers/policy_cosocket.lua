@@ -33,7 +33,9 @@ if not POLICYD_HOST then
 end
 POLICYD_PORT = tonumber(POLICYD_PORT)
 
-local POOL = "policyd"
+-- The pool's name carries the address: connections to another service
+-- (a changed BENCH_POLICYD on reload) are never handed out from it.
+local POOL = ("policyd/%s:%d"):format(POLICYD_HOST, POLICYD_PORT)
 local POOL_IDLE_SECONDS, POOL_SIZE = 60, 64 -- one per concurrent session of the bench
 -- A local service answers in well under a millisecond; these only bound a
 -- stuck one.
