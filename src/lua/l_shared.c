@@ -1,0 +1,283 @@
+/* l_shared.c — smtpd.shared.NAME (async-api.md 7): the Lua face of the
+ * shared dictionaries in src/async/shdict.c. Every method checks its
+ * arguments (raising on a programming error), makes one atomic call into
+ * the dictionary, and only then touches Lua: no Lua allocation happens while
+ * the dictionary's lock is held, so a Lua error can never leave it locked.
+ * None yields. Knows no SMTP.
+ *
+ * The dictionaries are created from the options of the generation loaded at
+ * start-up, i.e. after its top level ran. So `smtpd.shared.NAME` taken at the
+ * top level (kept in a local for the hooks) is an object that finds its
+ * dictionary when a method is first called; methods raise while the script
+ * loads. Outside loading an undeclared name is nil. */
+#include "l_shared.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua_vm.h"
+#include "shdict.h"
+
+#define SHARED_DICT_MT "smtpd.shared_dict"
+
+struct l_dict {
+    struct shdict *d; /* NULL until found */
+    char name[SHDICT_NAME_MAX];
+};
+
+/* Where gets copy string values: this process's loop thread is the only
+ * caller (top-level calls raise before reaching it). */
+static struct shdict_buf get_buf;
+
+static struct shdict *check_dict(lua_State *L, const char *method)
+{
+    struct l_dict *ud = luaL_testudata(L, 1, SHARED_DICT_MT);
+    if (!ud)
+        luaL_error(L, "%s: expected a shared dictionary as self, got %s (call it as d:%s(...))",
+                   method, luaL_typename(L, 1), method);
+    struct vm *vm = vm_of(L);
+    if (vm && vm->loading)
+        luaL_error(L, "smtpd.shared.%s:%s cannot be used while the script loads (the "
+                      "dictionaries are created from its options; use them in hooks)",
+                   ud->name, method);
+    if (!ud->d) ud->d = shdict_region_find(shdict_process_region(), ud->name, strlen(ud->name));
+    if (!ud->d)
+        luaL_error(L, "smtpd.shared.%s: no such shared dictionary (declare it in the option "
+                      "shared_dict)",
+                   ud->name);
+    return ud->d;
+}
+
+static const char *check_key(lua_State *L, int idx, size_t *len)
+{
+    if (lua_type(L, idx) != LUA_TSTRING)
+        luaL_argerror(L, idx, lua_pushfstring(L, "expected a string key, got %s",
+                                              luaL_typename(L, idx)));
+    const char *k = lua_tolstring(L, idx, len);
+    if (*len == 0) luaL_argerror(L, idx, "the key is empty");
+    if (*len > SHDICT_KEY_MAX)
+        luaL_argerror(L, idx, lua_pushfstring(L, "the key is longer than %d bytes", SHDICT_KEY_MAX));
+    return k;
+}
+
+static void check_value(lua_State *L, int idx, struct shdict_value *v)
+{
+    memset(v, 0, sizeof *v);
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: v->type = SHDICT_NIL; break;
+    case LUA_TBOOLEAN:
+        v->type = SHDICT_BOOLEAN;
+        v->boolean = lua_toboolean(L, idx);
+        break;
+    case LUA_TNUMBER:
+        v->type = SHDICT_NUMBER;
+        v->number = lua_tonumber(L, idx);
+        break;
+    case LUA_TSTRING:
+        v->type = SHDICT_STRING;
+        v->str = lua_tolstring(L, idx, &v->len);
+        if (v->len > SHDICT_VALUE_MAX)
+            luaL_argerror(L, idx, "a string value is at most 1 MiB (1048576 bytes)");
+        break;
+    default:
+        luaL_argerror(L, idx, lua_pushfstring(L, "expected a string, number or boolean, got %s",
+                                              luaL_typename(L, idx)));
+    }
+}
+
+static double check_ttl(lua_State *L, int idx)
+{
+    if (lua_isnoneornil(L, idx)) return 0;
+    if (lua_type(L, idx) != LUA_TNUMBER)
+        luaL_argerror(L, idx, lua_pushfstring(L, "expected a ttl in seconds, got %s",
+                                              luaL_typename(L, idx)));
+    double t = lua_tonumber(L, idx);
+    if (!(t >= 0 && t <= SHDICT_TTL_MAX))
+        luaL_argerror(L, idx, "expected a ttl in seconds between 0 (none) and 1e9");
+    return t;
+}
+
+static double check_number(lua_State *L, int idx, const char *what)
+{
+    if (lua_type(L, idx) != LUA_TNUMBER)
+        luaL_argerror(L, idx, lua_pushfstring(L, "expected %s, got %s", what, luaL_typename(L, idx)));
+    double x = lua_tonumber(L, idx);
+    if (!isfinite(x)) luaL_argerror(L, idx, lua_pushfstring(L, "%s must be finite", what));
+    return x;
+}
+
+static int fail(lua_State *L, const char *err)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+}
+
+static int stored(lua_State *L, enum shdict_status st, const char *exists_err)
+{
+    switch (st) {
+    case SHDICT_OK: lua_pushboolean(L, 1); return 1;
+    case SHDICT_EVICTED:
+        lua_pushboolean(L, 1);
+        lua_pushliteral(L, "evicted");
+        return 2;
+    case SHDICT_EXISTS: return fail(L, exists_err);
+    default: return fail(L, "no memory");
+    }
+}
+
+static int l_shared_get(lua_State *L)
+{
+    struct shdict *d = check_dict(L, "get");
+    size_t klen;
+    const char *k = check_key(L, 2, &klen);
+    struct shdict_value v;
+    enum shdict_status st = shdict_get(d, k, klen, &v, &get_buf);
+    if (st == SHDICT_NO_MEMORY) return luaL_error(L, "smtpd.shared: out of memory");
+    if (st != SHDICT_OK) {
+        lua_pushnil(L);
+        return 1;
+    }
+    switch (v.type) {
+    case SHDICT_STRING: lua_pushlstring(L, v.str, v.len); break;
+    case SHDICT_NUMBER: lua_pushnumber(L, v.number); break;
+    case SHDICT_BOOLEAN: lua_pushboolean(L, v.boolean); break;
+    default: lua_pushnil(L);
+    }
+    return 1;
+}
+
+static int set_or_add(lua_State *L, bool add)
+{
+    struct shdict *d = check_dict(L, add ? "add" : "set");
+    size_t klen;
+    const char *k = check_key(L, 2, &klen);
+    struct shdict_value v;
+    check_value(L, 3, &v);
+    if (add && v.type == SHDICT_NIL)
+        luaL_argerror(L, 3, "expected a string, number or boolean, got nil");
+    double ttl = check_ttl(L, 4);
+    return stored(L, shdict_set(d, k, klen, &v, ttl, add), "exists");
+}
+
+static int l_shared_set(lua_State *L) { return set_or_add(L, false); }
+static int l_shared_add(lua_State *L) { return set_or_add(L, true); }
+
+static int l_shared_incr(lua_State *L)
+{
+    struct shdict *d = check_dict(L, "incr");
+    size_t klen;
+    const char *k = check_key(L, 2, &klen);
+    double n = check_number(L, 3, "a number to add");
+    double init, *initp = NULL;
+    if (!lua_isnoneornil(L, 4)) {
+        init = check_number(L, 4, "an initial number");
+        initp = &init;
+    }
+    double init_ttl = check_ttl(L, 5);
+    double out = 0;
+    switch (shdict_incr(d, k, klen, n, initp, init_ttl, &out)) {
+    case SHDICT_OK:
+    case SHDICT_EVICTED: lua_pushnumber(L, out); return 1;
+    case SHDICT_NOT_FOUND: return fail(L, "not found");
+    case SHDICT_NOT_A_NUMBER: return fail(L, "not a number");
+    default: return fail(L, "no memory");
+    }
+}
+
+static int l_shared_delete(lua_State *L)
+{
+    struct shdict *d = check_dict(L, "delete");
+    size_t klen;
+    const char *k = check_key(L, 2, &klen);
+    shdict_delete(d, k, klen);
+    return 0;
+}
+
+static int l_shared_ttl(lua_State *L)
+{
+    struct shdict *d = check_dict(L, "ttl");
+    size_t klen;
+    const char *k = check_key(L, 2, &klen);
+    double left;
+    if (shdict_ttl(d, k, klen, &left) != SHDICT_OK) return fail(L, "not found");
+    lua_pushnumber(L, left);
+    return 1;
+}
+
+static int l_shared_expire(lua_State *L)
+{
+    struct shdict *d = check_dict(L, "expire");
+    size_t klen;
+    const char *k = check_key(L, 2, &klen);
+    if (lua_isnoneornil(L, 3)) luaL_argerror(L, 3, "expected a ttl in seconds (0: none), got no value");
+    double ttl = check_ttl(L, 3);
+    if (shdict_expire(d, k, klen, ttl) != SHDICT_OK) return fail(L, "not found");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_shared_flush_all(lua_State *L)
+{
+    shdict_flush_all(check_dict(L, "flush_all"));
+    return 0;
+}
+
+static int l_shared_tostring(lua_State *L)
+{
+    struct l_dict *ud = luaL_checkudata(L, 1, SHARED_DICT_MT);
+    lua_pushfstring(L, "smtpd.shared.%s", ud->name);
+    return 1;
+}
+
+/* smtpd.shared[name]: the dictionary object (cached in the table), or nil. */
+static int l_shared_index(lua_State *L)
+{
+    size_t len;
+    const char *name = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &len) : NULL;
+    if (!name || !shdict_name_valid(name, len)) return 0;
+    struct vm *vm = vm_of(L);
+    struct shdict *d = shdict_region_find(shdict_process_region(), name, len);
+    if (!d && !(vm && vm->loading)) return 0;
+    struct l_dict *ud = lua_newuserdata(L, sizeof *ud);
+    ud->d = d;
+    memcpy(ud->name, name, len);
+    ud->name[len] = '\0';
+    luaL_getmetatable(L, SHARED_DICT_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+void l_shared_register(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"get", l_shared_get},       {"set", l_shared_set},       {"add", l_shared_add},
+        {"incr", l_shared_incr},     {"delete", l_shared_delete}, {"ttl", l_shared_ttl},
+        {"expire", l_shared_expire}, {"flush_all", l_shared_flush_all}, {NULL, NULL},
+    };
+    luaL_newmetatable(L, SHARED_DICT_MT);
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_shared_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "smtpd.shared dictionary");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "smtpd");
+    lua_call(L, 1, 1);
+    lua_newtable(L); /* smtpd.shared */
+    lua_newtable(L);
+    lua_pushcfunction(L, l_shared_index);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, -2, "shared");
+    lua_pop(L, 1);
+}
