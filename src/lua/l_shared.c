@@ -261,22 +261,24 @@ void l_shared_register(lua_State *L)
         {"expire", l_shared_expire}, {"flush_all", l_shared_flush_all}, {NULL, NULL},
     };
     luaL_newmetatable(L, SHARED_DICT_MT);
+    int mt = lua_gettop(L);
     lua_newtable(L);
     luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
+    lua_setfield(L, mt, "__index");
     lua_pushcfunction(L, l_shared_tostring);
-    lua_setfield(L, -2, "__tostring");
+    lua_setfield(L, mt, "__tostring");
     lua_pushliteral(L, "smtpd.shared dictionary");
-    lua_setfield(L, -2, "__metatable");
+    lua_setfield(L, mt, "__metatable");
     lua_pop(L, 1);
 
     lua_getglobal(L, "require");
     lua_pushliteral(L, "smtpd");
     lua_call(L, 1, 1);
-    lua_newtable(L); /* smtpd.shared */
+    lua_newtable(L); /* smtpd.shared, its fields made on first use */
     lua_newtable(L);
+    int index_mt = lua_gettop(L);
     lua_pushcfunction(L, l_shared_index);
-    lua_setfield(L, -2, "__index");
+    lua_setfield(L, index_mt, "__index");
     lua_setmetatable(L, -2);
     lua_setfield(L, -2, "shared");
     lua_pop(L, 1);
