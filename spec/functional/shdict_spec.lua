@@ -49,13 +49,16 @@ function handle_NOOP(server, session, envelope, arg)
   for x in (arg or ""):gmatch("%%S+") do w[#w + 1] = x end
   if w[1] == nil or w[1] == "pid" then return "250 %s pid " .. ffi.C.getpid() end
   if w[1] == "same" then return "250 " .. tostring(cache == smtpd.shared.cache) end
-  if w[1] == "undeclared" then return "250 " .. tostring(smtpd.shared.nope) .. " " .. tostring(smtpd.shared["bad-name"]) end
+  if w[1] == "undeclared" then
+    return "250 " .. tostring(smtpd.shared.nope) .. " " .. tostring(smtpd.shared["bad-name"])
+  end
   if w[1] == "fill" then -- 1000-byte values into d until a set evicts
     local d = smtpd.shared[w[2]]
     for i = 1, 100000 do
       local ok, err = d:set("k" .. i, string.rep("v", 1000))
       if err == "evicted" then
-        return ("250 evicted at %%d: k1=%%s k%%d=%%s"):format(i, tostring(d:get("k1")), i, tostring(d:get("k" .. i) ~= nil))
+        return ("250 evicted at %%d: k1=%%s k%%d=%%s"):format(i, tostring(d:get("k1")), i,
+          tostring(d:get("k" .. i) ~= nil))
       end
     end
     return "250 never evicted"
