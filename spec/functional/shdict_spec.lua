@@ -296,7 +296,7 @@ describe("smtpd.shared with --workers 2", function()
   it("incr is atomic across workers: concurrent clients on both, the final count exact", function()
     srv = u.start{ source = SOURCE, args = { "--workers", "2" } }
     u.wait_workers(srv, 2)
-    local per_conn, conns, pids, rounds = 2000, 8, {}, 0
+    local per_conn, conns, pids, rounds = 100000, 8, {}, 0
     -- Rounds of 8 concurrent connections until both workers answered (bounded).
     while rounds < 10 do
       rounds = rounds + 1
