@@ -58,11 +58,14 @@ static void fuzz_option(const uint8_t *data, size_t size)
         for (size_t i = 0; i < o.n_shared_dict; i++) {
             const struct shdict_spec *sp = &o.shared_dict[i];
             if (!shdict_name_valid(sp->name, strlen(sp->name))) fail("an invalid name parsed");
-            if (sp->size < SHDICT_SIZE_MIN || sp->size > SHDICT_SIZE_MAX) fail("size out of bounds");
-            if (i && strcmp(o.shared_dict[i - 1].name, sp->name) >= 0) fail("not sorted or a duplicate");
+            if (sp->size < SHDICT_SIZE_MIN || sp->size > SHDICT_SIZE_MAX)
+                fail("size out of bounds");
+            if (i && strcmp(o.shared_dict[i - 1].name, sp->name) >= 0)
+                fail("not sorted or a duplicate");
         }
         if (o.n_shared_dict > SHDICT_MAX) fail("too many dictionaries");
-    } else if (!err[0]) fail("refused without a message");
+    } else if (!err[0])
+        fail("refused without a message");
     options_free(&o);
     free(s);
 }
@@ -94,9 +97,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         unsigned vb = byte(&r);
         struct shdict_value v = {.type = SHDICT_NIL};
         switch (vb % 4) {
-        case 0: v.type = SHDICT_NIL; break;
-        case 1: v.type = SHDICT_NUMBER, v.number = (double)byte(&r) - 100; break;
-        case 2: v.type = SHDICT_BOOLEAN, v.boolean = byte(&r) & 1; break;
+        case 0:
+            v.type = SHDICT_NIL;
+            break;
+        case 1:
+            v.type = SHDICT_NUMBER, v.number = (double)byte(&r) - 100;
+            break;
+        case 2:
+            v.type = SHDICT_BOOLEAN, v.boolean = byte(&r) & 1;
+            break;
         case 3:
             v.type = SHDICT_STRING;
             v.len = ((size_t)byte(&r) << 5) % sizeof valbuf;
@@ -116,7 +125,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 1:
             if (op == 1 && v.type == SHDICT_NIL) v.type = SHDICT_BOOLEAN;
             st = shdict_set(dict, key, klen, &v, ttl, op == 1);
-            if (st == SHDICT_NO_MEMORY && v.len < SHDICT_SIZE_MIN / 2) fail("no memory for a small value");
+            if (st == SHDICT_NO_MEMORY && v.len < SHDICT_SIZE_MIN / 2)
+                fail("no memory for a small value");
             if (st == SHDICT_EXISTS && op != 1) fail("set said exists");
             if (st == SHDICT_EXISTS && shdict_get(dict, key, klen, &got, &buf) != SHDICT_OK)
                 fail("exists, but get finds nothing");
@@ -132,7 +142,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     fail("a stored value does not read back");
             }
             break;
-        case 2: shdict_get(dict, key, klen, &got, &buf); break;
+        case 2:
+            shdict_get(dict, key, klen, &got, &buf);
+            break;
         case 3: {
             bool had = shdict_get(dict, key, klen, &got, &buf) == SHDICT_OK;
             double init = 5, before = had && got.type == SHDICT_NUMBER ? got.number : 0;
@@ -150,7 +162,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 5:
             if (shdict_ttl(dict, key, klen, &left) == SHDICT_OK && left < 0) fail("negative ttl");
             break;
-        case 6: shdict_expire(dict, key, klen, ttl); break;
+        case 6:
+            shdict_expire(dict, key, klen, ttl);
+            break;
         case 7:
             if ((vb & 0x30) == 0x30) {
                 shdict_flush_all(dict);

@@ -51,11 +51,13 @@ static void test_basic(void)
     struct shdict_value s = str("hello");
     CHECK(shdict_set(d, "k", 1, &s, 0, false) == SHDICT_OK, "");
     CHECK(shdict_get(d, "k", 1, &v, &buf) == SHDICT_OK && v.type == SHDICT_STRING && v.len == 5 &&
-              !memcmp(v.str, "hello", 5), "");
+              !memcmp(v.str, "hello", 5),
+          "");
     struct shdict_value n = num(2.5);
     CHECK(shdict_set(d, "n", 1, &n, 0, false) == SHDICT_OK, "");
     CHECK(shdict_get(d, "n", 1, &v, &buf) == SHDICT_OK && v.type == SHDICT_NUMBER &&
-              v.number == 2.5, "");
+              v.number == 2.5,
+          "");
     struct shdict_value b = {.type = SHDICT_BOOLEAN, .boolean = false};
     CHECK(shdict_set(d, "b", 1, &b, 0, false) == SHDICT_OK, "");
     CHECK(shdict_get(d, "b", 1, &v, &buf) == SHDICT_OK && v.type == SHDICT_BOOLEAN && !v.boolean,
@@ -104,7 +106,10 @@ static void test_incr(void)
     case_end();
 }
 
-static void pause_ms(long ms) { nanosleep(&(struct timespec){0, ms * 1000000}, NULL); }
+static void pause_ms(long ms)
+{
+    nanosleep(&(struct timespec){0, ms * 1000000}, NULL);
+}
 
 static void test_ttl(void)
 {
@@ -126,13 +131,15 @@ static void test_ttl(void)
     CHECK(shdict_get(d, "short", 5, &v, &buf) == SHDICT_OK, "present before it expires");
     /* Poll (bounded) until it expires: the order of events is the point. */
     int polls = 0;
-    while (shdict_get(d, "short", 5, &v, &buf) == SHDICT_OK && polls < 500) pause_ms(10), polls++;
+    while (shdict_get(d, "short", 5, &v, &buf) == SHDICT_OK && polls < 500)
+        pause_ms(10), polls++;
     CHECK(polls < 500, "expired within the bound");
     CHECK(shdict_ttl(d, "short", 5, &left) == SHDICT_NOT_FOUND, "");
     CHECK(shdict_get(d, "long", 4, &v, &buf) == SHDICT_OK, "the longer ttl is still there");
     /* An expired key can be added again. */
     shdict_set(d, "again", 5, &s, 0.02, false);
-    while (shdict_get(d, "again", 5, &v, &buf) == SHDICT_OK && polls < 1000) pause_ms(10), polls++;
+    while (shdict_get(d, "again", 5, &v, &buf) == SHDICT_OK && polls < 1000)
+        pause_ms(10), polls++;
     CHECK(shdict_set(d, "again", 5, &s, 0, true) == SHDICT_OK, "add after expiry");
     CHECK_SANE(d);
     shdict_region_close(r);
@@ -187,7 +194,8 @@ static void test_eviction(void)
     CHECK(shdict_set(d, "a", 1, &b, 0, false) == SHDICT_OK, "");
     CHECK(shdict_set(d, "b", 1, &b, 0, false) == SHDICT_EVICTED, "one 2 MiB block: a goes");
     CHECK(shdict_get(d, "b", 1, &v, &buf) == SHDICT_OK && v.len == SHDICT_VALUE_MAX &&
-              v.str[SHDICT_VALUE_MAX - 1] == 'm', "");
+              v.str[SHDICT_VALUE_MAX - 1] == 'm',
+          "");
     CHECK_SANE(d);
     free(big);
     shdict_region_close(r);
@@ -206,19 +214,22 @@ static void test_region(void)
     CHECK(r2 != NULL, "%s", err);
     struct shdict_value s = str("shared"), v;
     shdict_set(shdict_region_find(r, "b", 1), "k", 1, &s, 0, false);
-    CHECK(shdict_get(shdict_region_find(r2, "b", 1), "k", 1, &v, &buf) == SHDICT_OK &&
-              v.len == 6, "");
+    CHECK(shdict_get(shdict_region_find(r2, "b", 1), "k", 1, &v, &buf) == SHDICT_OK && v.len == 6,
+          "");
     CHECK(shdict_region_same(r2, sp, 2, why, sizeof why), "%s", why);
     struct shdict_spec other[2] = {{"a", 64 * 1024}, {"b", 256 * 1024}};
     CHECK(!shdict_region_same(r2, other, 2, why, sizeof why) && !strcmp(why, "'b' 128k -> 256k"),
           "%s", why);
-    CHECK(!shdict_region_same(r2, sp, 1, why, sizeof why) && !strcmp(why, "removed 'b'"), "%s", why);
+    CHECK(!shdict_region_same(r2, sp, 1, why, sizeof why) && !strcmp(why, "removed 'b'"), "%s",
+          why);
     struct shdict_spec three[3] = {{"a", 64 * 1024}, {"b", 128 * 1024}, {"c", 64 * 1024}};
-    CHECK(!shdict_region_same(r2, three, 3, why, sizeof why) && !strcmp(why, "added 'c'"), "%s", why);
+    CHECK(!shdict_region_same(r2, three, 3, why, sizeof why) && !strcmp(why, "added 'c'"), "%s",
+          why);
     CHECK(shdict_region_same(NULL, sp, 0, why, sizeof why), "");
     CHECK(shdict_region_attach(0, err, sizeof err) == NULL, "stdin is no region");
-    CHECK(shdict_name_valid("_a1", 3) && !shdict_name_valid("1a", 2) && !shdict_name_valid("a-b", 3) &&
-              !shdict_name_valid("", 0), "");
+    CHECK(shdict_name_valid("_a1", 3) && !shdict_name_valid("1a", 2) &&
+              !shdict_name_valid("a-b", 3) && !shdict_name_valid("", 0),
+          "");
     shdict_region_close(r2);
     shdict_region_close(r);
     case_end();
@@ -253,8 +264,10 @@ static void test_robust(bool mutating, bool sigkill)
     unsigned before = shdict_recoveries(d);
     CHECK(before == 1, "recovered once, got %u", before);
     enum shdict_status st = shdict_get(d, "k", 1, &v, &buf);
-    if (mutating) CHECK(st == SHDICT_NOT_FOUND, "a half-made write empties the dictionary");
-    else CHECK(st == SHDICT_OK && v.len == 4, "a reader's death loses nothing");
+    if (mutating)
+        CHECK(st == SHDICT_NOT_FOUND, "a half-made write empties the dictionary");
+    else
+        CHECK(st == SHDICT_OK && v.len == 4, "a reader's death loses nothing");
     CHECK(shdict_set(d, "after", 5, &s, 0, false) == SHDICT_OK, "usable again");
     CHECK_SANE(d);
     shdict_region_close(r);

@@ -216,8 +216,8 @@ static void parse_args(int argc, char **argv)
         bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
                            c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD ||
-                           c == OPT_SCRIPT_FD || c == OPT_SHDICT_FD || c == OPT_SCRIPT_ARG || c == 't' || c == 'v' ||
-                           c == 'h' || c == '?';
+                           c == OPT_SCRIPT_FD || c == OPT_SHDICT_FD || c == OPT_SCRIPT_ARG ||
+                           c == 't' || c == 'v' || c == 'h' || c == '?';
         if (!master_only) {
             if (c < 256) {
                 char shortopt[3] = {'-', (char)c, 0};
@@ -436,7 +436,6 @@ static bool reload_queued;
 static struct policy_inputs build_inputs;
 static void reload(struct ev_loop *loop, const char *why);
 
-/* The new generation is built (or refused): swap it in on the loop. */
 /* The dictionaries exist once per process life: a generation that declares
  * another set (or another size) cannot go live. */
 static bool shared_dicts_unchanged(const struct policy *p, char *msg, size_t msglen)
@@ -449,6 +448,7 @@ static bool shared_dicts_unchanged(const struct policy *p, char *msg, size_t msg
     return false;
 }
 
+/* The new generation is built (or refused): swap it in on the loop. */
 static void reload_built(struct policy *p, const char *src, size_t len, const char *err, void *ud)
 {
     struct ev_loop *loop = ud;

@@ -86,11 +86,20 @@ struct shdict_region {
 };
 
 /* A dictionary handle is its header in the mapping. */
-static struct dict *D(struct shdict *d) { return (struct dict *)d; }
+static struct dict *D(struct shdict *d)
+{
+    return (struct dict *)d;
+}
 
 static struct shdict_region *process_region;
-struct shdict_region *shdict_process_region(void) { return process_region; }
-void shdict_process_set(struct shdict_region *r) { process_region = r; }
+struct shdict_region *shdict_process_region(void)
+{
+    return process_region;
+}
+void shdict_process_set(struct shdict_region *r)
+{
+    process_region = r;
+}
 
 bool shdict_name_valid(const char *s, size_t len)
 {
@@ -120,25 +129,45 @@ static int64_t expiry_of(double ttl)
 static uint32_t hash_key(const char *k, size_t len)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)k[i]) * 16777619u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)k[i]) * 16777619u;
     return h;
 }
 
-static char *arena(struct dict *h) { return (char *)h + h->arena_off; }
-static uint32_t *buckets(struct dict *h) { return (uint32_t *)((char *)h + h->buckets_off); }
+static char *arena(struct dict *h)
+{
+    return (char *)h + h->arena_off;
+}
+static uint32_t *buckets(struct dict *h)
+{
+    return (uint32_t *)((char *)h + h->buckets_off);
+}
 static struct free_block *fblk(struct dict *h, uint32_t off)
 {
     return (struct free_block *)(arena(h) + off);
 }
-static struct entry *ent(struct dict *h, uint32_t off) { return (struct entry *)(arena(h) + off); }
-static char *ent_key(struct entry *e) { return (char *)(e + 1); }
-static char *ent_val(struct entry *e) { return (char *)(e + 1) + e->key_len; }
-static bool expired(const struct entry *e, int64_t now) { return e->expires && e->expires <= now; }
+static struct entry *ent(struct dict *h, uint32_t off)
+{
+    return (struct entry *)(arena(h) + off);
+}
+static char *ent_key(struct entry *e)
+{
+    return (char *)(e + 1);
+}
+static char *ent_val(struct entry *e)
+{
+    return (char *)(e + 1) + e->key_len;
+}
+static bool expired(const struct entry *e, int64_t now)
+{
+    return e->expires && e->expires <= now;
+}
 
 static unsigned order_for(size_t bytes)
 {
     unsigned k = MIN_ORDER;
-    while (k <= MAX_ORDER && ((size_t)1 << k) < bytes) k++;
+    while (k <= MAX_ORDER && ((size_t)1 << k) < bytes)
+        k++;
     return k;
 }
 
@@ -158,15 +187,18 @@ static void free_push(struct dict *h, uint32_t off, unsigned order)
 static void free_unlink(struct dict *h, uint32_t off)
 {
     struct free_block *b = fblk(h, off);
-    if (b->prev != NIL) fblk(h, b->prev)->next = b->next;
-    else h->free_head[b->order] = b->next;
+    if (b->prev != NIL)
+        fblk(h, b->prev)->next = b->next;
+    else
+        h->free_head[b->order] = b->next;
     if (b->next != NIL) fblk(h, b->next)->prev = b->prev;
 }
 
 static uint32_t block_alloc(struct dict *h, unsigned order)
 {
     unsigned k = order;
-    while (k <= h->max_order && h->free_head[k] == NIL) k++;
+    while (k <= h->max_order && h->free_head[k] == NIL)
+        k++;
     if (k > h->max_order) return NIL;
     uint32_t off = h->free_head[k];
     free_unlink(h, off);
@@ -199,15 +231,18 @@ static void block_free(struct dict *h, uint32_t off)
  * tile the arena. */
 static void dict_reset(struct dict *h)
 {
-    for (unsigned k = 0; k <= MAX_ORDER; k++) h->free_head[k] = NIL;
+    for (unsigned k = 0; k <= MAX_ORDER; k++)
+        h->free_head[k] = NIL;
     uint32_t *b = buckets(h);
-    for (uint32_t i = 0; i < h->nbuckets; i++) b[i] = NIL;
+    for (uint32_t i = 0; i < h->nbuckets; i++)
+        b[i] = NIL;
     h->lru_head = h->lru_tail = NIL;
     h->n_entries = 0;
     uint32_t off = 0;
     while (h->arena_size - off >= (1u << MIN_ORDER)) {
         unsigned k = h->max_order;
-        while (k > MIN_ORDER && ((off & ((1u << k) - 1)) || off + (1u << k) > h->arena_size)) k--;
+        while (k > MIN_ORDER && ((off & ((1u << k) - 1)) || off + (1u << k) > h->arena_size))
+            k--;
         free_push(h, off, k);
         off += 1u << k;
     }
@@ -218,14 +253,16 @@ static bool dict_init(struct dict *h, size_t size)
     memset(h, 0, sizeof *h);
     h->size = size;
     uint32_t nb = 64;
-    while ((uint64_t)nb * 512 < size && nb < (1u << 22)) nb <<= 1;
+    while ((uint64_t)nb * 512 < size && nb < (1u << 22))
+        nb <<= 1;
     h->nbuckets = nb;
     h->buckets_off = (uint32_t)((sizeof *h + 63) & ~(size_t)63);
     h->arena_off = (uint32_t)((h->buckets_off + nb * sizeof(uint32_t) + 63) & ~(size_t)63);
     if (h->arena_off + (1u << (MIN_ORDER + 4)) > size) return false;
     h->arena_size = (uint32_t)((size - h->arena_off) & ~(size_t)((1u << MIN_ORDER) - 1));
     h->max_order = MIN_ORDER;
-    while (h->max_order < MAX_ORDER && (2u << h->max_order) <= h->arena_size) h->max_order++;
+    while (h->max_order < MAX_ORDER && (2u << h->max_order) <= h->arena_size)
+        h->max_order++;
     pthread_mutexattr_t a;
     if (pthread_mutexattr_init(&a)) return false;
     pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
@@ -257,7 +294,10 @@ static void dict_lock(struct dict *h)
     }
 }
 
-static void dict_unlock(struct dict *h) { pthread_mutex_unlock(&h->lock); }
+static void dict_unlock(struct dict *h)
+{
+    pthread_mutex_unlock(&h->lock);
+}
 
 /* Mutations are bracketed by these (under the lock). */
 static void dirty_begin(struct dict *h)
@@ -276,10 +316,14 @@ static void dirty_end(struct dict *h)
 static void lru_unlink(struct dict *h, uint32_t off)
 {
     struct entry *e = ent(h, off);
-    if (e->lru_prev != NIL) ent(h, e->lru_prev)->lru_next = e->lru_next;
-    else h->lru_head = e->lru_next;
-    if (e->lru_next != NIL) ent(h, e->lru_next)->lru_prev = e->lru_prev;
-    else h->lru_tail = e->lru_prev;
+    if (e->lru_prev != NIL)
+        ent(h, e->lru_prev)->lru_next = e->lru_next;
+    else
+        h->lru_head = e->lru_next;
+    if (e->lru_next != NIL)
+        ent(h, e->lru_next)->lru_prev = e->lru_prev;
+    else
+        h->lru_tail = e->lru_prev;
 }
 
 static void lru_push_head(struct dict *h, uint32_t off)
@@ -287,8 +331,10 @@ static void lru_push_head(struct dict *h, uint32_t off)
     struct entry *e = ent(h, off);
     e->lru_prev = NIL;
     e->lru_next = h->lru_head;
-    if (h->lru_head != NIL) ent(h, h->lru_head)->lru_prev = off;
-    else h->lru_tail = off;
+    if (h->lru_head != NIL)
+        ent(h, h->lru_head)->lru_prev = off;
+    else
+        h->lru_tail = off;
     h->lru_head = off;
 }
 
@@ -303,7 +349,8 @@ static void lru_touch(struct dict *h, uint32_t off)
 
 static uint32_t find(struct dict *h, const char *key, size_t klen, uint32_t hash)
 {
-    for (uint32_t off = buckets(h)[hash & (h->nbuckets - 1)]; off != NIL; off = ent(h, off)->hnext) {
+    for (uint32_t off = buckets(h)[hash & (h->nbuckets - 1)]; off != NIL;
+         off = ent(h, off)->hnext) {
         struct entry *e = ent(h, off);
         if (e->hash == hash && e->key_len == klen && !memcmp(ent_key(e), key, klen)) return off;
     }
@@ -315,7 +362,8 @@ static void remove_entry(struct dict *h, uint32_t off)
 {
     struct entry *e = ent(h, off);
     uint32_t *link = &buckets(h)[e->hash & (h->nbuckets - 1)];
-    while (*link != off) link = &ent(h, *link)->hnext;
+    while (*link != off)
+        link = &ent(h, *link)->hnext;
     *link = e->hnext;
     lru_unlink(h, off);
     h->n_entries--;
@@ -344,10 +392,14 @@ static void reclaim_expired(struct dict *h, int64_t now)
 static size_t value_len(const struct shdict_value *v)
 {
     switch (v->type) {
-    case SHDICT_STRING: return v->len;
-    case SHDICT_NUMBER: return sizeof(double);
-    case SHDICT_BOOLEAN: return 1;
-    default: return 0;
+    case SHDICT_STRING:
+        return v->len;
+    case SHDICT_NUMBER:
+        return sizeof(double);
+    case SHDICT_BOOLEAN:
+        return 1;
+    default:
+        return 0;
     }
 }
 
@@ -357,9 +409,12 @@ static void write_value(struct entry *e, const struct shdict_value *v, int64_t e
     e->val_len = (uint32_t)value_len(v);
     e->expires = expires;
     char *p = ent_val(e);
-    if (v->type == SHDICT_STRING) memcpy(p, v->str, v->len);
-    else if (v->type == SHDICT_NUMBER) memcpy(p, &v->number, sizeof v->number);
-    else if (v->type == SHDICT_BOOLEAN) *p = v->boolean ? 1 : 0;
+    if (v->type == SHDICT_STRING)
+        memcpy(p, v->str, v->len);
+    else if (v->type == SHDICT_NUMBER)
+        memcpy(p, &v->number, sizeof v->number);
+    else if (v->type == SHDICT_BOOLEAN)
+        *p = v->boolean ? 1 : 0;
 }
 
 /* Stores a new entry (the key is not in the table), evicting from the LRU
@@ -410,14 +465,17 @@ enum shdict_status shdict_get(struct shdict *d, const char *key, size_t klen,
                 char *p = realloc(buf->data, cap);
                 if (p) buf->data = p, buf->cap = cap;
             }
-            if (buf->cap < e->val_len) st = SHDICT_NO_MEMORY;
+            if (buf->cap < e->val_len)
+                st = SHDICT_NO_MEMORY;
             else {
                 memcpy(buf->data, ent_val(e), e->val_len);
                 v->str = buf->data;
                 v->len = e->val_len;
             }
-        } else if (e->type == SHDICT_NUMBER) memcpy(&v->number, ent_val(e), sizeof v->number);
-        else v->boolean = *ent_val(e) != 0;
+        } else if (e->type == SHDICT_NUMBER)
+            memcpy(&v->number, ent_val(e), sizeof v->number);
+        else
+            v->boolean = *ent_val(e) != 0;
         lru_touch(h, off);
     }
     dirty_end(h);
@@ -435,14 +493,15 @@ enum shdict_status shdict_set(struct shdict *d, const char *key, size_t klen,
     dirty_begin(h);
     reclaim_expired(h, now);
     uint32_t off = find_live(h, key, klen, now);
-    if (off != NIL && add) st = SHDICT_EXISTS;
+    if (off != NIL && add)
+        st = SHDICT_EXISTS;
     else if (v->type == SHDICT_NIL) {
         if (off != NIL) remove_entry(h, off);
         st = SHDICT_OK;
     } else if (order_for(sizeof(struct entry) + klen + value_len(v)) > h->max_order) {
         st = SHDICT_NO_MEMORY; /* the old value stays */
-    } else if (off != NIL && ent(h, off)->order ==
-                                 order_for(sizeof(struct entry) + klen + value_len(v))) {
+    } else if (off != NIL &&
+               ent(h, off)->order == order_for(sizeof(struct entry) + klen + value_len(v))) {
         write_value(ent(h, off), v, expiry_of(ttl)); /* same block: in place */
         lru_touch(h, off);
         st = SHDICT_OK;
@@ -466,7 +525,8 @@ enum shdict_status shdict_incr(struct shdict *d, const char *key, size_t klen, d
     reclaim_expired(h, now);
     uint32_t off = find_live(h, key, klen, now);
     if (off == NIL) {
-        if (!init) st = SHDICT_NOT_FOUND;
+        if (!init)
+            st = SHDICT_NOT_FOUND;
         else {
             struct shdict_value v = {.type = SHDICT_NUMBER, .number = *init + n};
             st = insert(h, key, klen, &v, expiry_of(init_ttl), now);
@@ -474,7 +534,8 @@ enum shdict_status shdict_incr(struct shdict *d, const char *key, size_t klen, d
         }
     } else {
         struct entry *e = ent(h, off);
-        if (e->type != SHDICT_NUMBER) st = SHDICT_NOT_A_NUMBER;
+        if (e->type != SHDICT_NUMBER)
+            st = SHDICT_NOT_A_NUMBER;
         else {
             double x;
             memcpy(&x, ent_val(e), sizeof x);
@@ -605,7 +666,8 @@ bool shdict_check(struct shdict *d, char *why, size_t whylen)
                 BROKEN("entry at %u has type %u", off, e->type);
             if (hash_key(ent_key(e), e->key_len) != e->hash) BROKEN("entry at %u: bad hash", off);
             prev_free = false;
-        } else BROKEN("block at %u has state %u", off, e->state);
+        } else
+            BROKEN("block at %u has state %u", off, e->state);
         prev_order = k, prev_off = off;
         off += 1u << k;
     }
@@ -644,7 +706,10 @@ done:
 
 /* ------------------------------------------------------------ regions */
 
-static size_t page_round(size_t n) { return (n + PAGE - 1) & ~(size_t)(PAGE - 1); }
+static size_t page_round(size_t n)
+{
+    return (n + PAGE - 1) & ~(size_t)(PAGE - 1);
+}
 
 struct shdict_region *shdict_region_create(const struct shdict_spec *specs, size_t n, char *err,
                                            size_t errlen)
@@ -654,7 +719,8 @@ struct shdict_region *shdict_region_create(const struct shdict_spec *specs, size
         return NULL;
     }
     size_t total = page_round(sizeof(struct region_header));
-    for (size_t i = 0; i < n; i++) total += page_round((size_t)specs[i].size);
+    for (size_t i = 0; i < n; i++)
+        total += page_round((size_t)specs[i].size);
     struct shdict_region *r = calloc(1, sizeof *r);
     if (!r) {
         snprintf(err, errlen, "out of memory");
@@ -746,7 +812,10 @@ void shdict_region_close(struct shdict_region *r)
     free(r);
 }
 
-int shdict_region_fd(const struct shdict_region *r) { return r->fd; }
+int shdict_region_fd(const struct shdict_region *r)
+{
+    return r->fd;
+}
 
 struct shdict *shdict_region_find(const struct shdict_region *r, const char *name, size_t len)
 {
@@ -759,9 +828,12 @@ struct shdict *shdict_region_find(const struct shdict_region *r, const char *nam
 
 static void size_text(long n, char *out, size_t outlen)
 {
-    if (n % (1024 * 1024) == 0) snprintf(out, outlen, "%ldm", n / (1024 * 1024));
-    else if (n % 1024 == 0) snprintf(out, outlen, "%ldk", n / 1024);
-    else snprintf(out, outlen, "%ld", n);
+    if (n % (1024 * 1024) == 0)
+        snprintf(out, outlen, "%ldm", n / (1024 * 1024));
+    else if (n % 1024 == 0)
+        snprintf(out, outlen, "%ldk", n / 1024);
+    else
+        snprintf(out, outlen, "%ld", n);
 }
 
 bool shdict_region_same(const struct shdict_region *r, const struct shdict_spec *specs, size_t n,
@@ -788,7 +860,8 @@ bool shdict_region_same(const struct shdict_region *r, const struct shdict_spec 
     }
     for (uint32_t j = 0; j < have; j++) {
         bool found = false;
-        for (size_t i = 0; i < n && !found; i++) found = !strcmp(r->hdr->dict[j].name, specs[i].name);
+        for (size_t i = 0; i < n && !found; i++)
+            found = !strcmp(r->hdr->dict[j].name, specs[i].name);
         if (!found) {
             snprintf(why, whylen, "removed '%s'", r->hdr->dict[j].name);
             return false;

@@ -16,13 +16,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define SHDICT_NAME_MAX 32               /* bytes of a name, with the NUL */
-#define SHDICT_MAX 16                    /* dictionaries in a region */
-#define SHDICT_SIZE_MIN (32L * 1024)     /* the header, buckets and a few entries */
+#define SHDICT_NAME_MAX 32           /* bytes of a name, with the NUL */
+#define SHDICT_MAX 16                /* dictionaries in a region */
+#define SHDICT_SIZE_MIN (32L * 1024) /* the header, buckets and a few entries */
 #define SHDICT_SIZE_MAX (1024L * 1024 * 1024)
 #define SHDICT_KEY_MAX 65535
 #define SHDICT_VALUE_MAX (1024L * 1024)
-#define SHDICT_TTL_MAX 1e9               /* seconds (31 years): no overflow in ns */
+#define SHDICT_TTL_MAX 1e9 /* seconds (31 years): no overflow in ns */
 
 struct shdict_spec {
     char name[SHDICT_NAME_MAX]; /* [A-Za-z_][A-Za-z0-9_]* */
@@ -48,9 +48,9 @@ struct shdict_buf {
 
 enum shdict_status {
     SHDICT_OK,
-    SHDICT_EVICTED,     /* stored, after evicting live least recently used entries */
-    SHDICT_NO_MEMORY,   /* does not fit even after evicting */
-    SHDICT_EXISTS,      /* add: the key is there */
+    SHDICT_EVICTED,   /* stored, after evicting live least recently used entries */
+    SHDICT_NO_MEMORY, /* does not fit even after evicting */
+    SHDICT_EXISTS,    /* add: the key is there */
     SHDICT_NOT_FOUND,
     SHDICT_NOT_A_NUMBER /* incr on a value that is not a number */
 };

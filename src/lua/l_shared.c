@@ -39,13 +39,15 @@ static struct shdict *check_dict(lua_State *L, const char *method)
                    method, luaL_typename(L, 1), method);
     struct vm *vm = vm_of(L);
     if (vm && vm->loading)
-        luaL_error(L, "smtpd.shared.%s:%s cannot be used while the script loads (the "
-                      "dictionaries are created from its options; use them in hooks)",
+        luaL_error(L,
+                   "smtpd.shared.%s:%s cannot be used while the script loads (the "
+                   "dictionaries are created from its options; use them in hooks)",
                    ud->name, method);
     if (!ud->d) ud->d = shdict_region_find(shdict_process_region(), ud->name, strlen(ud->name));
     if (!ud->d)
-        luaL_error(L, "smtpd.shared.%s: no such shared dictionary (declare it in the option "
-                      "shared_dict)",
+        luaL_error(L,
+                   "smtpd.shared.%s: no such shared dictionary (declare it in the option "
+                   "shared_dict)",
                    ud->name);
     return ud->d;
 }
@@ -53,12 +55,13 @@ static struct shdict *check_dict(lua_State *L, const char *method)
 static const char *check_key(lua_State *L, int idx, size_t *len)
 {
     if (lua_type(L, idx) != LUA_TSTRING)
-        luaL_argerror(L, idx, lua_pushfstring(L, "expected a string key, got %s",
-                                              luaL_typename(L, idx)));
+        luaL_argerror(L, idx,
+                      lua_pushfstring(L, "expected a string key, got %s", luaL_typename(L, idx)));
     const char *k = lua_tolstring(L, idx, len);
     if (*len == 0) luaL_argerror(L, idx, "the key is empty");
     if (*len > SHDICT_KEY_MAX)
-        luaL_argerror(L, idx, lua_pushfstring(L, "the key is longer than %d bytes", SHDICT_KEY_MAX));
+        luaL_argerror(L, idx,
+                      lua_pushfstring(L, "the key is longer than %d bytes", SHDICT_KEY_MAX));
     return k;
 }
 
@@ -66,7 +69,9 @@ static void check_value(lua_State *L, int idx, struct shdict_value *v)
 {
     memset(v, 0, sizeof *v);
     switch (lua_type(L, idx)) {
-    case LUA_TNIL: v->type = SHDICT_NIL; break;
+    case LUA_TNIL:
+        v->type = SHDICT_NIL;
+        break;
     case LUA_TBOOLEAN:
         v->type = SHDICT_BOOLEAN;
         v->boolean = lua_toboolean(L, idx);
@@ -82,8 +87,9 @@ static void check_value(lua_State *L, int idx, struct shdict_value *v)
             luaL_argerror(L, idx, "a string value is at most 1 MiB (1048576 bytes)");
         break;
     default:
-        luaL_argerror(L, idx, lua_pushfstring(L, "expected a string, number or boolean, got %s",
-                                              luaL_typename(L, idx)));
+        luaL_argerror(L, idx,
+                      lua_pushfstring(L, "expected a string, number or boolean, got %s",
+                                      luaL_typename(L, idx)));
     }
 }
 
@@ -91,8 +97,8 @@ static double check_ttl(lua_State *L, int idx)
 {
     if (lua_isnoneornil(L, idx)) return 0;
     if (lua_type(L, idx) != LUA_TNUMBER)
-        luaL_argerror(L, idx, lua_pushfstring(L, "expected a ttl in seconds, got %s",
-                                              luaL_typename(L, idx)));
+        luaL_argerror(
+            L, idx, lua_pushfstring(L, "expected a ttl in seconds, got %s", luaL_typename(L, idx)));
     double t = lua_tonumber(L, idx);
     if (!(t >= 0 && t <= SHDICT_TTL_MAX))
         luaL_argerror(L, idx, "expected a ttl in seconds between 0 (none) and 1e9");
@@ -102,7 +108,8 @@ static double check_ttl(lua_State *L, int idx)
 static double check_number(lua_State *L, int idx, const char *what)
 {
     if (lua_type(L, idx) != LUA_TNUMBER)
-        luaL_argerror(L, idx, lua_pushfstring(L, "expected %s, got %s", what, luaL_typename(L, idx)));
+        luaL_argerror(L, idx,
+                      lua_pushfstring(L, "expected %s, got %s", what, luaL_typename(L, idx)));
     double x = lua_tonumber(L, idx);
     if (!isfinite(x)) luaL_argerror(L, idx, lua_pushfstring(L, "%s must be finite", what));
     return x;
@@ -118,13 +125,17 @@ static int fail(lua_State *L, const char *err)
 static int stored(lua_State *L, enum shdict_status st, const char *exists_err)
 {
     switch (st) {
-    case SHDICT_OK: lua_pushboolean(L, 1); return 1;
+    case SHDICT_OK:
+        lua_pushboolean(L, 1);
+        return 1;
     case SHDICT_EVICTED:
         lua_pushboolean(L, 1);
         lua_pushliteral(L, "evicted");
         return 2;
-    case SHDICT_EXISTS: return fail(L, exists_err);
-    default: return fail(L, "no memory");
+    case SHDICT_EXISTS:
+        return fail(L, exists_err);
+    default:
+        return fail(L, "no memory");
     }
 }
 
@@ -141,10 +152,17 @@ static int l_shared_get(lua_State *L)
         return 1;
     }
     switch (v.type) {
-    case SHDICT_STRING: lua_pushlstring(L, v.str, v.len); break;
-    case SHDICT_NUMBER: lua_pushnumber(L, v.number); break;
-    case SHDICT_BOOLEAN: lua_pushboolean(L, v.boolean); break;
-    default: lua_pushnil(L);
+    case SHDICT_STRING:
+        lua_pushlstring(L, v.str, v.len);
+        break;
+    case SHDICT_NUMBER:
+        lua_pushnumber(L, v.number);
+        break;
+    case SHDICT_BOOLEAN:
+        lua_pushboolean(L, v.boolean);
+        break;
+    default:
+        lua_pushnil(L);
     }
     return 1;
 }
@@ -162,8 +180,14 @@ static int set_or_add(lua_State *L, bool add)
     return stored(L, shdict_set(d, k, klen, &v, ttl, add), "exists");
 }
 
-static int l_shared_set(lua_State *L) { return set_or_add(L, false); }
-static int l_shared_add(lua_State *L) { return set_or_add(L, true); }
+static int l_shared_set(lua_State *L)
+{
+    return set_or_add(L, false);
+}
+static int l_shared_add(lua_State *L)
+{
+    return set_or_add(L, true);
+}
 
 static int l_shared_incr(lua_State *L)
 {
@@ -180,10 +204,15 @@ static int l_shared_incr(lua_State *L)
     double out = 0;
     switch (shdict_incr(d, k, klen, n, initp, init_ttl, &out)) {
     case SHDICT_OK:
-    case SHDICT_EVICTED: lua_pushnumber(L, out); return 1;
-    case SHDICT_NOT_FOUND: return fail(L, "not found");
-    case SHDICT_NOT_A_NUMBER: return fail(L, "not a number");
-    default: return fail(L, "no memory");
+    case SHDICT_EVICTED:
+        lua_pushnumber(L, out);
+        return 1;
+    case SHDICT_NOT_FOUND:
+        return fail(L, "not found");
+    case SHDICT_NOT_A_NUMBER:
+        return fail(L, "not a number");
+    default:
+        return fail(L, "no memory");
     }
 }
 
@@ -212,7 +241,8 @@ static int l_shared_expire(lua_State *L)
     struct shdict *d = check_dict(L, "expire");
     size_t klen;
     const char *k = check_key(L, 2, &klen);
-    if (lua_isnoneornil(L, 3)) luaL_argerror(L, 3, "expected a ttl in seconds (0: none), got no value");
+    if (lua_isnoneornil(L, 3))
+        luaL_argerror(L, 3, "expected a ttl in seconds (0: none), got no value");
     double ttl = check_ttl(L, 3);
     if (shdict_expire(d, k, klen, ttl) != SHDICT_OK) return fail(L, "not found");
     lua_pushboolean(L, 1);
@@ -256,9 +286,15 @@ static int l_shared_index(lua_State *L)
 void l_shared_register(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"get", l_shared_get},       {"set", l_shared_set},       {"add", l_shared_add},
-        {"incr", l_shared_incr},     {"delete", l_shared_delete}, {"ttl", l_shared_ttl},
-        {"expire", l_shared_expire}, {"flush_all", l_shared_flush_all}, {NULL, NULL},
+        {"get", l_shared_get},
+        {"set", l_shared_set},
+        {"add", l_shared_add},
+        {"incr", l_shared_incr},
+        {"delete", l_shared_delete},
+        {"ttl", l_shared_ttl},
+        {"expire", l_shared_expire},
+        {"flush_all", l_shared_flush_all},
+        {NULL, NULL},
     };
     luaL_newmetatable(L, SHARED_DICT_MT);
     int mt = lua_gettop(L);
