@@ -235,6 +235,41 @@ static void test_region(void)
     case_end();
 }
 
+static void test_copy(void)
+{
+    case_begin("copy_into: live entries with their ttl, in LRU order; expired ones stay behind");
+    struct shdict_region *a = one("d", 64 * 1024), *b = one("d", SHDICT_SIZE_MIN);
+    struct shdict *src = shdict_region_find(a, "d", 1), *dst = shdict_region_find(b, "d", 1);
+    struct shdict_value s = str("x"), n = num(4), v;
+    shdict_set(src, "old", 3, &s, 0, false);
+    shdict_set(src, "ttl", 3, &n, 1000, false);
+    shdict_set(src, "gone", 4, &s, 1e-9, false);
+    shdict_set(src, "new", 3, &s, 0, false);
+    CHECK(shdict_copy_into(dst, src) == 0, "");
+    double left;
+    CHECK(shdict_count(dst) == 3, "count %zu", shdict_count(dst));
+    CHECK(shdict_ttl(dst, "ttl", 3, &left) == SHDICT_OK && left > 900, "left %g", left);
+    CHECK(shdict_get(dst, "ttl", 3, &v, &buf) == SHDICT_OK && v.number == 4, "");
+    CHECK(shdict_get(dst, "gone", 4, &v, &buf) == SHDICT_NOT_FOUND, "");
+    /* Fill dst: "old" (least recently used in src, and not read since) goes first. */
+    char val[200];
+    memset(val, 'v', sizeof val - 1);
+    val[sizeof val - 1] = 0;
+    struct shdict_value big = str(val);
+    char key[16];
+    enum shdict_status st = SHDICT_OK;
+    for (int i = 0; i < 1000 && st == SHDICT_OK; i++) {
+        snprintf(key, sizeof key, "f%d", i);
+        st = shdict_set(dst, key, strlen(key), &big, 0, false);
+    }
+    CHECK(st == SHDICT_EVICTED, "");
+    CHECK(shdict_get(dst, "old", 3, &v, &buf) == SHDICT_NOT_FOUND, "the oldest went first");
+    CHECK_SANE(dst);
+    shdict_region_close(a);
+    shdict_region_close(b);
+    case_end();
+}
+
 /* A child that takes the lock and dies holding it (_exit, or SIGKILL while
  * it sleeps): the parent's next operation recovers the lock. */
 static void test_robust(bool mutating, bool sigkill)
@@ -281,6 +316,7 @@ int main(void)
     test_ttl();
     test_eviction();
     test_region();
+    test_copy();
     test_robust(false, false);
     test_robust(true, false);
     test_robust(true, true);

@@ -87,6 +87,12 @@ end
 
 local DICTS = [[{ cache = "1m", small = "32k", big = "3m" }]]
 local SOURCE = script(DICTS)
+-- The top level counts the loads and stores a value with a ttl.
+local TOP = SOURCE .. [[
+cache:incr("loads", 1, 0)
+assert(smtpd.shared.small:set("boot", "yes", 1000))
+assert(smtpd.shared.small:ttl("boot") > 0)
+]]
 
 -- code and text of one command (cmd's transcript left out)
 local function ask(c, line)
@@ -245,11 +251,18 @@ describe("smtpd.shared", function()
     status, out = u.check(path)
     assert.equal(1, status)
     assert.truthy(out:find("option 'shared_dict' must be a table of name = size", 1, true), out)
+    -- -t: the dictionaries exist (empty) while the top level runs
     u.write_file(path, "options = { shared_dict = { cache = \"10m\" } }\n" ..
-      "require('smtpd').shared.cache:set('boot', 1)")
+      "local c = require('smtpd').shared.cache\n" ..
+      "assert(c:get('boot') == nil); assert(c:set('boot', 1)); assert(c:get('boot') == 1)")
+    status, out = u.check(path)
+    assert.equal(0, status, out)
+    u.write_file(path, "options = { shared_dict = { cache = \"10m\" } }\n" ..
+      "require('smtpd').shared.nope:set('boot', 1)")
     status, out = u.check(path)
     assert.equal(1, status)
-    assert.truthy(out:find("smtpd.shared.cache:set cannot be used while the script loads", 1, true), out)
+    assert.truthy(out:find("smtpd.shared.nope is used at the top level of the script, but the option " ..
+      "shared_dict does not declare it", 1, true), out)
     u.rmdir(dir)
   end)
 
@@ -274,6 +287,20 @@ describe("smtpd.shared", function()
     c = srv:connect()
     assert.same({ 250, "v2 pid " .. srv.pid }, { ask(c, "NOOP pid") })
     assert.same({ 250, "yes" }, { ask(c, "NOOP cache get kept") })
+    c:close()
+    u.stop(srv)
+  end)
+
+  it("the top level may use them: at start-up (kept), and on a reload", function()
+    local srv = u.start{ source = TOP }
+    local c = srv:connect()
+    assert.same({ 250, "1" }, { ask(c, "NOOP cache get loads") })
+    assert.same({ 250, "yes" }, { ask(c, "NOOP small get boot") })
+    assert.same({ 250, "true" }, { ask(c, "NOOP same") })
+    c:close()
+    u.reload(srv, TOP, 2)
+    c = srv:connect()
+    assert.same({ 250, "2" }, { ask(c, "NOOP cache get loads") })
     c:close()
     u.stop(srv)
   end)
@@ -325,6 +352,15 @@ describe("smtpd.shared with --workers 2", function()
     assert.equal(2, n, "both workers counted")
     local c = srv:connect()
     assert.same({ 250, tostring(rounds * conns * per_conn) }, { ask(c, "NOOP cache get count") })
+    c:close()
+  end)
+
+  it("the top level runs in the master and in each worker: each load counts once", function()
+    srv = u.start{ source = TOP, args = { "--workers", "2" } }
+    u.wait_workers(srv, 2)
+    local c = srv:connect()
+    assert.same({ 250, "3" }, { ask(c, "NOOP cache get loads") })
+    assert.same({ 250, "yes" }, { ask(c, "NOOP small get boot") })
     c:close()
   end)
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "l_shared.h"
 #include "log.h"
 #include "lua_hook.h"
 #include "master.h"
@@ -605,22 +606,20 @@ static void on_script_changed(struct ev_loop *loop, ev_stat *w, int revents)
     ev_timer_start(loop, &watch_settle);
 }
 
-/* Start-up: the dictionaries the first generation declares, created once
- * (the master's or a single process's), or mapped from the master's
- * descriptor (a worker). */
+/* Start-up, once the first generation loaded: its dictionaries created
+ * (by the master, a single process, or for -t), or, in a worker that mapped
+ * the master's, checked to be the same. */
 static bool setup_shared_dicts(const struct policy *p, char *err, size_t errlen)
 {
-    struct shdict_region *r = NULL;
-    if (cli.shdict_fd >= 0) {
-        if (!(r = shdict_region_attach(cli.shdict_fd, err, errlen))) return false;
-        shdict_process_set(r);
-        if (!shared_dicts_unchanged(p, err, errlen)) return false;
-    } else if (p->opt.n_shared_dict > 0) {
-        if (!(r = shdict_region_create(p->opt.shared_dict, p->opt.n_shared_dict, err, errlen)))
-            return false;
+    if (cli.shdict_fd >= 0) return shared_dicts_unchanged(p, err, errlen);
+    if (p->opt.n_shared_dict > 0) {
+        struct shdict_region *r =
+            shdict_region_create(p->opt.shared_dict, p->opt.n_shared_dict, err, errlen);
+        if (!r) return false;
         shdict_process_set(r);
     }
-    return true;
+    /* What the top level stored provisionally moves into them. */
+    return l_shared_startup_end(err, errlen);
 }
 
 /* In each forked worker before exec: what it inherits from the master. */
@@ -666,8 +665,24 @@ int main(int argc, char **argv)
     bool master = cli.workers > 0 && cli.worker_slot < 0;
     char *src = NULL;
     size_t src_len = 0;
+    /* A worker maps the master's dictionaries before its script loads, so
+     * its top level uses them; anyone else makes them from the options that
+     * top level returns, which it meanwhile fills provisionally. */
+    if (cli.shdict_fd >= 0) {
+        struct shdict_region *r = shdict_region_attach(cli.shdict_fd, err, sizeof err);
+        if (!r) {
+            log_msg(LOG_ERROR, NULL, "%s", err);
+            return 1;
+        }
+        shdict_process_set(r);
+    } else
+        l_shared_startup_begin();
     struct policy *p = load_policy(err, sizeof err, master ? &src : NULL, &src_len);
     if (cli.check) {
+        if (p && !setup_shared_dicts(p, err, sizeof err)) {
+            policy_release(p);
+            p = NULL;
+        }
         if (!p) {
             fprintf(stderr, "%s\n", err);
             return 1;

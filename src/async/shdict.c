@@ -600,6 +600,29 @@ void shdict_flush_all(struct shdict *d)
     dict_unlock(h);
 }
 
+size_t shdict_copy_into(struct shdict *dst, struct shdict *src)
+{
+    struct dict *h = D(src);
+    size_t lost = 0;
+    int64_t now = now_ns();
+    dict_lock(h);
+    for (uint32_t off = h->lru_tail; off != NIL; off = ent(h, off)->lru_prev) {
+        struct entry *e = ent(h, off);
+        if (expired(e, now)) continue;
+        struct shdict_value v = {.type = (enum shdict_type)e->type};
+        if (e->type == SHDICT_STRING)
+            v.str = ent_val(e), v.len = e->val_len;
+        else if (e->type == SHDICT_NUMBER)
+            memcpy(&v.number, ent_val(e), sizeof v.number);
+        else
+            v.boolean = *ent_val(e) != 0;
+        double ttl = e->expires ? (double)(e->expires - now) / 1e9 : 0;
+        if (shdict_set(dst, ent_key(e), e->key_len, &v, ttl, false) == SHDICT_NO_MEMORY) lost++;
+    }
+    dict_unlock(h);
+    return lost;
+}
+
 size_t shdict_count(struct shdict *d)
 {
     struct dict *h = D(d);

@@ -103,6 +103,12 @@ enum shdict_status shdict_ttl(struct shdict *d, const char *key, size_t klen, do
 enum shdict_status shdict_expire(struct shdict *d, const char *key, size_t klen, double ttl);
 void shdict_flush_all(struct shdict *d);
 
+/* Copies every live entry of src into dst (as set would, with what is
+ * left of its ttl), least recently used first so dst keeps the order. src
+ * must be a dictionary no other process uses (its lock is held throughout
+ * while dst's is taken per entry). Returns the entries that did not fit. */
+size_t shdict_copy_into(struct shdict *dst, struct shdict *src);
+
 /* Entries stored (expired ones not yet reclaimed included). */
 size_t shdict_count(struct shdict *d);
 /* Times the lock was taken over from a process that died holding it. */

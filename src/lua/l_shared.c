@@ -6,10 +6,11 @@
  * None yields. Knows no SMTP.
  *
  * The dictionaries are created from the options of the generation loaded at
- * start-up, i.e. after its top level ran. So `smtpd.shared.NAME` taken at the
- * top level (kept in a local for the hooks) is an object that finds its
- * dictionary when a method is first called; methods raise while the script
- * loads. Outside loading an undeclared name is nil. */
+ * start-up, i.e. after its top level ran. While that first top level runs,
+ * its calls go to provisional dictionaries of the same names (private to
+ * this process); once the real ones exist, what they hold is copied over
+ * (l_shared_startup_end). `smtpd.shared.NAME` taken at the top level and
+ * kept for the hooks finds the real dictionary at its first call there. */
 #include "l_shared.h"
 
 #include <lauxlib.h>
@@ -27,9 +28,89 @@ struct l_dict {
     char name[SHDICT_NAME_MAX];
 };
 
-/* Where gets copy string values: this process's loop thread is the only
- * caller (top-level calls raise before reaching it). */
-static struct shdict_buf get_buf;
+/* Where a get copies a string value before Lua sees it: one buffer per
+ * generation (a reload's top level runs on the builder thread while the
+ * loop's hooks run on the current generation), freed with its state. */
+struct get_buf {
+    struct vm_resource res;
+    struct shdict_buf buf;
+};
+static const char get_buf_kind;
+
+static void get_buf_close(struct vm_resource *r, struct vm *vm)
+{
+    struct get_buf *b = (struct get_buf *)r;
+    free(b->buf.data);
+    free(b);
+}
+
+static struct shdict_buf *get_buf_of(lua_State *L)
+{
+    struct vm *vm = vm_of(L);
+    struct vm_resource *r = vm_resource_find(vm, &get_buf_kind);
+    if (!r) {
+        struct get_buf *b = calloc(1, sizeof *b);
+        if (!b) luaL_error(L, "smtpd.shared: out of memory");
+        b->res.kind = &get_buf_kind;
+        b->res.close = get_buf_close;
+        vm_resource_add(vm, &b->res);
+        r = &b->res;
+    }
+    return &((struct get_buf *)r)->buf;
+}
+
+/* The start-up load's provisional dictionaries (main thread only, before
+ * the loop runs). Sparse: only the pages a top level writes are used. */
+#define PROVISIONAL_SIZE (16L * 1024 * 1024)
+static bool startup;
+static struct {
+    char name[SHDICT_NAME_MAX];
+    struct shdict_region *r;
+} provisional[SHDICT_MAX];
+static size_t n_provisional;
+
+void l_shared_startup_begin(void)
+{
+    startup = true;
+}
+
+static struct shdict *provisional_dict(lua_State *L, const char *name)
+{
+    for (size_t i = 0; i < n_provisional; i++)
+        if (!strcmp(provisional[i].name, name))
+            return shdict_region_find(provisional[i].r, name, strlen(name));
+    if (n_provisional == SHDICT_MAX)
+        luaL_error(L, "smtpd.shared: more than %d dictionaries used at the top level", SHDICT_MAX);
+    struct shdict_spec sp = {.size = PROVISIONAL_SIZE};
+    strcpy(sp.name, name);
+    char err[256];
+    struct shdict_region *r = shdict_region_create(&sp, 1, err, sizeof err);
+    if (!r) luaL_error(L, "smtpd.shared.%s: %s", name, err);
+    strcpy(provisional[n_provisional].name, name);
+    provisional[n_provisional++].r = r;
+    return shdict_region_find(r, name, strlen(name));
+}
+
+bool l_shared_startup_end(char *err, size_t errlen)
+{
+    bool ok = true;
+    for (size_t i = 0; i < n_provisional; i++) {
+        const char *name = provisional[i].name;
+        struct shdict *d = shdict_region_find(shdict_process_region(), name, strlen(name));
+        if (!d && ok) {
+            snprintf(err, errlen,
+                     "smtpd.shared.%s is used at the top level of the script, but the "
+                     "option shared_dict does not declare it",
+                     name);
+            ok = false;
+        }
+        if (d) shdict_copy_into(d, shdict_region_find(provisional[i].r, name, strlen(name)));
+        shdict_region_close(provisional[i].r);
+    }
+    n_provisional = 0;
+    startup = false;
+    return ok;
+}
 
 static struct shdict *check_dict(lua_State *L, const char *method)
 {
@@ -37,19 +118,17 @@ static struct shdict *check_dict(lua_State *L, const char *method)
     if (!ud)
         luaL_error(L, "%s: expected a shared dictionary as self, got %s (call it as d:%s(...))",
                    method, luaL_typename(L, 1), method);
+    if (ud->d) return ud->d;
+    ud->d = shdict_region_find(shdict_process_region(), ud->name, strlen(ud->name));
+    if (ud->d) return ud->d;
+    /* Not kept in ud: the provisional one goes once the real one exists. */
     struct vm *vm = vm_of(L);
-    if (vm && vm->loading)
-        luaL_error(L,
-                   "smtpd.shared.%s:%s cannot be used while the script loads (the "
-                   "dictionaries are created from its options; use them in hooks)",
-                   ud->name, method);
-    if (!ud->d) ud->d = shdict_region_find(shdict_process_region(), ud->name, strlen(ud->name));
-    if (!ud->d)
-        luaL_error(L,
-                   "smtpd.shared.%s: no such shared dictionary (declare it in the option "
-                   "shared_dict)",
-                   ud->name);
-    return ud->d;
+    if (startup && vm && vm->loading) return provisional_dict(L, ud->name);
+    luaL_error(L,
+               "smtpd.shared.%s: no such shared dictionary (declare it in the option "
+               "shared_dict)",
+               ud->name);
+    return NULL;
 }
 
 static const char *check_key(lua_State *L, int idx, size_t *len)
@@ -145,7 +224,7 @@ static int l_shared_get(lua_State *L)
     size_t klen;
     const char *k = check_key(L, 2, &klen);
     struct shdict_value v;
-    enum shdict_status st = shdict_get(d, k, klen, &v, &get_buf);
+    enum shdict_status st = shdict_get(d, k, klen, &v, get_buf_of(L));
     if (st == SHDICT_NO_MEMORY) return luaL_error(L, "smtpd.shared: out of memory");
     if (st != SHDICT_OK) {
         lua_pushnil(L);
