@@ -7,9 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "check.h"
+#include "l_shared.h"
 #include "log.h"
 #include "lua_hook.h"
 #include "master.h"
@@ -18,6 +20,7 @@
 #include "privdrop.h"
 #include "script_store.h"
 #include "server.h"
+#include "shdict.h"
 #include "tls.h"
 #include "tls_tickets.h"
 
@@ -52,6 +55,7 @@ struct cli {
     int worker_slot;    /* >= 0 in a worker started by the master */
     int worker_status_fd;
     int script_fd;      /* a worker: the master's store of the validated script */
+    int shdict_fd;      /* a worker: the master's shared dictionaries */
     bool requiretls_given; /* --requiretls/--no-requiretls: else on with --tlscert */
     bool stay_root;        /* -n: no privilege drop */
     const char *user;      /* --user USER[:GROUP] */
@@ -166,7 +170,7 @@ static void parse_args(int argc, char **argv)
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
         OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT, OPT_WORKERS,
         OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL, OPT_SCRIPT_FD,
-        OPT_USER, OPT_SCRIPT_ARG
+        OPT_USER, OPT_SCRIPT_ARG, OPT_SHDICT_FD
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -193,6 +197,7 @@ static void parse_args(int argc, char **argv)
         {"worker-slot", required_argument, 0, OPT_WORKER_SLOT},
         {"worker-status-fd", required_argument, 0, OPT_WORKER_STATUS_FD},
         {"script-fd", required_argument, 0, OPT_SCRIPT_FD},
+        {"shdict-fd", required_argument, 0, OPT_SHDICT_FD},
         {"script-arg", required_argument, 0, OPT_SCRIPT_ARG}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
@@ -201,6 +206,7 @@ static void parse_args(int argc, char **argv)
     cli.worker_slot = -1;
     cli.worker_status_fd = -1;
     cli.script_fd = -1;
+    cli.shdict_fd = -1;
     pass(argv[0], NULL);
     int c;
     int longindex;
@@ -211,8 +217,8 @@ static void parse_args(int argc, char **argv)
         bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
                            c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD ||
-                           c == OPT_SCRIPT_FD || c == OPT_SCRIPT_ARG || c == 't' || c == 'v' ||
-                           c == 'h' || c == '?';
+                           c == OPT_SCRIPT_FD || c == OPT_SHDICT_FD || c == OPT_SCRIPT_ARG ||
+                           c == 't' || c == 'v' || c == 'h' || c == '?';
         if (!master_only) {
             if (c < 256) {
                 char shortopt[3] = {'-', (char)c, 0};
@@ -266,6 +272,7 @@ static void parse_args(int argc, char **argv)
         case OPT_PROXY_PROTOCOL: add_override("proxy_protocol_timeout", optarg ? optarg : "10"); break;
         case OPT_WORKER_STATUS_FD: cli.worker_status_fd = atoi(optarg); break;
         case OPT_SCRIPT_FD: cli.script_fd = atoi(optarg); break;
+        case OPT_SHDICT_FD: cli.shdict_fd = atoi(optarg); break;
         case OPT_SCRIPT_ARG: add_script_arg(optarg); break;
         case OPT_DRAIN_TIMEOUT: cli.drain_timeout = seconds_arg("--drain-timeout", optarg); break;
         case OPT_LOAD_TIMEOUT:
@@ -430,10 +437,28 @@ static bool reload_queued;
 static struct policy_inputs build_inputs;
 static void reload(struct ev_loop *loop, const char *why);
 
+/* The dictionaries exist once per process life: a generation that declares
+ * another set (or another size) cannot go live. */
+static bool shared_dicts_unchanged(const struct policy *p, char *msg, size_t msglen)
+{
+    char why[128];
+    if (shdict_region_same(shdict_process_region(), p->opt.shared_dict, p->opt.n_shared_dict, why,
+                           sizeof why))
+        return true;
+    snprintf(msg, msglen, "shared_dict changed: restart to apply (%s)", why);
+    return false;
+}
+
 /* The new generation is built (or refused): swap it in on the loop. */
 static void reload_built(struct policy *p, const char *src, size_t len, const char *err, void *ud)
 {
     struct ev_loop *loop = ud;
+    char msg[256];
+    if (p && !shared_dicts_unchanged(p, msg, sizeof msg)) {
+        policy_release(p);
+        p = NULL;
+        err = msg;
+    }
     if (!p) {
         log_msg(LOG_ERROR, NULL, "reload refused, keeping generation %u: %s%s%s%s",
                 srv.host.policy->generation, err, drop.active ? " (files are read as user " : "",
@@ -511,6 +536,8 @@ static void master_reload_built(struct policy *p, const char *src, size_t len, c
     char msg[512];
     if (!p) {
         log_msg(LOG_ERROR, NULL, "reload refused, workers keep their generation: %s", err);
+    } else if (!shared_dicts_unchanged(p, msg, sizeof msg)) {
+        log_msg(LOG_ERROR, NULL, "reload refused, workers keep their generation: %s", msg);
     } else if (src && !script_store_write(master_store_fd, src, len, msg, sizeof msg)) {
         log_msg(LOG_ERROR, NULL, "reload refused, workers keep their generation: %s", msg);
     } else {
@@ -579,6 +606,29 @@ static void on_script_changed(struct ev_loop *loop, ev_stat *w, int revents)
     ev_timer_start(loop, &watch_settle);
 }
 
+/* Start-up, once the first generation loaded: its dictionaries created
+ * (by the master, a single process, or for -t), or, in a worker that mapped
+ * the master's, checked to be the same. */
+static bool setup_shared_dicts(const struct policy *p, char *err, size_t errlen)
+{
+    if (cli.shdict_fd >= 0) return shared_dicts_unchanged(p, err, errlen);
+    if (p->opt.n_shared_dict > 0) {
+        struct shdict_region *r =
+            shdict_region_create(p->opt.shared_dict, p->opt.n_shared_dict, err, errlen);
+        if (!r) return false;
+        shdict_process_set(r);
+    }
+    /* What the top level stored provisionally moves into them. */
+    return l_shared_startup_end(err, errlen);
+}
+
+/* In each forked worker before exec: what it inherits from the master. */
+static void worker_child_setup(void)
+{
+    tls_tickets_prepare_child();
+    if (shdict_process_region()) fcntl(shdict_region_fd(shdict_process_region()), F_SETFD, 0);
+}
+
 static void write_ready(void)
 {
     if (cli.ready_fd < 0) return;
@@ -615,8 +665,24 @@ int main(int argc, char **argv)
     bool master = cli.workers > 0 && cli.worker_slot < 0;
     char *src = NULL;
     size_t src_len = 0;
+    /* A worker maps the master's dictionaries before its script loads, so
+     * its top level uses them; anyone else makes them from the options that
+     * top level returns, which it meanwhile fills provisionally. */
+    if (cli.shdict_fd >= 0) {
+        struct shdict_region *r = shdict_region_attach(cli.shdict_fd, err, sizeof err);
+        if (!r) {
+            log_msg(LOG_ERROR, NULL, "%s", err);
+            return 1;
+        }
+        shdict_process_set(r);
+    } else
+        l_shared_startup_begin();
     struct policy *p = load_policy(err, sizeof err, master ? &src : NULL, &src_len);
     if (cli.check) {
+        if (p && !setup_shared_dicts(p, err, sizeof err)) {
+            policy_release(p);
+            p = NULL;
+        }
         if (!p) {
             fprintf(stderr, "%s\n", err);
             return 1;
@@ -628,6 +694,10 @@ int main(int argc, char **argv)
     }
     if (!p) {
         log_msg(LOG_ERROR, NULL, "cannot load handler: %s", err);
+        return 1;
+    }
+    if (!setup_shared_dicts(p, err, sizeof err)) {
+        log_msg(LOG_ERROR, NULL, "%s", err);
         return 1;
     }
     if (master) {
@@ -642,6 +712,12 @@ int main(int argc, char **argv)
             }
         }
         free(src);
+        /* Every worker (and its restarts) maps the master's dictionaries. */
+        if (shdict_process_region()) {
+            char num[16];
+            snprintf(num, sizeof num, "%d", shdict_region_fd(shdict_process_region()));
+            pass("--shdict-fd", num);
+        }
         struct tls_config *tls, *smtps;
         if (!load_tls(&tls, &smtps, err, sizeof err)) {
             log_msg(LOG_ERROR, NULL, "%s", err);
@@ -656,7 +732,7 @@ int main(int argc, char **argv)
             .n_listen_smtps = cli.n_listen_smtps, .watchdog = cli.watchdog,
             .stop_timeout = STOP_TIMEOUT_SECONDS, .ready_fd = cli.ready_fd,
             .watch_path = cli.watch ? cli.handler : NULL, .script_fd = master_store_fd,
-            .reload = master_reload, .child_setup = tls_tickets_prepare_child,
+            .reload = master_reload, .child_setup = worker_child_setup,
         };
         return master_run(&mc);
     }

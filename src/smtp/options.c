@@ -43,7 +43,8 @@
 #define DEFAULT_TLS_SESSION_CACHE_SIZE 1000L
 
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
-                T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */ };
+                T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */,
+                T_SHARED_DICT /* { name = size, ... } or "name:size,..." */ };
 
 /* One row per option: its name, type and the field it sets. A new option is
  * one row here, one field in struct options and, if it has one, its
@@ -87,6 +88,7 @@ static const struct opt_def opt_defs[] = {
     OPT("data_memory_limit", T_SIZE, data_memory_limit),
     OPT("tls_ticket_lifetime", T_INT, tls_ticket_lifetime),
     OPT("tls_session_cache_size", T_INT, tls_session_cache_size),
+    OPT("shared_dict", T_SHARED_DICT, shared_dict),
     {NULL, 0, 0, NOT_TRACKED},
 };
 
@@ -95,6 +97,7 @@ static const char *const type_names[] = {
     "a list of strings", "an integer or a table of integers",
     "one of \"reject\", \"normalize\", \"keep\"", "a non-negative number (0 = none)",
     "a size in bytes (an integer, or a string such as \"64m\", \"512k\", \"1g\")",
+    "a table of name = size (e.g. { cache = \"10m\" }; on the command line \"cache:10m,other:1m\")",
 };
 
 void options_init_defaults(struct options *o)
@@ -263,6 +266,51 @@ static bool parse_bare_newline(const char *s, enum bare_newline_mode *out)
     return true;
 }
 
+/* One dictionary of shared_dict: name checked, size parsed and bounded. */
+static bool add_shared_dict(struct options *o, const char *name, size_t len, long size,
+                            char *err, size_t errlen)
+{
+    if (!shdict_name_valid(name, len)) {
+        snprintf(err, errlen,
+                 "option 'shared_dict': bad dictionary name '%.*s' (letters, digits and _, not "
+                 "starting with a digit, at most %d bytes)",
+                 (int)(len > 64 ? 64 : len), name, SHDICT_NAME_MAX - 1);
+        return false;
+    }
+    for (size_t i = 0; i < o->n_shared_dict; i++) {
+        if (strlen(o->shared_dict[i].name) == len && !memcmp(o->shared_dict[i].name, name, len)) {
+            snprintf(err, errlen, "option 'shared_dict': dictionary '%.*s' is declared twice",
+                     (int)len, name);
+            return false;
+        }
+    }
+    if (o->n_shared_dict == SHDICT_MAX) {
+        snprintf(err, errlen, "option 'shared_dict': at most %d dictionaries", SHDICT_MAX);
+        return false;
+    }
+    if (size < SHDICT_SIZE_MIN || size > SHDICT_SIZE_MAX) {
+        snprintf(err, errlen, "option 'shared_dict': the size of '%.*s' must be between %ldk and "
+                 "%ldm, got %ld bytes", (int)len, name, SHDICT_SIZE_MIN / 1024,
+                 SHDICT_SIZE_MAX / (1024 * 1024), size);
+        return false;
+    }
+    struct shdict_spec *sp = &o->shared_dict[o->n_shared_dict++];
+    memcpy(sp->name, name, len);
+    sp->name[len] = '\0';
+    sp->size = size;
+    return true;
+}
+
+static int shared_dict_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct shdict_spec *)a)->name, ((const struct shdict_spec *)b)->name);
+}
+
+static void sort_shared_dicts(struct options *o)
+{
+    qsort(o->shared_dict, o->n_shared_dict, sizeof o->shared_dict[0], shared_dict_cmp);
+}
+
 bool options_set_string(struct options *o, const char *name, const char *v, char *err,
                         size_t errlen)
 {
@@ -330,6 +378,24 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
     case T_SIZE:
         if (!parse_size(v, &n)) return wrong_type(d, err, errlen);
         *INT_FIELD(o, d) = n;
+        return true;
+    case T_SHARED_DICT:
+        /* "cache:10m,other:1m"; "" declares none. */
+        o->n_shared_dict = 0;
+        for (const char *p = v; *p;) {
+            size_t len = strcspn(p, ",");
+            const char *colon = memchr(p, ':', len);
+            char num[32];
+            size_t nlen = colon ? (size_t)(p + len - colon - 1) : 0;
+            if (!colon || nlen == 0 || nlen >= sizeof num) return wrong_type(d, err, errlen);
+            memcpy(num, colon + 1, nlen);
+            num[nlen] = '\0';
+            if (!parse_size(num, &n)) return wrong_type(d, err, errlen);
+            if (!add_shared_dict(o, p, (size_t)(colon - p), n, err, errlen)) return false;
+            p += len;
+            if (*p == ',') p++;
+        }
+        sort_shared_dicts(o);
         return true;
     }
     return false;
@@ -423,6 +489,29 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         if (t == LUA_TSTRING) return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
         if (!lua_is_integer(L, idx, &n)) return wrong_type(d, err, errlen);
         *INT_FIELD(o, d) = n;
+        return true;
+    case T_SHARED_DICT:
+        if (t == LUA_TSTRING) return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
+        if (t != LUA_TTABLE) return wrong_type(d, err, errlen);
+        o->n_shared_dict = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            size_t len;
+            const char *dict = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : NULL;
+            bool ok = dict != NULL;
+            if (ok && lua_type(L, -1) == LUA_TSTRING) ok = parse_size(lua_tostring(L, -1), &n);
+            else if (ok) ok = lua_is_integer(L, -1, &n);
+            if (!ok) {
+                lua_pop(L, 2);
+                return wrong_type(d, err, errlen);
+            }
+            if (!add_shared_dict(o, dict, len, n, err, errlen)) {
+                lua_pop(L, 2);
+                return false;
+            }
+            lua_pop(L, 1);
+        }
+        sort_shared_dicts(o);
         return true;
     }
     return false;

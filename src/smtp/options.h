@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "shdict.h"
+
 struct lua_State;
 
 #define OPTIONS_MAX_EXCLUDED 16
@@ -55,6 +57,10 @@ struct options {
     long error_limit;          /* error replies per session before 421 */
     long tls_ticket_lifetime;  /* seconds per ticket key period; 0 = no session tickets */
     long tls_session_cache_size; /* sessions a worker's ID cache keeps; 0 = no cache */
+    /* shared_dict: the dictionaries (async-api.md 7), sorted by name. Read
+     * from the generation loaded at start-up; a reload may not change it. */
+    struct shdict_spec shared_dict[SHDICT_MAX];
+    size_t n_shared_dict;
 };
 
 void options_init_defaults(struct options *o);
