@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "l_dns.h"
 #include "l_sleep.h"
 #include "log.h"
 #include "lua_bind.h"
@@ -321,4 +322,5 @@ void server_register_lua_classes(lua_State *L)
 {
     l_server_register(L);
     l_sleep_register(L);
+    l_dns_register(L);
 }

@@ -55,6 +55,10 @@ struct options {
     long error_limit;          /* error replies per session before 421 */
     long tls_ticket_lifetime;  /* seconds per ticket key period; 0 = no session tickets */
     long tls_session_cache_size; /* sessions a worker's ID cache keeps; 0 = no cache */
+    /* DNS (async-api.md 5). */
+    char *resolver;            /* "ip[:port],..." or NULL: /etc/resolv.conf */
+    double resolver_timeout;   /* seconds for a whole query */
+    long resolver_cache_size;  /* answers cached per process; 0 = no cache */
 };
 
 void options_init_defaults(struct options *o);
