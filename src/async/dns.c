@@ -693,11 +693,14 @@ struct dns_resolver *dns_resolver_get(struct ev_loop *loop, const struct dns_con
     o.sock_state_cb = dns_on_sock_state;
     o.sock_state_cb_data = r;
     o.tries = DNS_ARES_TRIES;
+    /* One socket per server for the resolver's life, not one per burst. */
+    o.flags = ARES_FLAG_STAYOPEN;
     /* c-ares waits t, then 2t: about our timeout in all. */
     int ms = (int)(r->timeout * 1000 / 3);
     o.timeout = ms < DNS_ARES_MIN_TIMEOUT_MS ? DNS_ARES_MIN_TIMEOUT_MS : ms;
     int rc = ares_init_options(&r->ch, &o,
-                               ARES_OPT_SOCK_STATE_CB | ARES_OPT_TRIES | ARES_OPT_TIMEOUTMS);
+                               ARES_OPT_SOCK_STATE_CB | ARES_OPT_TRIES | ARES_OPT_TIMEOUTMS |
+                                   ARES_OPT_FLAGS);
     if (rc != ARES_SUCCESS) {
         snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
         free(r->servers);
