@@ -15,8 +15,10 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <unistd.h>
 #include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "dns.h"
@@ -40,6 +42,24 @@ static void on_done(void *ud, const char *const *ips, int n, const char *err)
     snprintf(r->err, sizeof r->err, "%s", err ? err : "");
 }
 
+/* A port below the kernel's ephemeral range (so no outgoing connection of
+ * another test holds it) that is free for both UDP and TCP, or 0. */
+static int free_port(void)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        int port = 20000 + rand() % 12000;
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int u = socket(AF_INET, SOCK_DGRAM, 0), t = socket(AF_INET, SOCK_STREAM, 0);
+        bool ok = u >= 0 && t >= 0 && !bind(u, (struct sockaddr *)&a, sizeof a) &&
+                  !bind(t, (struct sockaddr *)&a, sizeof a);
+        if (u >= 0) close(u);
+        if (t >= 0) close(t);
+        if (ok) return port;
+    }
+    return 0;
+}
+
 /* A UDP socket bound to a free loopback port (kept open: silent server). */
 static int udp_bound(int *port)
 {
@@ -58,9 +78,10 @@ static pid_t start_dnsmasq(int port)
     snprintf(portarg, sizeof portarg, "--port=%d", port);
     pid_t pid = fork();
     if (pid == 0) {
-        int null = open("/dev/null", 1);
+        int null = open("/dev/null", O_WRONLY);
         dup2(null, 1);
-        dup2(null, 2);
+        int log = open("/tmp/test_dns-dnsmasq.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(log >= 0 ? log : null, 2);
         execlp("dnsmasq", "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", portarg,
                "--listen-address=127.0.0.1", "--bind-interfaces", "--conf-file=/dev/null",
                "--user=root", "--group=root", "--pid-file=", "--auth-zone=example.test,127.0.0.0/24,::/64",
@@ -84,9 +105,27 @@ static void run_until(struct result *r, double secs)
 int main(void)
 {
     loop = ev_default_loop(0);
-    int port, hold = udp_bound(&port);
-    close(hold); /* dnsmasq takes the port */
-    pid_t dns = start_dnsmasq(port);
+    /* A port free for UDP may be taken for TCP (other tests listen on
+     * ephemeral ports): dnsmasq then exits at once, and we try another. */
+    srand((unsigned)getpid());
+    int port = 0;
+    pid_t dns = 0; /* never kill() a pid <= 0: -1 means every process */
+    for (int attempt = 0; attempt < 5 && dns <= 0; attempt++) {
+        port = free_port();
+        if (!port) continue;
+        dns = start_dnsmasq(port);
+        for (int i = 0; i < 25 && dns > 0; i++) {
+            usleep(20000);
+            if (waitpid(dns, NULL, WNOHANG) == dns) dns = 0; /* exited: try another port */
+        }
+    }
+    if (dns <= 0) {
+        fprintf(stderr, "test_dns: dnsmasq did not start (see /tmp/test_dns-dnsmasq.log)\n");
+        case_begin("dnsmasq runs");
+        EXPECT(dns > 0);
+        case_end();
+        return check_report();
+    }
     char servers[64];
     snprintf(servers, sizeof servers, "127.0.0.1:%d", port);
     struct dns_config cfg = {servers, 2.0, 100};
@@ -146,11 +185,13 @@ int main(void)
     EXPECT(res.calls == 1 && res.n == 0 && !strcmp(res.err, "bad name"));
     case_end();
     dns_resolver_put(r);
-    kill(dns, SIGTERM);
-    waitpid(dns, NULL, 0);
+    if (dns > 0) {
+        kill(dns, SIGTERM);
+        waitpid(dns, NULL, 0);
+    }
 
     /* A server that never answers. */
-    int silent_port, silent = udp_bound(&silent_port);
+    int silent_port = 0, silent = udp_bound(&silent_port);
     snprintf(servers, sizeof servers, "127.0.0.1:%d", silent_port);
     struct dns_config slow = {servers, 0.3, 100};
     r = dns_resolver_get(loop, &slow, err, sizeof err);

@@ -32,12 +32,19 @@ local ZONE_ARGS = {
   "--host-record=1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.zen.test,127.0.0.4",
 }
 
-local function free_udp_port()
-  local s = assert(socket.udp())
-  assert(s:setsockname("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
+-- A port below the kernel's ephemeral range (32768-60999: no outgoing
+-- connection of another test holds it) free for both UDP and TCP.
+local function free_port()
+  math.randomseed(os.time() + math.floor(socket.gettime() * 1000) % 100000)
+  for _ = 1, 100 do
+    local port = math.random(20000, 31999)
+    local udp, tcp = assert(socket.udp()), assert(socket.tcp())
+    local ok = udp:setsockname("127.0.0.1", port) and tcp:bind("127.0.0.1", port)
+    udp:close()
+    tcp:close()
+    if ok then return port end
+  end
+  error("no free port for dnsmasq", 2)
 end
 
 -- A DNS query for `name` A (RFC 1035 4.1), for the readiness probe.
@@ -54,7 +61,7 @@ local function start_dnsmasq(extra)
   local dir = u.tempdir()
   local log = dir .. "/dnsmasq.log"
   for _ = 1, 5 do
-    local port = free_udp_port()
+    local port = free_port()
     local args = { "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
       "--port=" .. port, "--listen-address=127.0.0.1", "--bind-interfaces",
       "--conf-file=/dev/null", "--user=root", "--group=root", "--pid-file=" .. dir .. "/pid",
@@ -67,6 +74,8 @@ local function start_dnsmasq(extra)
       " 2>&1 </dev/null & echo $!"))
     local pid = tonumber(p:read("*l"))
     p:close()
+    -- kill() of a pid <= 0 would signal a whole process group or everything
+    assert(pid and pid > 1, "dnsmasq did not start")
     local probe = assert(socket.udp())
     probe:settimeout(0.1)
     assert(probe:setpeername("127.0.0.1", port))
@@ -83,7 +92,7 @@ local function start_dnsmasq(extra)
     if ready then
       local d = { pid = pid, port = port, dir = dir, log = log }
       function d.stop()
-        if d.pid and u.alive(d.pid) then
+        if d.pid and d.pid > 1 and u.alive(d.pid) then
           u.kill(d.pid, 15)
           u.wait_until(function() return not u.alive(d.pid) end, 10, "dnsmasq to stop")
         end
