@@ -38,7 +38,8 @@ static void on_done(void *ud, const char *const *ips, int n, const char *err)
     struct result *r = ud;
     r->calls++;
     r->n = n;
-    for (int i = 0; i < n && i < 4; i++) snprintf(r->ips[i], sizeof r->ips[i], "%s", ips[i]);
+    for (int i = 0; i < n && i < 4; i++)
+        snprintf(r->ips[i], sizeof r->ips[i], "%s", ips[i]);
     snprintf(r->err, sizeof r->err, "%s", err ? err : "");
 }
 
@@ -48,7 +49,8 @@ static int free_port(void)
 {
     for (int tries = 0; tries < 100; tries++) {
         int port = 20000 + rand() % 12000;
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)port),
                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         int u = socket(AF_INET, SOCK_DGRAM, 0), t = socket(AF_INET, SOCK_STREAM, 0);
         bool ok = u >= 0 && t >= 0 && !bind(u, (struct sockaddr *)&a, sizeof a) &&
@@ -66,7 +68,8 @@ static int udp_bound(int *port)
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &len))
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) ||
+        getsockname(fd, (struct sockaddr *)&a, &len))
         return -1;
     *port = ntohs(a.sin_port);
     return fd;
@@ -84,7 +87,8 @@ static pid_t start_dnsmasq(int port)
         dup2(log >= 0 ? log : null, 2);
         execlp("dnsmasq", "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", portarg,
                "--listen-address=127.0.0.1", "--bind-interfaces", "--conf-file=/dev/null",
-               "--user=root", "--group=root", "--pid-file=", "--auth-zone=example.test,127.0.0.0/24,::/64",
+               "--user=root", "--group=root",
+               "--pid-file=", "--auth-zone=example.test,127.0.0.0/24,::/64",
                "--auth-server=ns.example.test,127.0.0.1", "--auth-ttl=300",
                "--auth-soa=1,hostmaster.example.test,1200,180,1209600,300",
                "--host-record=mail.example.test,127.0.0.10,::10", (char *)NULL);
@@ -99,7 +103,8 @@ static struct ev_loop *loop;
 static void run_until(struct result *r, double secs)
 {
     double end = ev_time() + secs;
-    while (r->calls == 0 && ev_time() < end) ev_run(loop, EVRUN_ONCE);
+    while (r->calls == 0 && ev_time() < end)
+        ev_run(loop, EVRUN_ONCE);
 }
 
 int main(void)
@@ -172,7 +177,7 @@ int main(void)
     memset(&res, 0, sizeof res);
     EXPECT(dns_lookup_host(r, "localhost", on_done, &res) == NULL);
     EXPECT(res.calls == 1 && res.n == 2 && !strcmp(res.ips[0], "127.0.0.1") &&
-          !strcmp(res.ips[1], "::1"));
+           !strcmp(res.ips[1], "::1"));
     case_end();
 
     case_begin("errors: name not found, bad name");
@@ -209,7 +214,8 @@ int main(void)
     dns_resolver_put(r);
     /* Let c-ares give up on the detached queries; the resolver then goes. */
     double end = ev_time() + 3;
-    while (ev_time() < end) ev_run(loop, EVRUN_ONCE | EVRUN_NOWAIT), usleep(10000);
+    while (ev_time() < end)
+        ev_run(loop, EVRUN_ONCE | EVRUN_NOWAIT), usleep(10000);
     EXPECT(cancelled.calls == 0);
     case_end();
     close(silent);

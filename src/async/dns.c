@@ -22,8 +22,17 @@
 #include <strings.h>
 
 /* RFC 1035 3.2.2 / RFC 3596 / RFC 2782 type codes, and class IN. */
-enum { RR_A = 1, RR_NS = 2, RR_CNAME = 5, RR_SOA = 6, RR_PTR = 12, RR_MX = 15, RR_TXT = 16,
-       RR_AAAA = 28, RR_SRV = 33 };
+enum {
+    RR_A = 1,
+    RR_NS = 2,
+    RR_CNAME = 5,
+    RR_SOA = 6,
+    RR_PTR = 12,
+    RR_MX = 15,
+    RR_TXT = 16,
+    RR_AAAA = 28,
+    RR_SRV = 33
+};
 #define RR_CLASS_IN 1
 /* c-ares's own tries per server: short, since our timer bounds the query. */
 #define DNS_ARES_TRIES 2
@@ -35,21 +44,27 @@ static const struct {
     const char *name;
     int rr;
 } dns_types[] = {
-    [DNS_A] = {"A", RR_A},         [DNS_AAAA] = {"AAAA", RR_AAAA}, [DNS_MX] = {"MX", RR_MX},
-    [DNS_TXT] = {"TXT", RR_TXT},   [DNS_PTR] = {"PTR", RR_PTR},    [DNS_CNAME] = {"CNAME", RR_CNAME},
-    [DNS_NS] = {"NS", RR_NS},      [DNS_SRV] = {"SRV", RR_SRV},
+    [DNS_A] = {"A", RR_A},       [DNS_AAAA] = {"AAAA", RR_AAAA}, [DNS_MX] = {"MX", RR_MX},
+    [DNS_TXT] = {"TXT", RR_TXT}, [DNS_PTR] = {"PTR", RR_PTR},    [DNS_CNAME] = {"CNAME", RR_CNAME},
+    [DNS_NS] = {"NS", RR_NS},    [DNS_SRV] = {"SRV", RR_SRV},
 };
 #define DNS_NTYPES (sizeof dns_types / sizeof dns_types[0])
 
 const char *dns_strerror(enum dns_status st)
 {
     switch (st) {
-    case DNS_OK: return NULL;
-    case DNS_NOTFOUND: return "name not found";
-    case DNS_NODATA: return "no data";
-    case DNS_TIMEOUT: return "timeout";
-    case DNS_SERVFAIL: return "server failure";
-    case DNS_BADNAME: return "bad name";
+    case DNS_OK:
+        return NULL;
+    case DNS_NOTFOUND:
+        return "name not found";
+    case DNS_NODATA:
+        return "no data";
+    case DNS_TIMEOUT:
+        return "timeout";
+    case DNS_SERVFAIL:
+        return "server failure";
+    case DNS_BADNAME:
+        return "bad name";
     }
     return "server failure";
 }
@@ -65,7 +80,10 @@ bool dns_type_parse(const char *s, enum dns_type *out)
     return false;
 }
 
-const char *dns_type_name(enum dns_type t) { return dns_types[t].name; }
+const char *dns_type_name(enum dns_type t)
+{
+    return dns_types[t].name;
+}
 
 /* ------------------------------------------------------------------------
  * Names */
@@ -132,8 +150,10 @@ static bool dns_server_valid(const char *s, size_t n)
         if (!close) return false;
         *close = '\0';
         host = buf + 1;
-        if (close[1] == ':') port = close + 2;
-        else if (close[1]) return false;
+        if (close[1] == ':')
+            port = close + 2;
+        else if (close[1])
+            return false;
         if (inet_pton(AF_INET6, host, addr) != 1) return false;
     } else if (inet_pton(AF_INET6, buf, addr) == 1) {
         return true;
@@ -164,7 +184,8 @@ bool dns_servers_valid(const char *csv, char *err, size_t errlen)
         p += strspn(p, " ");
         size_t n = strcspn(p, ",");
         size_t m = n;
-        while (m > 0 && p[m - 1] == ' ') m--;
+        while (m > 0 && p[m - 1] == ' ')
+            m--;
         if (!dns_server_valid(p, m)) {
             snprintf(err, errlen,
                      "option 'resolver': bad server '%.*s' (expected an IP address with an "
@@ -205,7 +226,10 @@ static bool dns_skip_name(const unsigned char **p, const unsigned char *abuf, in
     return true;
 }
 
-static unsigned dns_u16(const unsigned char *p) { return (unsigned)p[0] << 8 | p[1]; }
+static unsigned dns_u16(const unsigned char *p)
+{
+    return (unsigned)p[0] << 8 | p[1];
+}
 static uint32_t dns_u32(const unsigned char *p)
 {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
@@ -226,8 +250,8 @@ static bool dns_walk(const unsigned char *abuf, int alen, int sections, dns_rr_v
     for (int s = 0; s < sections && s < 3; s++) {
         for (unsigned i = 0; i < counts[s]; i++) {
             if (!dns_skip_name(&p, abuf, alen) || end - p < 10) return false;
-            struct dns_rr rr = {s, (int)dns_u16(p), (int)dns_u16(p + 2), dns_u32(p + 4), NULL,
-                                (int)dns_u16(p + 8)};
+            struct dns_rr rr = {s,    (int)dns_u16(p),    (int)dns_u16(p + 2), dns_u32(p + 4),
+                                NULL, (int)dns_u16(p + 8)};
             /* RFC 2181 8: a TTL with the top bit set is zero. */
             if (rr.ttl & 0x80000000u) rr.ttl = 0;
             p += 10;
@@ -264,15 +288,13 @@ static uint32_t dns_rrset_ttl(const unsigned char *abuf, int alen, int type)
     return c.found ? c.ttl : 0;
 }
 
-static void dns_soa_visit(void *ctx, const struct dns_rr *rr, const unsigned char *abuf,
-                          int alen)
+static void dns_soa_visit(void *ctx, const struct dns_rr *rr, const unsigned char *abuf, int alen)
 {
     struct dns_ttl_ctx *c = ctx;
     if (rr->section != 1 || rr->type != RR_SOA || c->found) return;
     const unsigned char *p = rr->rdata, *end = rr->rdata + rr->rdlen;
     /* MNAME, RNAME, then SERIAL REFRESH RETRY EXPIRE MINIMUM. */
-    if (!dns_skip_name(&p, abuf, alen) || p > end || !dns_skip_name(&p, abuf, alen) ||
-        end - p < 20)
+    if (!dns_skip_name(&p, abuf, alen) || p > end || !dns_skip_name(&p, abuf, alen) || end - p < 20)
         return;
     uint32_t minimum = dns_u32(p + 16);
     if (minimum & 0x80000000u) minimum = 0;
@@ -315,7 +337,8 @@ static void dns_builder_add(struct dns_builder *b, const void *data, size_t len,
 
 static void dns_builder_free(struct dns_builder *b)
 {
-    for (size_t i = 0; i < b->n; i++) free(b->str[i]);
+    for (size_t i = 0; i < b->n; i++)
+        free(b->str[i]);
     free(b);
 }
 
@@ -350,8 +373,7 @@ static enum dns_status dns_builder_finish(struct dns_builder *b, struct dns_answ
     return DNS_OK;
 }
 
-static void dns_cname_visit(void *ctx, const struct dns_rr *rr, const unsigned char *abuf,
-                            int alen)
+static void dns_cname_visit(void *ctx, const struct dns_rr *rr, const unsigned char *abuf, int alen)
 {
     struct dns_builder *b = ctx;
     if (rr->section != 0 || rr->type != RR_CNAME || rr->cls != RR_CLASS_IN) return;
@@ -367,7 +389,8 @@ static void dns_cname_visit(void *ctx, const struct dns_rr *rr, const unsigned c
 static void dns_add_hostent_names(struct dns_builder *b, const struct hostent *h, uint32_t ttl)
 {
     size_t before = b->n;
-    for (char **a = h->h_aliases; a && *a; a++) dns_builder_add(b, *a, strlen(*a), ttl, 0, 0, 0);
+    for (char **a = h->h_aliases; a && *a; a++)
+        dns_builder_add(b, *a, strlen(*a), ttl, 0, 0, 0);
     if (b->n == before && h->h_name && *h->h_name)
         dns_builder_add(b, h->h_name, strlen(h->h_name), ttl, 0, 0, 0);
 }
@@ -420,8 +443,8 @@ enum dns_status dns_parse_answer(enum dns_type t, const unsigned char *abuf, int
         rc = ares_parse_a_reply(abuf, alen, NULL, tt, &n);
         for (int i = 0; rc == ARES_SUCCESS && i < n; i++) {
             if (inet_ntop(AF_INET, &tt[i].ipaddr, text, sizeof text))
-                dns_builder_add(b, text, strlen(text), tt[i].ttl < 0 ? 0 : (uint32_t)tt[i].ttl,
-                                0, 0, 0);
+                dns_builder_add(b, text, strlen(text), tt[i].ttl < 0 ? 0 : (uint32_t)tt[i].ttl, 0,
+                                0, 0);
         }
         break;
     }
@@ -431,8 +454,8 @@ enum dns_status dns_parse_answer(enum dns_type t, const unsigned char *abuf, int
         rc = ares_parse_aaaa_reply(abuf, alen, NULL, tt, &n);
         for (int i = 0; rc == ARES_SUCCESS && i < n; i++) {
             if (inet_ntop(AF_INET6, &tt[i].ip6addr, text, sizeof text))
-                dns_builder_add(b, text, strlen(text), tt[i].ttl < 0 ? 0 : (uint32_t)tt[i].ttl,
-                                0, 0, 0);
+                dns_builder_add(b, text, strlen(text), tt[i].ttl < 0 ? 0 : (uint32_t)tt[i].ttl, 0,
+                                0, 0);
         }
         break;
     }
@@ -460,8 +483,7 @@ enum dns_status dns_parse_answer(enum dns_type t, const unsigned char *abuf, int
         if (rc == ARES_SUCCESS) {
             uint32_t ttl = dns_rrset_ttl(abuf, alen, RR_SRV);
             for (struct ares_srv_reply *s = srv; s; s = s->next)
-                dns_builder_add(b, s->host, strlen(s->host), ttl, s->priority, s->weight,
-                                s->port);
+                dns_builder_add(b, s->host, strlen(s->host), ttl, s->priority, s->weight, s->port);
         }
         if (srv) ares_free_data(srv);
         break;
@@ -479,8 +501,7 @@ enum dns_status dns_parse_answer(enum dns_type t, const unsigned char *abuf, int
         static const unsigned char any[16];
         struct hostent *h = NULL;
         rc = ares_parse_ptr_reply(abuf, alen, any, 4, AF_INET, &h);
-        if (rc == ARES_SUCCESS && h)
-            dns_add_hostent_names(b, h, dns_rrset_ttl(abuf, alen, RR_PTR));
+        if (rc == ARES_SUCCESS && h) dns_add_hostent_names(b, h, dns_rrset_ttl(abuf, alen, RR_PTR));
         if (h) ares_free_hostent(h);
         break;
     }
@@ -510,7 +531,10 @@ static struct dns_answer *dns_answer_aged(const struct dns_answer *a, uint32_t a
     return c;
 }
 
-struct dns_answer *dns_answer_copy(const struct dns_answer *a) { return dns_answer_aged(a, 0); }
+struct dns_answer *dns_answer_copy(const struct dns_answer *a)
+{
+    return dns_answer_aged(a, 0);
+}
 
 /* ------------------------------------------------------------------------
  * Resolvers */
@@ -522,7 +546,7 @@ struct dns_sock {
 };
 
 struct dns_centry {
-    struct dns_centry *hnext;      /* bucket chain */
+    struct dns_centry *hnext;       /* bucket chain */
     struct dns_centry *prev, *next; /* LRU list, most recent first */
     uint32_t hash;
     double stored, expires;
@@ -603,7 +627,8 @@ static void dns_on_sock_state(void *data, ares_socket_t fd, int readable, int wr
 {
     struct dns_resolver *r = data;
     struct dns_sock **pp = &r->socks, *s;
-    while ((s = *pp) && s->io.fd != fd) pp = &s->next;
+    while ((s = *pp) && s->io.fd != fd)
+        pp = &s->next;
     if (!readable && !writable) {
         if (s) {
             ev_io_stop(r->loop, &s->io);
@@ -658,8 +683,8 @@ static bool dns_same_servers(const char *a, const char *b)
     return a == b || (a && b && !strcmp(a, b));
 }
 
-struct dns_resolver *dns_resolver_get(struct ev_loop *loop, const struct dns_config *c,
-                                      char *err, size_t errlen)
+struct dns_resolver *dns_resolver_get(struct ev_loop *loop, const struct dns_config *c, char *err,
+                                      size_t errlen)
 {
     for (struct dns_resolver *r = dns_resolvers; r; r = r->next) {
         if (r->loop == loop && r->timeout == c->timeout && r->cache_size == c->cache_size &&
@@ -698,9 +723,8 @@ struct dns_resolver *dns_resolver_get(struct ev_loop *loop, const struct dns_con
     /* c-ares waits t, then 2t: about our timeout in all. */
     int ms = (int)(r->timeout * 1000 / 3);
     o.timeout = ms < DNS_ARES_MIN_TIMEOUT_MS ? DNS_ARES_MIN_TIMEOUT_MS : ms;
-    int rc = ares_init_options(&r->ch, &o,
-                               ARES_OPT_SOCK_STATE_CB | ARES_OPT_TRIES | ARES_OPT_TIMEOUTMS |
-                                   ARES_OPT_FLAGS);
+    int rc = ares_init_options(
+        &r->ch, &o, ARES_OPT_SOCK_STATE_CB | ARES_OPT_TRIES | ARES_OPT_TIMEOUTMS | ARES_OPT_FLAGS);
     if (rc != ARES_SUCCESS) {
         snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
         free(r->servers);
@@ -730,21 +754,29 @@ void dns_resolver_put(struct dns_resolver *r)
 /* ------------------------------------------------------------------------
  * The cache */
 
-size_t dns_cache_count(const struct dns_resolver *r) { return r->count; }
+size_t dns_cache_count(const struct dns_resolver *r)
+{
+    return r->count;
+}
 
 static uint32_t dns_hash(const char *s)
 {
     uint32_t h = 2166136261u;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
     return h;
 }
 
 static void dns_lru_unlink(struct dns_resolver *r, struct dns_centry *e)
 {
-    if (e->prev) e->prev->next = e->next;
-    else r->lru_head = e->next;
-    if (e->next) e->next->prev = e->prev;
-    else r->lru_tail = e->prev;
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        r->lru_head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        r->lru_tail = e->prev;
     e->prev = e->next = NULL;
 }
 
@@ -752,15 +784,18 @@ static void dns_lru_push(struct dns_resolver *r, struct dns_centry *e)
 {
     e->prev = NULL;
     e->next = r->lru_head;
-    if (e->next) e->next->prev = e;
-    else r->lru_tail = e;
+    if (e->next)
+        e->next->prev = e;
+    else
+        r->lru_tail = e;
     r->lru_head = e;
 }
 
 static void dns_cache_remove(struct dns_resolver *r, struct dns_centry *e)
 {
     struct dns_centry **pp = &r->buckets[e->hash & (r->nbuckets - 1)];
-    while (*pp != e) pp = &(*pp)->hnext;
+    while (*pp != e)
+        pp = &(*pp)->hnext;
     *pp = e->hnext;
     dns_lru_unlink(r, e);
     free(e->ans);
@@ -770,7 +805,8 @@ static void dns_cache_remove(struct dns_resolver *r, struct dns_centry *e)
 
 static void dns_cache_clear(struct dns_resolver *r)
 {
-    while (r->lru_head) dns_cache_remove(r, r->lru_head);
+    while (r->lru_head)
+        dns_cache_remove(r, r->lru_head);
 }
 
 static struct dns_centry *dns_cache_find(struct dns_resolver *r, const char *key)
@@ -801,7 +837,8 @@ static void dns_cache_store(struct dns_resolver *r, const char *key, enum dns_st
     }
     if (!r->buckets) {
         size_t n = 16;
-        while (n < (size_t)r->cache_size && n < DNS_CACHE_MAX_BUCKETS) n *= 2;
+        while (n < (size_t)r->cache_size && n < DNS_CACHE_MAX_BUCKETS)
+            n *= 2;
         r->buckets = calloc(n, sizeof *r->buckets);
         if (!r->buckets) {
             free(ans);
@@ -811,7 +848,8 @@ static void dns_cache_store(struct dns_resolver *r, const char *key, enum dns_st
     }
     struct dns_centry *old = dns_cache_find(r, key);
     if (old) dns_cache_remove(r, old);
-    while (r->count >= (size_t)r->cache_size && r->lru_tail) dns_cache_remove(r, r->lru_tail);
+    while (r->count >= (size_t)r->cache_size && r->lru_tail)
+        dns_cache_remove(r, r->lru_tail);
     size_t klen = strlen(key);
     struct dns_centry *e = malloc(sizeof *e + klen + 1);
     if (!e) {
@@ -837,7 +875,8 @@ static void dns_key(char *out, size_t cap, enum dns_type t, const char *name)
 {
     int w = snprintf(out, cap, "%s:", dns_types[t].name);
     size_t i = (size_t)w;
-    for (; *name && i + 1 < cap; name++) out[i++] = (char)tolower((unsigned char)*name);
+    for (; *name && i + 1 < cap; name++)
+        out[i++] = (char)tolower((unsigned char)*name);
     if (i > (size_t)w + 1 && out[i - 1] == '.') i--;
     out[i] = '\0';
 }
@@ -866,12 +905,18 @@ static void dns_on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 static enum dns_status dns_status_of(int rc)
 {
     switch (rc) {
-    case ARES_SUCCESS: return DNS_OK;
-    case ARES_ENOTFOUND: return DNS_NOTFOUND;
-    case ARES_ENODATA: return DNS_NODATA;
-    case ARES_ETIMEOUT: return DNS_TIMEOUT;
-    case ARES_EBADNAME: return DNS_BADNAME;
-    default: return DNS_SERVFAIL; /* SERVFAIL, REFUSED, connection refused, ... */
+    case ARES_SUCCESS:
+        return DNS_OK;
+    case ARES_ENOTFOUND:
+        return DNS_NOTFOUND;
+    case ARES_ENODATA:
+        return DNS_NODATA;
+    case ARES_ETIMEOUT:
+        return DNS_TIMEOUT;
+    case ARES_EBADNAME:
+        return DNS_BADNAME;
+    default:
+        return DNS_SERVFAIL; /* SERVFAIL, REFUSED, connection refused, ... */
     }
 }
 
@@ -992,7 +1037,8 @@ struct dns_lookup {
 static void dns_lookup_free(struct dns_lookup *l)
 {
     for (int k = 0; k < 2; k++)
-        for (int i = 0; i < l->n[k]; i++) free(l->ips[k][i]);
+        for (int i = 0; i < l->n[k]; i++)
+            free(l->ips[k][i]);
     free(l);
 }
 
@@ -1002,7 +1048,8 @@ static void dns_lookup_deliver(struct dns_lookup *l)
     const char *list[2 * DNS_MAX_RECORDS];
     int n = 0;
     for (int k = 0; k < 2; k++)
-        for (int i = 0; i < l->n[k]; i++) list[n++] = l->ips[k][i];
+        for (int i = 0; i < l->n[k]; i++)
+            list[n++] = l->ips[k][i];
     const char *err = NULL;
     if (n == 0) {
         enum dns_status st = DNS_NOTFOUND;
@@ -1084,6 +1131,7 @@ struct dns_lookup *dns_lookup_host(struct dns_resolver *r, const char *name, dns
 void dns_lookup_cancel(struct dns_lookup *l)
 {
     if (!l) return;
-    for (int k = 0; k < 2; k++) dns_query_cancel(l->q[k]);
+    for (int k = 0; k < 2; k++)
+        dns_query_cancel(l->q[k]);
     dns_lookup_free(l);
 }

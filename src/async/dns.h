@@ -106,8 +106,8 @@ struct dns_resolver;
 /* The process's resolver for this configuration on loop: a live one with
  * the same settings, or a new one. The caller holds it (dns_resolver_put).
  * NULL with err set if c-ares cannot be set up. */
-struct dns_resolver *dns_resolver_get(struct ev_loop *loop, const struct dns_config *c,
-                                      char *err, size_t errlen);
+struct dns_resolver *dns_resolver_get(struct ev_loop *loop, const struct dns_config *c, char *err,
+                                      size_t errlen);
 void dns_resolver_put(struct dns_resolver *r);
 
 /* Entries in r's cache now (for tests and logs). */

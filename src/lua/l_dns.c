@@ -113,7 +113,10 @@ static void l_dns_free(struct l_dns_wait *dw)
     free(dw);
 }
 
-static void l_dns_cancel(struct hook_wait *w) { l_dns_free((struct l_dns_wait *)w); }
+static void l_dns_cancel(struct hook_wait *w)
+{
+    l_dns_free((struct l_dns_wait *)w);
+}
 
 static void l_dns_push_record(lua_State *L, enum dns_type t, const struct dns_record *r)
 {
@@ -244,7 +247,8 @@ static void l_dns_on_answer(void *ud, enum dns_status st, const struct dns_answe
 static void l_dns_confirm_done(struct l_dns_wait *dw)
 {
     int ok = 0;
-    for (int i = 0; i < dw->nfwd; i++) ok += dw->fwd[i].confirmed;
+    for (int i = 0; i < dw->nfwd; i++)
+        ok += dw->fwd[i].confirmed;
     /* A name that may yet confirm (its lookup failed for now) makes the
      * answer temporary; otherwise none confirms: not found. */
     dw->st = ok ? DNS_OK : dw->fwd_err != DNS_OK ? dw->fwd_err : DNS_NOTFOUND;
@@ -379,8 +383,9 @@ static int l_dns_query(lua_State *L)
     const char *qtype = luaL_checkstring(L, 2);
     enum dns_type t;
     if (!dns_type_parse(qtype, &t))
-        return luaL_argerror(L, 2, "expected \"A\", \"AAAA\", \"MX\", \"TXT\", \"PTR\", "
-                                   "\"CNAME\", \"NS\" or \"SRV\"");
+        return luaL_argerror(L, 2,
+                             "expected \"A\", \"AAAA\", \"MX\", \"TXT\", \"PTR\", "
+                             "\"CNAME\", \"NS\" or \"SRV\"");
     int nret;
     struct l_dns_wait *dw = l_dns_begin(L, "smtpd.dns.query", L_DNS_QUERY, &nret);
     if (!dw) return nret;
