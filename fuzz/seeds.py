@@ -11,6 +11,8 @@ Formats (see each fuzz_<target>.c):
   plain    byte 0 flags, then the PLAIN response (raw bytes, or base64 text
            with flag 4)
   proxy    the bytes a load balancer sends first (header, then SMTP)
+  dns      byte 0 the query type (A AAAA MX TXT PTR CNAME NS SRV = 0..7),
+           then a DNS reply
 """
 import base64
 import os
@@ -247,6 +249,54 @@ proxy = {
 }
 
 
+# DNS replies (RFC 1035 4.1), one per query type and a few hostile shapes.
+def dns_name(name):
+    out = b""
+    for label in name.split("."):
+        out += bytes([len(label)]) + label.encode()
+    return out + b"\0"
+
+
+def dns_rr(rtype, rdata, ttl=300, name=b"\xc0\x0c"):
+    return name + struct.pack(">HHIH", rtype, 1, ttl, len(rdata)) + rdata
+
+
+def dns_reply(qtype, answers=(), authority=(), rcode=0, qname="example.test"):
+    head = struct.pack(">HHHHHH", 0x1234, 0x8180 | rcode, 1, len(answers), len(authority), 0)
+    return head + dns_name(qname) + struct.pack(">HH", qtype, 1) + b"".join(answers) + \
+        b"".join(authority)
+
+
+SOA = dns_rr(6, dns_name("ns.example.test") + dns_name("hostmaster.example.test")
+             + struct.pack(">IIIII", 1, 1200, 180, 1209600, 60))
+DNS_TYPES = {"a": 0, "aaaa": 1, "mx": 2, "txt": 3, "ptr": 4, "cname": 5, "ns": 6, "srv": 7}
+dns_seeds = {
+    "a": bytes([0]) + dns_reply(1, [dns_rr(1, bytes([127, 0, 0, 10])),
+                                   dns_rr(1, bytes([127, 0, 0, 11]), ttl=60)]),
+    "aaaa": bytes([1]) + dns_reply(28, [dns_rr(28, bytes(15) + b"\x10")]),
+    "mx": bytes([2]) + dns_reply(15, [dns_rr(15, struct.pack(">H", 10) + dns_name("mail.example.test")),
+                                     dns_rr(15, struct.pack(">H", 20) + b"\xc0\x0c")]),
+    "txt": bytes([3]) + dns_reply(16, [dns_rr(16, b"\x08part one\x08part two"),
+                                      dns_rr(16, b"\x0bv=spf1 -all")]),
+    "ptr": bytes([4]) + dns_reply(12, [dns_rr(12, dns_name("mail.example.test"))],
+                                  qname="10.0.0.127.in-addr.arpa"),
+    "cname": bytes([5]) + dns_reply(5, [dns_rr(5, dns_name("mail.example.test"))]),
+    "ns": bytes([6]) + dns_reply(2, [dns_rr(2, dns_name("ns.example.test"))]),
+    "srv": bytes([7]) + dns_reply(33, [dns_rr(33, struct.pack(">HHH", 1, 5, 587)
+                                             + dns_name("mail.example.test"))],
+                                  qname="_submission._tcp.example.test"),
+    "nxdomain-soa": bytes([0]) + dns_reply(1, authority=[SOA], rcode=3),
+    "nodata-soa": bytes([1]) + dns_reply(28, authority=[SOA]),
+    "a-via-cname": bytes([0]) + dns_reply(1, [dns_rr(5, dns_name("mail.example.test")),
+                                             dns_rr(1, bytes([127, 0, 0, 10]), name=b"\xc0\x2a")]),
+    "pointer-loop": bytes([2]) + dns_reply(15, [dns_rr(15, b"\x00\x0a\xc0\x22", name=b"\xc0\x22")]),
+    "truncated-rdata": bytes([3]) + dns_reply(16, [dns_rr(16, b"\x20short")])[:-3],
+    "high-ttl": bytes([0]) + dns_reply(1, [dns_rr(1, bytes([1, 2, 3, 4]), ttl=0x80000001)]),
+    "resolver-text": bytes([0]) + b"127.0.0.1:5353,[::1]:53,::1",
+    "ipv6-address": bytes([0]) + bytes(15) + b"\x01",
+}
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     shutil.rmtree(d, ignore_errors=True)
@@ -262,3 +312,4 @@ write("base64", base64_seeds)
 write("addr", addr)
 write("plain", plain)
 write("proxy", proxy)
+write("dns", dns_seeds)

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "l_shared.h"
+#include "l_dns.h"
 #include "l_sleep.h"
 #include "log.h"
 #include "lua_bind.h"
@@ -323,4 +324,5 @@ void server_register_lua_classes(lua_State *L)
     l_server_register(L);
     l_sleep_register(L);
     l_shared_register(L);
+    l_dns_register(L);
 }

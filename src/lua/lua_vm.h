@@ -56,6 +56,11 @@ struct vm {
     struct ev_loop *loop; /* NULL until attached (while loading, in -t) */
     double hook_timeout;  /* seconds a hook may stay suspended in all, 0 = none */
     bool loading;         /* the script's top level runs */
+    /* DNS (l_dns.c): the generation's resolver options. resolver points
+     * into the owner's options (NULL: /etc/resolv.conf). */
+    const char *resolver;
+    double resolver_timeout;   /* seconds per query */
+    long resolver_cache_size;  /* entries, 0 = no cache */
     bool retired;
     struct vm_resource *resources;
     /* The owner's reference count (the policy's): work that outlives the

@@ -3,6 +3,8 @@
  * exactly the same things. */
 #include "options.h"
 
+#include "dns.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -41,10 +43,16 @@
 #define DEFAULT_DATA_MEMORY_LIMIT (256L * 1024 * 1024)
 #define DEFAULT_TLS_TICKET_LIFETIME 3600L
 #define DEFAULT_TLS_SESSION_CACHE_SIZE 1000L
+/* DNS: five seconds a query (as resolv.conf's default), 10000 answers. */
+#define DEFAULT_RESOLVER_TIMEOUT 5.0
+#define DEFAULT_RESOLVER_CACHE_SIZE 10000L
+/* A cache larger than this is a typo, not a plan. */
+#define RESOLVER_CACHE_SIZE_MAX 10000000L
 
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
                 T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */,
-                T_SHARED_DICT /* { name = size, ... } or "name:size,..." */ };
+                T_SHARED_DICT /* { name = size, ... } or "name:size,..." */,
+                T_RESOLVER /* "ip[:port],..." */ };
 
 /* One row per option: its name, type and the field it sets. A new option is
  * one row here, one field in struct options and, if it has one, its
@@ -89,6 +97,9 @@ static const struct opt_def opt_defs[] = {
     OPT("tls_ticket_lifetime", T_INT, tls_ticket_lifetime),
     OPT("tls_session_cache_size", T_INT, tls_session_cache_size),
     OPT("shared_dict", T_SHARED_DICT, shared_dict),
+    OPT("resolver", T_RESOLVER, resolver),
+    OPT("resolver_timeout", T_NUMBER, resolver_timeout),
+    OPT("resolver_cache_size", T_INT, resolver_cache_size),
     {NULL, 0, 0, NOT_TRACKED},
 };
 
@@ -98,6 +109,7 @@ static const char *const type_names[] = {
     "one of \"reject\", \"normalize\", \"keep\"", "a non-negative number (0 = none)",
     "a size in bytes (an integer, or a string such as \"64m\", \"512k\", \"1g\")",
     "a table of name = size (e.g. { cache = \"10m\" }; on the command line \"cache:10m,other:1m\")",
+    "a string listing DNS servers (\"127.0.0.1:5353,[::1]:53\")",
 };
 
 void options_init_defaults(struct options *o)
@@ -121,6 +133,8 @@ void options_init_defaults(struct options *o)
     o->error_limit = DEFAULT_ERROR_LIMIT;
     o->tls_ticket_lifetime = DEFAULT_TLS_TICKET_LIFETIME;
     o->tls_session_cache_size = DEFAULT_TLS_SESSION_CACHE_SIZE;
+    o->resolver_timeout = DEFAULT_RESOLVER_TIMEOUT;
+    o->resolver_cache_size = DEFAULT_RESOLVER_CACHE_SIZE;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -130,6 +144,7 @@ bool options_copy(struct options *dst, const struct options *src)
     *dst = *src;
     dst->hostname = dup_or_null(src->hostname);
     dst->ident = dup_or_null(src->ident);
+    dst->resolver = dup_or_null(src->resolver);
     for (size_t i = 0; i < src->n_auth_exclude_mechanism; i++)
         dst->auth_exclude_mechanism[i] = dup_or_null(src->auth_exclude_mechanism[i]);
     return true;
@@ -139,6 +154,7 @@ void options_free(struct options *o)
 {
     free(o->hostname);
     free(o->ident);
+    free(o->resolver);
     for (size_t i = 0; i < o->n_auth_exclude_mechanism; i++) free(o->auth_exclude_mechanism[i]);
     memset(o, 0, sizeof *o);
 }
@@ -397,6 +413,10 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         }
         sort_shared_dicts(o);
         return true;
+    case T_RESOLVER:
+        if (!dns_servers_valid(v, err, errlen)) return false;
+        set_string(STRING_FIELD(o, d), v);
+        return true;
     }
     return false;
 }
@@ -434,6 +454,7 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         *NUMBER_FIELD(o, d) = lua_tonumber(L, idx);
         return true;
     case T_STRING:
+    case T_RESOLVER:
         if (t != LUA_TSTRING) return wrong_type(d, err, errlen);
         return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
     case T_LIST:
@@ -553,6 +574,11 @@ bool options_finalize(struct options *o, char *err, size_t errlen)
     /* RFC 5077 5.6: a ticket lifetime hint is at most 7 days. */
     if (o->tls_ticket_lifetime > 604800) {
         snprintf(err, errlen, "option 'tls_ticket_lifetime' must be at most 604800 seconds");
+        return false;
+    }
+    if (o->resolver_cache_size > RESOLVER_CACHE_SIZE_MAX) {
+        snprintf(err, errlen, "option 'resolver_cache_size' must be at most %ld",
+                 RESOLVER_CACHE_SIZE_MAX);
         return false;
     }
     if (!o->hostname) o->hostname = fqdn();

@@ -61,6 +61,10 @@ struct options {
      * from the generation loaded at start-up; a reload may not change it. */
     struct shdict_spec shared_dict[SHDICT_MAX];
     size_t n_shared_dict;
+    /* DNS (async-api.md 5). */
+    char *resolver;            /* "ip[:port],..." or NULL: /etc/resolv.conf */
+    double resolver_timeout;   /* seconds for a whole query */
+    long resolver_cache_size;  /* answers cached per process; 0 = no cache */
 };
 
 void options_init_defaults(struct options *o);
