@@ -384,6 +384,9 @@ static struct policy *apply_cli_defaults(struct policy *p)
 {
     if (p && cli.tlscert && !cli.requiretls_given && !p->opt.require_starttls_set)
         p->opt.require_starttls = true;
+    /* A timer's premature run (the generation retired) may wait no longer
+     * than the sessions left on it may go on. */
+    if (p) p->vm.drain_timeout = cli.drain_timeout;
     return p;
 }
 
