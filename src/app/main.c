@@ -449,7 +449,7 @@ static void reload_built(struct policy *p, const char *src, size_t len, const ch
         policy_retire(old, ev_now(loop));
         log_policy(p);
         if (old->refcount > 1)
-            log_msg(LOG_INFO, NULL, "generation %u retired; %d sessions finish on it",
+            log_msg(LOG_INFO, NULL, "generation %u retired; %d sessions or timer runs finish on it",
                     old->generation, old->refcount - 1);
         policy_release(old);
     }

@@ -25,12 +25,21 @@
 
 struct timer_set;
 
-/* One timer, inside its handle's userdata. The registry anchors the handle
- * (ref) from creation until the timer ends, so the C side may point at it
- * all that time; the handle's environment table holds fn and the extra
- * arguments. A timer is pending while it is armed (its ev_timer runs, or
- * starts at attach) or due (its generation retired and its premature run
- * is still to come). */
+/* A handle (the userdata smtpd.timer.at returns): the timer while it
+ * lives, NULL once it ended. Its environment table holds fn and the extra
+ * arguments. */
+struct timer_box {
+    struct timer *t;
+    char name[200]; /* "timer t3 (handler.lua:12)": for tostring, and the hook's name in logs */
+};
+
+/* One timer, malloc'd, freed when it ends. The registry anchors its handle
+ * (ref) from creation until then, so the timer may point at the box. (Kept
+ * out of the Lua heap so that what points at a suspended run, e.g. a libev
+ * watcher, reaches its generation through ordinary memory: a leak checker
+ * at exit sees it, as it sees a suspended session.) A timer is pending
+ * while it is armed (its ev_timer runs, or starts at attach) or due (its
+ * generation retired and its premature run is still to come). */
 struct timer {
     struct hook_state hook; /* its runs */
     ev_timer ev;
@@ -44,7 +53,8 @@ struct timer {
     bool due;
     bool running;    /* a run is in progress (it may be suspended) */
     char id[24];     /* "t3": the hook's sid */
-    char name[200];  /* "timer t3 (handler.lua:12)": the hook's name in logs */
+    const char *name; /* the box's */
+    struct timer_box *box;
 };
 
 /* The generation's timers, in creation order (premature runs keep it). */
@@ -85,14 +95,15 @@ static void timer_unlink(struct timer *t)
     t->set = NULL;
 }
 
-/* The timer is over: out of its set, its handle (and t with it) left to
- * the collector. Touch t no more after this. */
+/* The timer is over: out of its set and freed, its handle left to the
+ * collector. Touch t no more after this. */
 static void timer_end(struct timer *t)
 {
     lua_State *L = t->set->vm->L;
     int ref = t->ref;
     timer_unlink(t);
-    t->ref = LUA_NOREF;
+    t->box->t = NULL;
+    free(t);
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
 }
 
@@ -233,8 +244,9 @@ static void timer_set_close(struct vm_resource *r, struct vm *vm)
         struct timer *t = set->head;
         if (vm->loop) ev_timer_stop(vm->loop, &t->ev);
         if (t->running) hook_abandon(&t->hook); /* not expected: a run holds the state */
-        t->running = t->armed = t->due = false;
-        timer_unlink(t); /* the state closes next and frees the handle */
+        timer_unlink(t);
+        t->box->t = NULL;
+        free(t);
     }
     free(set);
 }
@@ -286,12 +298,18 @@ static int timer_new(lua_State *L, bool every)
         snprintf(where, sizeof where, "%s:%d", ar.short_src, ar.currentline);
 
     /* Everything that may raise (allocation) comes before the timer is
-     * linked anywhere: a failure leaves only garbage. */
-    struct timer *t = lua_newuserdata(L, sizeof *t);
-    memset(t, 0, sizeof *t);
-    t->ref = LUA_NOREF;
+     * linked anywhere: a failure leaves only garbage, which the handle's
+     * __gc frees. */
+    struct timer_box *box = lua_newuserdata(L, sizeof *box);
+    box->t = NULL;
+    box->name[0] = '\0';
     luaL_getmetatable(L, TIMER_MT);
     lua_setmetatable(L, -2);
+    struct timer *t = calloc(1, sizeof *t);
+    if (!t) return luaL_error(L, "smtpd.timer: out of memory");
+    box->t = t;
+    t->box = box;
+    t->ref = LUA_NOREF;
     lua_createtable(L, nargs + 1, 0);
     for (int i = 0; i <= nargs; i++) {
         lua_pushvalue(L, 2 + i);
@@ -300,7 +318,8 @@ static int timer_new(lua_State *L, bool every)
     lua_setfenv(L, -2);
     unsigned long id = __atomic_add_fetch(&timer_next_id, 1, __ATOMIC_RELAXED);
     snprintf(t->id, sizeof t->id, "t%lu", id);
-    snprintf(t->name, sizeof t->name, "timer %s (%s)", t->id, where);
+    snprintf(box->name, sizeof box->name, "timer %s (%s)", t->id, where);
+    t->name = box->name;
     t->nargs = nargs;
     t->delay = delay;
     t->interval = every ? delay : 0.;
@@ -324,8 +343,8 @@ static int l_timer_every(lua_State *L) { return timer_new(L, true); }
  * not stopped; an `every` timer runs no more after it. */
 static int l_timer_cancel(lua_State *L)
 {
-    struct timer *t = luaL_checkudata(L, 1, TIMER_MT);
-    struct timer_set *set = t->set;
+    struct timer *t = ((struct timer_box *)luaL_checkudata(L, 1, TIMER_MT))->t;
+    struct timer_set *set = t ? t->set : NULL;
     if (!set || !(t->armed || t->due)) {
         lua_pushboolean(L, 0);
         return 1;
@@ -340,9 +359,19 @@ static int l_timer_cancel(lua_State *L)
 
 static int l_timer_tostring(lua_State *L)
 {
-    struct timer *t = luaL_checkudata(L, 1, TIMER_MT);
-    lua_pushfstring(L, "smtpd.%s", t->name);
+    struct timer_box *box = luaL_checkudata(L, 1, TIMER_MT);
+    lua_pushfstring(L, "smtpd.%s", box->name[0] ? box->name : "timer");
     return 1;
+}
+
+/* The handle is collected. Its timer ended (and was freed) unless making it
+ * raised before the timer was linked. */
+static int l_timer_gc(lua_State *L)
+{
+    struct timer_box *box = luaL_checkudata(L, 1, TIMER_MT);
+    free(box->t);
+    box->t = NULL;
+    return 0;
 }
 
 /* smtpd.now(): the loop's cached time (the time now while the script's top
@@ -382,6 +411,8 @@ static void timer_handle_class(lua_State *L)
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_timer_tostring);
     lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, l_timer_gc);
+    lua_setfield(L, -2, "__gc");
     lua_pushliteral(L, TIMER_MT);
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
