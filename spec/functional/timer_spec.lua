@@ -400,6 +400,32 @@ describe("smtpd.timer at shutdown and in check mode", function()
     assert.is_true(log:find("SIGTERM received", 1, true) < log:find("RUN g1-at premature=true", 1, true))
   end)
 
+  it("the stop waits for a premature run that waits, and --drain-timeout bounds it", function()
+    local extra = [[
+smtpd.timer.at(60, function(premature)
+  line("LATE start premature=" .. tostring(premature))
+  smtpd.sleep(0.3)
+  line("LATE done")
+end)
+smtpd.timer.at(60, function()
+  line("LONG start")
+  smtpd.sleep(30)
+  line("LONG woke")
+end)
+]]
+    local srv = testing.start{ source = gen_source(1, extra), args = { "--drain-timeout", "1" } }
+    local ok, err = pcall(u.wait_log, srv, "RUN g1-now premature=false")
+    local status = srv:stop()
+    if not ok then error(err, 0) end
+    local log = srv:stderr()
+    assert.equal(0, status, log)
+    local late, stopped = log:find("LATE done", 1, true), log:find("INFO stopped", 1, true)
+    assert.truthy(late and stopped and late < stopped, log)
+    assert.truthy(log:find("still waiting for smtpd.sleep after --drain-timeout (1 s)", 1, true), log)
+    assert.falsy(log:find("LONG woke", 1, true), log)
+    assert.truthy(log:find("still waiting", 1, true) < stopped, log)
+  end)
+
   it("-t never runs a timer", function()
     local status, out = testing.check{ flag = "-t", source = [[
 local smtpd = require "smtpd"

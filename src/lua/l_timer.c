@@ -72,6 +72,20 @@ static const char timer_kind;
  * makes the timers of a loading script, so the counter is atomic. */
 static unsigned long timer_next_id;
 
+/* Runs in progress in the process, and who is told when none is left.
+ * Loop thread only (runs never start on the builder thread). */
+static unsigned timer_runs;
+static void (*timer_idle_fn)(void *ud);
+static void *timer_idle_ud;
+
+unsigned l_timer_runs(void) { return timer_runs; }
+
+void l_timer_on_idle(void (*fn)(void *ud), void *ud)
+{
+    timer_idle_fn = fn;
+    timer_idle_ud = ud;
+}
+
 static void timer_start_run(struct timer *t, bool premature);
 
 static void timer_link(struct timer_set *set, struct timer *t)
@@ -128,7 +142,8 @@ static void timer_run_ended(struct timer *t)
     } else if (!t->armed) {
         timer_end(t);
     }
-    vm_release(vm); /* last: it may close the state, and t with it */
+    vm_release(vm); /* it may close the state, and t with it */
+    if (--timer_runs == 0 && timer_idle_fn) timer_idle_fn(timer_idle_ud);
 }
 
 /* The hook layer's continuation: a result is ignored; an error (or a run
@@ -176,6 +191,7 @@ static void timer_start_run(struct timer *t, bool premature)
     for (int i = 1; i <= t->nargs; i++) lua_rawgeti(co, 2, i + 1);
     lua_remove(co, 2); /* fn, premature, ... */
     t->running = true;
+    timer_runs++;
     vm_hold(vm);
     unsigned flags = HOOK_MAY_WAIT | (premature ? HOOK_RETIRING : 0u);
     if (hook_run(&t->hook, 1 + t->nargs, timer_cont, t, flags)) timer_run_ended(t);

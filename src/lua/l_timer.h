@@ -13,4 +13,11 @@
  * each pending one once with premature = true; its close frees them. */
 void l_timer_register(lua_State *L);
 
+/* Timer runs in progress in this process, over every generation (a
+ * graceful stop waits for them as for sessions). */
+unsigned l_timer_runs(void);
+/* fn(ud) is called whenever the last run in progress ends (a stopping
+ * server exits then, if no session is left). One watcher per process. */
+void l_timer_on_idle(void (*fn)(void *ud), void *ud);
+
 #endif
