@@ -439,6 +439,14 @@ io.stderr:write("TOP LEVEL RAN\n")
   end)
 end)
 
+-- Under ASan freed memory sits in its quarantine, so an RSS bound would
+-- measure that (its leak check at exit stands in). gcc links the runtime
+-- as libasan.so, clang into the binary.
+local function under_asan(pid)
+  return u.read_file("/proc/" .. pid .. "/maps"):find("asan", 1, true) ~= nil or
+    u.sh("grep -q AddressSanitizer /proc/" .. pid .. "/exe && echo sanitized"):find("sanitized", 1, true) ~= nil
+end
+
 -- Reads a growing log file from where the last call stopped.
 local function log_reader(path)
   local offset, total = 0, {}
@@ -504,11 +512,7 @@ function handle_NOOP() return "250 OK" end
         return n and math.abs(n - fd_before) <= FD_SLACK and n
       end, 10, "the descriptor count to settle")
       local rss_after = u.rss_kb(srv.pid)
-      -- Under ASan freed memory sits in its quarantine: the bound would
-      -- measure that (its leak check at exit stands in). gcc links the
-      -- runtime as libasan.so, clang into the binary.
-      local sanitized = u.read_file("/proc/" .. srv.pid .. "/maps"):find("asan", 1, true) or
-        u.sh("grep -q AddressSanitizer /proc/" .. srv.pid .. "/exe && echo sanitized"):find("sanitized", 1, true)
+      local sanitized = under_asan(srv.pid)
       io.stdout:write(("\n%d reloads: descriptors %d before, %d after; VmRSS %d KiB before, %d KiB after%s\n")
         :format(RELOADS, fd_before, fd_after, rss_before, rss_after,
           sanitized and " (ASan build: RSS not bounded)" or ""))
@@ -519,5 +523,56 @@ function handle_NOOP() return "250 OK" end
     end)
     u.stop(srv)
     if not ok then error(err, 0) end
+  end)
+end)
+
+describe("10,000 timer runs that wait", function()
+  local BATCH, BATCHES = 1000, 10
+  local RSS_BOUND_KIB = 16 * 1024
+  local FD_SLACK = 2
+
+  it("leave descriptors and RSS flat", function()
+    local source = [[
+local smtpd = require "smtpd"
+options = { auth_require_tls = false }
+local done = 0
+local function run(premature, payload)
+  smtpd.sleep(0)
+  done = done + #payload
+end
+function handle_NOOP(server, session, envelope, arg)
+  local n = tonumber(arg and arg:match("^batch (%d+)$"))
+  if n then
+    for _ = 1, n do assert(smtpd.timer.at(0, run, ("x"):rep(1))) end
+    return "250 armed"
+  end
+  return "250 " .. done
+end
+]]
+    with_server({ source = source }, function(srv)
+      local c = srv:connect()
+      local target = 0
+      local function batch()
+        assert.equal("armed", noop(c, "batch " .. BATCH))
+        target = target + BATCH
+        u.wait_until(function() return tonumber(noop(c, "count")) == target end, 30,
+          target .. " timer runs", u.log_tail(srv))
+      end
+      batch() -- warm-up
+      local fd_before, rss_before = u.fd_count(srv.pid), u.rss_kb(srv.pid)
+      for _ = 1, BATCHES do batch() end
+      local fd_after, rss_after = u.fd_count(srv.pid), u.rss_kb(srv.pid)
+      local sanitized = under_asan(srv.pid)
+      io.stdout:write(("\n%d timer runs: descriptors %d before, %d after; VmRSS %d KiB before, %d KiB after%s\n")
+        :format(BATCH * BATCHES, fd_before, fd_after, rss_before, rss_after,
+          sanitized and " (ASan build: RSS not bounded)" or ""))
+      assert.is_true(math.abs(fd_after - fd_before) <= FD_SLACK, ("descriptors %d -> %d"):format(fd_before, fd_after))
+      if not sanitized then
+        assert.is_true(rss_after - rss_before < RSS_BOUND_KIB,
+          ("VmRSS grew from %d to %d KiB"):format(rss_before, rss_after))
+      end
+      assert.equal(0, u.count(srv:stderr(), "ERROR"), u.log_tail(srv)())
+      c:close()
+    end)
   end)
 end)
