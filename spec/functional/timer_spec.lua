@@ -576,3 +576,43 @@ end
     end)
   end)
 end)
+
+describe("smtpd.timer with --workers 2", function()
+  local srv
+  after_each(function()
+    u.stop(srv)
+    srv = nil
+  end)
+
+  it("each worker runs its own generation's timers; the master, which only validates, runs none", function()
+    local function source(v)
+      return ([[
+local ffi = require "ffi"
+pcall(ffi.cdef, "int getpid(void);")
+local smtpd = require "smtpd"
+options = { auth_require_tls = false }
+local function line(what, premature)
+  io.stderr:write(("WTIMER %s pid=%d premature=%s\n"):format(what, ffi.C.getpid(), tostring(premature)))
+end
+smtpd.timer.at(0, function(p) line("V-now", p) end)
+smtpd.timer.at(60, function(p) line("V-later", p) end)
+function handle_NOOP() return "250 V" end
+]]):gsub("V", v)
+    end
+    srv = u.start{ source = source("v1"), args = { "--workers", "2" } }
+    local kids = u.wait_workers(srv, 2)
+    local is_kid = {}
+    for _, k in ipairs(kids) do is_kid[k] = true end
+    u.wait_log(srv, "WTIMER v1-now", 2)
+    u.reload(srv, source("v2"), 2, 2)
+    local log = u.wait_log(srv, "WTIMER v2-now", 2)
+    local seen = {}
+    for what, pid, premature in log:gmatch("WTIMER (%S+) pid=(%d+) premature=(%a+)") do
+      pid = tonumber(pid)
+      assert.is_true(is_kid[pid] == true, ("%s ran in pid %d, not a worker\n%s"):format(what, pid, log))
+      local key = what .. " " .. premature
+      seen[key] = (seen[key] or 0) + 1
+    end
+    assert.same({ ["v1-now false"] = 2, ["v1-later true"] = 2, ["v2-now false"] = 2 }, seen)
+  end)
+end)
