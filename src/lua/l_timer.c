@@ -51,8 +51,8 @@ struct timer {
     double interval; /* > 0: smtpd.timer.every */
     bool armed;
     bool due;
-    bool running;    /* a run is in progress (it may be suspended) */
-    char id[24];     /* "t3": the hook's sid */
+    bool running;     /* a run is in progress (it may be suspended) */
+    char id[24];      /* "t3": the hook's sid */
     const char *name; /* the box's */
     struct timer_box *box;
 };
