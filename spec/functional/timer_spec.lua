@@ -274,6 +274,10 @@ function handle_NOOP(server, session, envelope, arg)
     smtpd.timer.at(60, cb, "g%d-noop")
     return "250 held"
   end
+  if arg == "make" then
+    local t, err = smtpd.timer.at(0, cb, "g%d-make")
+    return "250 " .. tostring(t ~= nil) .. " " .. tostring(err)
+  end
   if arg == "sleepy" then
     smtpd.timer.at(0, function(premature)
       line("SLEEPY start g%d premature=" .. tostring(premature))
@@ -333,6 +337,18 @@ describe("smtpd.timer across a reload", function()
     assert.equal(5, u.count(log, "premature=true"), log)
     assert.truthy(log:find("timer t%d+ %([^)\n]*handler%.lua:%d+%): generation retired, running it once with "
       .. "premature = true"), log)
+  end)
+
+  it("a session still on a retired generation gets nil, \"generation retired\" from smtpd.timer.at", function()
+    srv = u.start{ source = gen_source(1) }
+    local c = srv:connect()
+    assert.equal("true nil", noop(c, "make"))
+    u.wait_log(srv, "RUN g1-make premature=false")
+    u.reload(srv, gen_source(2), 2)
+    assert.equal("false generation retired", noop(c, "make"))
+    assert.equal("true nil", noop(srv:connect(), "make"))
+    u.wait_log(srv, "RUN g2-make premature=false")
+    c:close()
   end)
 
   it("a callback waiting when SIGHUP arrives finishes on its generation", function()
