@@ -92,6 +92,10 @@ function handle_NOOP(server, session, envelope, arg)
     smtpd.timer.at(0, function() error("boom in a timer") end)
     return "250 armed"
   end
+  if arg == "yield" then
+    smtpd.timer.at(0, function() coroutine.yield() note("yield resumed") end)
+    return "250 armed"
+  end
   if arg == "sleepy" then
     smtpd.timer.at(0, function()
       note("sleepy start")
@@ -229,6 +233,20 @@ describe("smtpd.timer", function()
     local log = srv:stderr()
     assert.truthy(log:find("ERROR timer t%d+ %([^)\n]*handler%.lua:%d+%) failed: [^\n]*handler%.lua:%d+: "
       .. "boom in a timer\\nstack traceback:"), log)
+  end)
+
+  it("a callback that yields with nothing to wait for fails, logged; the server goes on", function()
+    local srv = with_server({ source = SOURCE }, function(srv)
+      local c = srv:connect()
+      assert.equal("armed", noop(c, "yield"))
+      u.wait_log(srv, "yielded without waiting for anything")
+      assert.equal("OK", noop(c, "x"))
+      c:close()
+    end)
+    local log = srv:stderr()
+    assert.truthy(log:find("ERROR timer (t%d+) %([^)\n]*handler%.lua:%d+%) failed: timer %1 %([^)\n]*%) yielded "
+      .. "without waiting for anything"), log)
+    assert.falsy(log:find("yield resumed", 1, true), log)
   end)
 
   it("hook_timeout ends a callback's run mid-wait and is logged; the server goes on", function()
