@@ -391,6 +391,9 @@ static struct policy *apply_cli_defaults(struct policy *p)
 {
     if (p && cli.tlscert && !cli.requiretls_given && !p->opt.require_starttls_set)
         p->opt.require_starttls = true;
+    /* A timer's premature run (the generation retired) may wait no longer
+     * than the sessions left on it may go on. */
+    if (p) p->vm.drain_timeout = cli.drain_timeout;
     return p;
 }
 
@@ -471,7 +474,7 @@ static void reload_built(struct policy *p, const char *src, size_t len, const ch
         policy_retire(old, ev_now(loop));
         log_policy(p);
         if (old->refcount > 1)
-            log_msg(LOG_INFO, NULL, "generation %u retired; %d sessions finish on it",
+            log_msg(LOG_INFO, NULL, "generation %u retired; %d sessions or timer runs finish on it",
                     old->generation, old->refcount - 1);
         policy_release(old);
     }

@@ -20,6 +20,7 @@
 #include "l_shared.h"
 #include "l_dns.h"
 #include "l_sleep.h"
+#include "l_timer.h"
 #include "log.h"
 #include "lua_bind.h"
 #include "policy.h"
@@ -216,8 +217,31 @@ static long host_ip_acquire(struct session_host *h, const char *ip)
 }
 static void host_ip_release(struct session_host *h, const char *ip) { server_ip_release(server_of(h), ip); }
 
+/* A stop waiting for timer runs looks again once the callback that ended
+ * the last one returned: a retirement may end one run and start the next
+ * in the same call. */
+static ev_timer stop_check;
+
+static void server_stop_check(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct server *srv = w->data;
+    if (srv->stopping && srv->host.n_sessions == 0 && l_timer_runs() == 0)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+/* The last timer run in progress ended. */
+static void server_timers_idle(void *ud)
+{
+    struct server *srv = ud;
+    if (!srv->stopping || ev_is_active(&stop_check)) return;
+    ev_timer_init(&stop_check, server_stop_check, 0., 0.);
+    stop_check.data = srv;
+    ev_timer_start(srv->host.loop, &stop_check);
+}
+
 void server_init(struct server *srv, struct ev_loop *loop)
 {
+    l_timer_on_idle(server_timers_idle, srv);
     srv->host.loop = loop;
     srv->host.session_added = host_session_added;
     srv->host.session_removed = host_session_removed;
@@ -283,13 +307,15 @@ void server_remove_session(struct server *srv, struct session *s)
     else srv->sessions = s->next;
     if (s->next) s->next->prev = s->prev;
     srv->host.n_sessions--;
-    if (srv->stopping && srv->host.n_sessions == 0) ev_break(srv->host.loop, EVBREAK_ALL);
+    if (srv->stopping && srv->host.n_sessions == 0 && l_timer_runs() == 0)
+        ev_break(srv->host.loop, EVBREAK_ALL);
 }
 
 static void on_stop_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct server *srv = w->data;
-    log_msg(LOG_WARN, NULL, "stop timeout: closing %zu remaining sessions", srv->host.n_sessions);
+    log_msg(LOG_WARN, NULL, "stop timeout: closing %zu remaining sessions (%u timer runs cut short)",
+            srv->host.n_sessions, l_timer_runs());
     ev_break(loop, EVBREAK_ALL);
 }
 
@@ -304,9 +330,11 @@ void server_stop(struct server *srv, double timeout)
     ev_timer_stop(srv->host.loop, &accept_pause);
     srv->n_listeners = 0;
     log_msg(LOG_INFO, NULL, "stopping: %zu sessions open", srv->host.n_sessions);
-    /* The generation's pending timers run once more, with premature = true. */
+    /* The generation's pending timers run once more, with premature = true;
+     * the stop waits for the runs that suspend, as for sessions (each is
+     * bounded by --drain-timeout and hook_timeout, all by the stop timeout). */
     if (srv->host.policy) policy_retire(srv->host.policy, ev_now(srv->host.loop));
-    if (srv->host.n_sessions == 0) {
+    if (srv->host.n_sessions == 0 && l_timer_runs() == 0) {
         ev_break(srv->host.loop, EVBREAK_ALL);
         return;
     }
@@ -325,4 +353,5 @@ void server_register_lua_classes(lua_State *L)
     l_sleep_register(L);
     l_shared_register(L);
     l_dns_register(L);
+    l_timer_register(L);
 }

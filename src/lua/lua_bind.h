@@ -11,6 +11,7 @@
 #define AUTHRESULT_MT "smtpd.AuthResult"
 #define LOGINPASSWORD_MT "smtpd.LoginPassword"
 #define SERVER_MT "smtpd.server"
+#define TIMER_MT "smtpd.timer" /* a handle of smtpd.timer.at/every (l_timer.c) */
 #define MISSING_KEY "smtpd.MISSING"
 #define MECHANISM_NAMES_KEY "smtpd.mechanism_names"
 

@@ -38,6 +38,20 @@ static void hook_status_clear(void)
 
 static void hook_on_deadline(struct ev_loop *loop, ev_timer *w, int revents);
 
+/* Seconds the run may stay suspended (0 = no limit): hook_timeout, or
+ * --drain-timeout when that is tighter for a run its generation's
+ * retirement started. *which names the one that applies, for the log. */
+static double hook_deadline_seconds(const struct hook_state *h, const char **which)
+{
+    double timeout = h->vm->hook_timeout, drain = h->vm->drain_timeout;
+    if (which) *which = "hook_timeout";
+    if ((h->flags & HOOK_RETIRING) && drain > 0 && (timeout <= 0 || drain < timeout)) {
+        if (which) *which = "--drain-timeout";
+        return drain;
+    }
+    return timeout;
+}
+
 static const struct hook_owner_ops no_ops;
 
 void hook_init(struct hook_state *h, struct vm *vm, const char *sid,
@@ -135,7 +149,7 @@ static bool hook_settle(struct hook_state *h, int status)
     if (status == LUA_YIELD) {
         if (h->wait) {
             /* One deadline for the whole run, from its first suspension. */
-            double timeout = h->vm->hook_timeout;
+            double timeout = hook_deadline_seconds(h, NULL);
             if (timeout > 0 && !ev_is_active(&h->deadline)) {
                 ev_timer_set(&h->deadline, timeout, 0.);
                 ev_timer_start(h->vm->loop, &h->deadline);
@@ -256,8 +270,10 @@ static void hook_on_deadline(struct ev_loop *loop, ev_timer *t, int revents)
     struct hook_state *h = t->data;
     if (!h->co) return;
     char msg[256];
-    snprintf(msg, sizeof msg, "%s still waiting for %s after hook_timeout (%.0f s)", h->name,
-             h->wait && h->wait->what ? h->wait->what : "something", h->vm->hook_timeout);
+    const char *which;
+    double seconds = hook_deadline_seconds(h, &which);
+    snprintf(msg, sizeof msg, "%s still waiting for %s after %s (%.0f s)", h->name,
+             h->wait && h->wait->what ? h->wait->what : "something", which, seconds);
     hook_end_wait(h);
     void *owner = h->owner;
     hook_fail_with(h, msg);

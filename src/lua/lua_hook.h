@@ -43,6 +43,9 @@ struct hook_wait {
 /* Where a hook may wait. Commands and AUTH may; STARTTLS, PROXY,
  * handle_exception and the script's top level may not. */
 #define HOOK_MAY_WAIT 1u
+/* The run was started because its generation retired (a timer's premature
+ * run): it may stay suspended no longer than vm->drain_timeout either. */
+#define HOOK_RETIRING 2u
 
 /* What the owner of a hook state (a session, a timer) is told. */
 struct hook_owner_ops {
@@ -72,7 +75,7 @@ struct hook_state {
     const struct hook_owner_ops *ops;
     lua_State *co;   /* the running or suspended coroutine, or NULL */
     int co_ref;
-    unsigned flags;          /* HOOK_MAY_WAIT */
+    unsigned flags;          /* HOOK_MAY_WAIT, HOOK_RETIRING */
     const char *name;
     hook_cont_fn cont;
     void *owner;

@@ -55,6 +55,11 @@ struct vm {
     /* The generation's life on the loop (vm_attach, vm_retire). */
     struct ev_loop *loop; /* NULL until attached (while loading, in -t) */
     double hook_timeout;  /* seconds a hook may stay suspended in all, 0 = none */
+    /* Seconds a run started by the generation's retirement (a timer's
+     * premature run) may stay suspended, 0 = none; the tighter of this and
+     * hook_timeout applies (--drain-timeout, set by the app). */
+    double drain_timeout;
+    long max_timers;      /* smtpd.timer.at/every pending at once, 0 = no limit */
     bool loading;         /* the script's top level runs */
     /* DNS (l_dns.c): the generation's resolver options. resolver points
      * into the owner's options (NULL: /etc/resolv.conf). */

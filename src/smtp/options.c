@@ -26,6 +26,9 @@
 #define DEFAULT_AUTH_FAILURE_LIMIT 5L
 /* Ours: how long a suspended hook may wait, and the Lua heap of a generation. */
 #define DEFAULT_HOOK_TIMEOUT 60.0
+/* smtpd.timer.at/every pending at once in one generation (OpenResty's
+ * lua_max_pending_timers has the same default). */
+#define DEFAULT_MAX_TIMERS 1024L
 #define DEFAULT_LUA_MEMORY_LIMIT 256L
 /* Limits (ours; Postfix's defaults in spirit): at most 1000 sessions, 100
  * from one address; a command line completes within 60 s; DATA averages at
@@ -86,6 +89,7 @@ static const struct opt_def opt_defs[] = {
     OPT("proxy_protocol_timeout", T_NUMBER, proxy_protocol_timeout),
     OPT("hook_timeout", T_NUMBER, hook_timeout),
     OPT("lua_memory_limit", T_INT, lua_memory_limit),
+    OPT("max_timers", T_INT, max_timers),
     OPT("max_connections", T_INT, max_connections),
     OPT("max_connections_per_ip", T_INT, max_connections_per_ip),
     OPT("command_timeout", T_NUMBER0, command_timeout),
@@ -123,6 +127,7 @@ void options_init_defaults(struct options *o)
     o->bare_newline = BARE_NEWLINE_REJECT;
     o->hook_timeout = DEFAULT_HOOK_TIMEOUT;
     o->lua_memory_limit = DEFAULT_LUA_MEMORY_LIMIT;
+    o->max_timers = DEFAULT_MAX_TIMERS;
     o->max_connections = DEFAULT_MAX_CONNECTIONS;
     o->max_connections_per_ip = DEFAULT_MAX_CONNECTIONS_PER_IP;
     o->command_timeout = DEFAULT_COMMAND_TIMEOUT;

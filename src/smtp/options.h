@@ -46,6 +46,7 @@ struct options {
     double proxy_protocol_timeout; /* 0 = PROXY protocol off */
     double hook_timeout;       /* seconds a hook may stay suspended on an event */
     long lua_memory_limit;     /* MiB a generation's Lua heap may use in hooks; 0 = none */
+    long max_timers;           /* smtpd.timer.at/every pending at once; 0 = no limit */
     /* Limits on what a client controls (0 = none). */
     long max_connections;      /* in total */
     long max_connections_per_ip;

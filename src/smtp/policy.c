@@ -427,6 +427,9 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     p->vm.owner = p;
     p->vm.hold = policy_hold_owner;
     p->vm.release = policy_release_owner;
+    /* The script's options are read after its top level ran: timers made
+     * there count against the default. */
+    p->vm.max_timers = p->opt.max_timers;
     lua_State *L = p->vm.L;
     /* Make the smtpd module's metatables exist even if the script never
      * requires it: mechanisms and results are checked against them. */
@@ -453,6 +456,7 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     p->vm.resolver = p->opt.resolver;
     p->vm.resolver_timeout = p->opt.resolver_timeout;
     p->vm.resolver_cache_size = p->opt.resolver_cache_size;
+    p->vm.max_timers = p->opt.max_timers;
     apply_exclusions_and_sort(p);
     p->generation = next_generation++; /* refused loads don't use up numbers */
     return p;
