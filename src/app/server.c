@@ -17,7 +17,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "l_crypt.h"
 #include "l_sleep.h"
+#include "l_sqlite.h"
 #include "log.h"
 #include "lua_bind.h"
 #include "policy.h"
@@ -321,4 +323,6 @@ void server_register_lua_classes(lua_State *L)
 {
     l_server_register(L);
     l_sleep_register(L);
+    l_crypt_register(L);
+    l_sqlite_register(L);
 }

@@ -3,6 +3,8 @@
  * exactly the same things. */
 #include "options.h"
 
+#include "pool.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -41,9 +43,14 @@
 #define DEFAULT_DATA_MEMORY_LIMIT (256L * 1024 * 1024)
 #define DEFAULT_TLS_TICKET_LIFETIME 3600L
 #define DEFAULT_TLS_SESSION_CACHE_SIZE 1000L
+/* The thread pool (async-api.md 6): 0 threads = max(1, CPUs / workers). */
+#define DEFAULT_THREAD_POOL_SIZE 0L
+#define DEFAULT_THREAD_POOL_QUEUE ((long)POOL_DEFAULT_QUEUE)
+#define MAX_THREAD_POOL_QUEUE 1000000L
 
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
-                T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */ };
+                T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */,
+                T_CRYPT_COST /* "bcrypt=12,argon2_memory=256m" or a table */ };
 
 /* One row per option: its name, type and the field it sets. A new option is
  * one row here, one field in struct options and, if it has one, its
@@ -87,6 +94,9 @@ static const struct opt_def opt_defs[] = {
     OPT("data_memory_limit", T_SIZE, data_memory_limit),
     OPT("tls_ticket_lifetime", T_INT, tls_ticket_lifetime),
     OPT("tls_session_cache_size", T_INT, tls_session_cache_size),
+    OPT("thread_pool_size", T_INT, thread_pool_size),
+    OPT("thread_pool_queue", T_INT, thread_pool_queue),
+    OPT("crypt_max_cost", T_CRYPT_COST, crypt_max_cost),
     {NULL, 0, 0, NOT_TRACKED},
 };
 
@@ -95,6 +105,8 @@ static const char *const type_names[] = {
     "a list of strings", "an integer or a table of integers",
     "one of \"reject\", \"normalize\", \"keep\"", "a non-negative number (0 = none)",
     "a size in bytes (an integer, or a string such as \"64m\", \"512k\", \"1g\")",
+    "a table or a string of costs (\"bcrypt=12,scrypt=16,rounds=500000,argon2_memory=256m,"
+    "argon2_time=4,argon2_lanes=4\")",
 };
 
 void options_init_defaults(struct options *o)
@@ -118,6 +130,9 @@ void options_init_defaults(struct options *o)
     o->error_limit = DEFAULT_ERROR_LIMIT;
     o->tls_ticket_lifetime = DEFAULT_TLS_TICKET_LIFETIME;
     o->tls_session_cache_size = DEFAULT_TLS_SESSION_CACHE_SIZE;
+    o->thread_pool_size = DEFAULT_THREAD_POOL_SIZE;
+    o->thread_pool_queue = DEFAULT_THREAD_POOL_QUEUE;
+    passhash_limits_default(&o->crypt_max_cost);
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -263,6 +278,48 @@ static bool parse_bare_newline(const char *s, enum bare_newline_mode *out)
     return true;
 }
 
+/* One key of crypt_max_cost: `v` is its value as text (the -o form and a
+ * script's strings) or, when `text` is NULL, the number x. */
+static bool set_crypt_cost(struct passhash_limits *l, const char *key, size_t keylen,
+                           const char *text, double x, char *err, size_t errlen)
+{
+    long n;
+    bool size = keylen == 13 && !strncmp(key, "argon2_memory", 13);
+    if (text) {
+        if (!(size ? parse_size(text, &n) : parse_long(text, &n))) goto bad_value;
+    } else {
+        if (x < 0 || x != (double)(long)x) goto bad_value;
+        n = (long)x;
+    }
+#define KEY(s) (keylen == sizeof(s) - 1 && !strncmp(key, s, keylen))
+    if (KEY("bcrypt") && n >= 4 && n <= 31) l->bcrypt = (int)n;
+    else if (KEY("scrypt") && n >= 1 && n <= 63) l->scrypt = (int)n;
+    else if (KEY("rounds") && n >= 1) l->rounds = n;
+    else if (size && n >= 1024) l->argon2_memory_kib = n / 1024;
+    else if (KEY("argon2_time") && n >= 1 && n <= INT_MAX) l->argon2_time = (int)n;
+    else if (KEY("argon2_lanes") && n >= 1 && n <= INT_MAX) l->argon2_lanes = (int)n;
+    else if (KEY("bcrypt") || KEY("scrypt") || KEY("rounds") || size || KEY("argon2_time") ||
+             KEY("argon2_lanes"))
+        goto bad_value;
+    else {
+        snprintf(err, errlen,
+                 "option 'crypt_max_cost' has an unknown key '%.*s' (bcrypt, scrypt, rounds, "
+                 "argon2_memory, argon2_time, argon2_lanes)",
+                 (int)keylen, key);
+        return false;
+    }
+#undef KEY
+    return true;
+bad_value:
+    snprintf(err, errlen,
+             "option 'crypt_max_cost': %.*s must be %s", (int)keylen, key,
+             size ? "a size of at least 1k (bytes, or \"256m\")"
+             : keylen == 6 && !strncmp(key, "bcrypt", 6) ? "an integer from 4 to 31 (log2 of the rounds)"
+             : keylen == 6 && !strncmp(key, "scrypt", 6) ? "an integer from 1 to 63 (log2 of N)"
+                                                          : "a positive integer");
+    return false;
+}
+
 bool options_set_string(struct options *o, const char *name, const char *v, char *err,
                         size_t errlen)
 {
@@ -331,6 +388,25 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         if (!parse_size(v, &n)) return wrong_type(d, err, errlen);
         *INT_FIELD(o, d) = n;
         return true;
+    case T_CRYPT_COST: {
+        /* A whole value: what it leaves out is the default. */
+        struct passhash_limits l;
+        passhash_limits_default(&l);
+        for (const char *p = v; *p;) {
+            size_t len = strcspn(p, ",");
+            const char *eq = memchr(p, '=', len);
+            char val[32];
+            size_t vlen = eq ? (size_t)(p + len - eq - 1) : 0;
+            if (!eq || eq == p || vlen == 0 || vlen >= sizeof val) return wrong_type(d, err, errlen);
+            memcpy(val, eq + 1, vlen);
+            val[vlen] = '\0';
+            if (!set_crypt_cost(&l, p, (size_t)(eq - p), val, 0, err, errlen)) return false;
+            p += len;
+            if (*p == ',') p++;
+        }
+        o->crypt_max_cost = l;
+        return true;
+    }
     }
     return false;
 }
@@ -424,6 +500,31 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         if (!lua_is_integer(L, idx, &n)) return wrong_type(d, err, errlen);
         *INT_FIELD(o, d) = n;
         return true;
+    case T_CRYPT_COST: {
+        if (t == LUA_TSTRING) return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
+        if (t != LUA_TTABLE) return wrong_type(d, err, errlen);
+        struct passhash_limits l;
+        passhash_limits_default(&l);
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            int vt = lua_type(L, -1);
+            if (lua_type(L, -2) != LUA_TSTRING || (vt != LUA_TNUMBER && vt != LUA_TSTRING)) {
+                lua_pop(L, 2);
+                return wrong_type(d, err, errlen);
+            }
+            size_t klen;
+            const char *key = lua_tolstring(L, -2, &klen);
+            bool ok = set_crypt_cost(&l, key, klen, vt == LUA_TSTRING ? lua_tostring(L, -1) : NULL,
+                                     vt == LUA_TNUMBER ? lua_tonumber(L, -1) : 0, err, errlen);
+            lua_pop(L, 1);
+            if (!ok) {
+                lua_pop(L, 1);
+                return false;
+            }
+        }
+        o->crypt_max_cost = l;
+        return true;
+    }
     }
     return false;
 }
@@ -464,6 +565,16 @@ bool options_finalize(struct options *o, char *err, size_t errlen)
     /* RFC 5077 5.6: a ticket lifetime hint is at most 7 days. */
     if (o->tls_ticket_lifetime > 604800) {
         snprintf(err, errlen, "option 'tls_ticket_lifetime' must be at most 604800 seconds");
+        return false;
+    }
+    if (o->thread_pool_size > POOL_MAX_THREADS) {
+        snprintf(err, errlen, "option 'thread_pool_size' must be at most %d (0 = one per CPU, "
+                 "divided among the workers)", POOL_MAX_THREADS);
+        return false;
+    }
+    if (o->thread_pool_queue > MAX_THREAD_POOL_QUEUE) {
+        snprintf(err, errlen, "option 'thread_pool_queue' must be at most %ld",
+                 MAX_THREAD_POOL_QUEUE);
         return false;
     }
     if (!o->hostname) o->hostname = fqdn();

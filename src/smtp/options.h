@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "passhash.h"
+
 struct lua_State;
 
 #define OPTIONS_MAX_EXCLUDED 16
@@ -55,6 +57,10 @@ struct options {
     long error_limit;          /* error replies per session before 421 */
     long tls_ticket_lifetime;  /* seconds per ticket key period; 0 = no session tickets */
     long tls_session_cache_size; /* sessions a worker's ID cache keeps; 0 = no cache */
+    /* The thread pool (async-api.md 6). */
+    long thread_pool_size;     /* threads per process; 0 = max(1, CPUs / workers) */
+    long thread_pool_queue;    /* jobs that may wait for a thread before calls get "busy" */
+    struct passhash_limits crypt_max_cost; /* the costliest hash smtpd.crypt.verify works on */
 };
 
 void options_init_defaults(struct options *o);

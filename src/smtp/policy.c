@@ -450,6 +450,9 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     if (!options_finalize(&p->opt, err, errlen)) goto failed;
     p->vm.heap_limit = (size_t)p->opt.lua_memory_limit * 1024 * 1024;
     p->vm.hook_timeout = p->opt.hook_timeout;
+    p->vm.thread_pool.threads = (int)p->opt.thread_pool_size;
+    p->vm.thread_pool.queue = (int)p->opt.thread_pool_queue;
+    p->vm.crypt_max_cost = p->opt.crypt_max_cost;
     apply_exclusions_and_sort(p);
     p->generation = next_generation++; /* refused loads don't use up numbers */
     return p;
