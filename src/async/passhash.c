@@ -278,6 +278,11 @@ int passhash_verify(enum passhash_kind kind, const char *pw, size_t pwlen, const
         result = errno == ERANGE ? 0 : -1;
     } else if (out[0] == '*') {
         result = -1; /* crypt's failure token: a setting it cannot use */
+    } else if (strlen(out) != strlen(hash)) {
+        /* The method fixes the length of its output: a stored string of
+         * another length is no hash of that method ("plaintext" would
+         * otherwise pass for a DES salt). */
+        result = -1;
     } else {
         result = equal_ct(out, strlen(out), hash, strlen(hash)) ? 1 : 0;
     }
