@@ -140,16 +140,19 @@ static int l_crypt_hash(lua_State *L)
     return l_job_yield(L, h, &j->job);
 }
 
+static const luaL_Reg crypt_functions[] = {
+    {"verify", l_crypt_verify},
+    {"hash", l_crypt_hash},
+    {NULL, NULL},
+};
+
 void l_crypt_register(lua_State *L)
 {
     lua_getglobal(L, "require");
     lua_pushliteral(L, "smtpd");
     lua_call(L, 1, 1);
-    lua_createtable(L, 0, 2);
-    lua_pushcfunction(L, l_crypt_verify);
-    lua_setfield(L, -2, "verify");
-    lua_pushcfunction(L, l_crypt_hash);
-    lua_setfield(L, -2, "hash");
+    lua_newtable(L);
+    luaL_register(L, NULL, crypt_functions);
     lua_setfield(L, -2, "crypt");
     lua_pop(L, 1);
 }

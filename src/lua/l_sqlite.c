@@ -511,14 +511,23 @@ static int l_sqlite_tostring(lua_State *L)
     return 1;
 }
 
-void l_sqlite_register(lua_State *L)
+static const luaL_Reg db_methods[] = {
+    {"query", l_sqlite_query},
+    {"exec", l_sqlite_exec},
+    {NULL, NULL},
+};
+
+static const luaL_Reg sqlite_functions[] = {
+    {"open", l_sqlite_open},
+    {NULL, NULL},
+};
+
+/* The db objects' metatable: methods, tostring, and no getmetatable. */
+static void db_metatable(lua_State *L)
 {
     if (luaL_newmetatable(L, L_SQLITE_DB_MT)) {
-        lua_createtable(L, 0, 2);
-        lua_pushcfunction(L, l_sqlite_query);
-        lua_setfield(L, -2, "query");
-        lua_pushcfunction(L, l_sqlite_exec);
-        lua_setfield(L, -2, "exec");
+        lua_newtable(L);
+        luaL_register(L, NULL, db_methods);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, l_sqlite_tostring);
         lua_setfield(L, -2, "__tostring");
@@ -526,12 +535,16 @@ void l_sqlite_register(lua_State *L)
         lua_setfield(L, -2, "__metatable");
     }
     lua_pop(L, 1);
+}
+
+void l_sqlite_register(lua_State *L)
+{
+    db_metatable(L);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "smtpd");
     lua_call(L, 1, 1);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, l_sqlite_open);
-    lua_setfield(L, -2, "open");
+    lua_newtable(L);
+    luaL_register(L, NULL, sqlite_functions);
     lua_setfield(L, -2, "sqlite");
     lua_pop(L, 1);
 }
