@@ -115,6 +115,7 @@ describe("smtpd.crypt.verify", function()
       assert.equal(250, code)
       assert.equal("v1 true", text, name .. " " .. HASHES[name])
       code, text = reply(c, ("NOOP verify %s %s"):format(name, BAD))
+      assert.equal(250, code)
       assert.equal("v1 false", text, name .. " " .. HASHES[name])
     end
     c:close()
