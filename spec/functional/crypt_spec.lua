@@ -9,6 +9,7 @@
 local testing = require "smtpd.testing"
 local u = require "spec.functional.reload_util"
 local hu = require "spec.functional.hostile_util"
+local h = require "spec.functional.common"
 
 local PW, BAD = "right-pw", "wrong-pw"
 
@@ -304,6 +305,44 @@ describe("smtpd.crypt with a small pool", function()
     status, out = testing.check{ source = "options = { thread_pool_size = 1000 }\n" }
     assert.are_not.equal(0, status)
     assert.truthy(out:find("option 'thread_pool_size' must be at most 256", 1, true), out)
+  end)
+end)
+
+describe("smtpd.crypt in AUTH", function()
+  local AUTH_SOURCE = ([[
+local smtpd = require "smtpd"
+options = { auth_require_tls = false, hook_timeout = 0.5 }
+local users = { alice = %q, slow = %q }
+function authenticator(server, session, envelope, mechanism, auth_data)
+  local hash = users[auth_data.login]
+  local ok = hash and smtpd.crypt.verify(auth_data.password, hash)
+  return smtpd.AuthResult{ success = ok == true, handled = false }
+end
+]]):format(HASHES.argon2id, HASHES.slow)
+
+  it("an authenticator verifies on the pool: 235 for the password, 535 for another, 454 on hook_timeout", function()
+    local srv = testing.start{ source = AUTH_SOURCE }
+    local ok, err = pcall(function()
+      local c = srv:connect()
+      assert.equal(250, (c:cmd("EHLO client.test")))
+      local code, text = c:cmd("AUTH PLAIN " .. h.plain("alice", PW))
+      assert.equal(235, code)
+      assert.equal("2.7.0 Authentication successful", text)
+      c:close()
+      c = srv:connect()
+      assert.equal(250, (c:cmd("EHLO client.test")))
+      assert.equal(535, (c:cmd("AUTH PLAIN " .. h.plain("alice", BAD))))
+      -- The costly hash outlives hook_timeout: a temporary failure, and the session goes on.
+      code, text = c:cmd("AUTH PLAIN " .. h.plain("slow", PW))
+      assert.equal(454, code)
+      assert.equal("4.7.0 Temporary authentication failure", text)
+      assert.equal(250, (c:cmd("NOOP")))
+      c:close()
+      u.wait_log(srv, "still waiting for smtpd.crypt.verify after hook_timeout")
+    end)
+    srv:stop()
+    if not ok then error(err, 0) end
+    assert.is_nil(srv:stderr():find(PW, 1, true), "a password reached the log")
   end)
 end)
 
