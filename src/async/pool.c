@@ -130,7 +130,7 @@ static bool pool_grow(int want, char *err, size_t errlen)
     return true;
 }
 
-static bool pool_create(struct ev_loop *loop, int threads, char *err, size_t errlen)
+static bool pool_create(struct ev_loop *loop, int threads, int queue, char *err, size_t errlen)
 {
     pool.loop = loop;
     ev_async_init(&pool.wake, pool_on_wake);
@@ -139,7 +139,8 @@ static bool pool_create(struct ev_loop *loop, int threads, char *err, size_t err
     ev_unref(loop);
     pool.created = true;
     if (!pool_grow(threads, err, errlen)) return false;
-    log_msg(LOG_INFO, NULL, "thread pool: %d threads", pool.n_threads);
+    log_msg(LOG_INFO, NULL, "thread pool: %d thread%s, at most %d jobs waiting", pool.n_threads,
+            pool.n_threads == 1 ? "" : "s", queue);
     return true;
 }
 
@@ -148,7 +149,7 @@ enum pool_status pool_submit(struct ev_loop *loop, const struct pool_config *cfg
 {
     int want = pool_resolve_threads(cfg->threads);
     if (!pool.created) {
-        if (!pool_create(loop, want, err, errlen)) return POOL_ERROR;
+        if (!pool_create(loop, want, cfg->queue, err, errlen)) return POOL_ERROR;
     } else if (want > pool.n_threads) {
         int had = pool.n_threads;
         if (!pool_grow(want, err, errlen)) return POOL_ERROR;
