@@ -253,6 +253,23 @@ describe("smtpd.sqlite, hook_timeout and reload", function()
     if not ok then error(err, 0) end
   end)
 
+  it("a db file replaced by a rename (a rebuilt user store) is read afresh by every thread", function()
+    local srv = testing.start{ source = source("v1", dir) }
+    local ok, err = pcall(function()
+      local c = srv:connect()
+      -- More calls than threads: every pool thread has its connection open.
+      for _ = 1, 8 do assert.equal("v1 1 rows {n=2}", text(c, "NOOP count")) end
+      local out = u.sh(("sqlite3 %s %s && mv %s %s; echo exit=$?"):format(u.shell_quote(dir .. "/new.db"),
+        u.shell_quote("CREATE TABLE users (name TEXT, quota INTEGER); INSERT INTO users VALUES ('zed', 1);"),
+        u.shell_quote(dir .. "/new.db"), u.shell_quote(dir .. "/users.db")), 30)
+      assert.truthy(out:find("exit=0", 1, true), out)
+      for _ = 1, 8 do assert.equal("v1 1 rows {n=1}", text(c, "NOOP count")) end
+      c:close()
+    end)
+    srv:stop()
+    if not ok then error(err, 0) end
+  end)
+
   it("a statement running when SIGHUP arrives completes on its generation", function()
     local srv = u.start{ source = source("v1", dir) }
     local ok, err = pcall(function()

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "l_job.h"
 #include "lua_vm.h"
@@ -35,6 +36,8 @@ struct sqlite_conn {
     char *path;
     bool readonly;
     sqlite3 *db;
+    dev_t dev; /* the file it opened: one renamed over it is reopened */
+    ino_t ino;
 };
 
 static pthread_key_t conn_key;
@@ -54,20 +57,32 @@ static void conns_close(void *head)
 static void conn_key_create(void) { pthread_key_create(&conn_key, conns_close); }
 
 /* This thread's connection for path and mode, opened if needed; NULL with
- * SQLite's message in err. */
+ * SQLite's message in err. A file replaced since (a user store rebuilt and
+ * renamed into place) is opened again: the old connection would go on
+ * reading the old file. */
 static sqlite3 *conn_get(const char *path, bool readonly, char *err, size_t errlen)
 {
     pthread_once(&conn_once, conn_key_create);
     struct sqlite_conn *head = pthread_getspecific(conn_key), **pp = &head, *c;
+    struct stat st;
+    bool have_st = stat(path, &st) == 0;
     int n = 0;
     for (; (c = *pp); pp = &c->next, n++) {
         if (c->readonly == readonly && !strcmp(c->path, path)) {
-            *pp = c->next; /* to the front: most recently used */
-            c->next = head;
-            pthread_setspecific(conn_key, c);
-            return c->db;
+            *pp = c->next;
+            if (have_st && st.st_dev == c->dev && st.st_ino == c->ino) {
+                c->next = head; /* to the front: most recently used */
+                pthread_setspecific(conn_key, c);
+                return c->db;
+            }
+            c->next = NULL;
+            conns_close(c);
+            pthread_setspecific(conn_key, head);
+            break;
         }
     }
+    n = 0;
+    for (c = head; c; c = c->next) n++;
     sqlite3 *db = NULL;
     int flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
                 SQLITE_OPEN_NOMUTEX;
@@ -78,6 +93,8 @@ static sqlite3 *conn_get(const char *path, bool readonly, char *err, size_t errl
         return NULL;
     }
     sqlite3_busy_timeout(db, SQLITE_BUSY_TIMEOUT_MS);
+    /* Created by the open (read-write mode) if it was missing. */
+    if (!have_st) have_st = stat(path, &st) == 0;
     c = calloc(1, sizeof *c);
     if (!c || !(c->path = strdup(path))) {
         free(c);
@@ -87,6 +104,8 @@ static sqlite3 *conn_get(const char *path, bool readonly, char *err, size_t errl
     }
     c->readonly = readonly;
     c->db = db;
+    c->dev = have_st ? st.st_dev : 0;
+    c->ino = have_st ? st.st_ino : 0;
     c->next = head;
     head = c;
     if (n >= SQLITE_CONNS_PER_THREAD) {
