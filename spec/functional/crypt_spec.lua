@@ -401,6 +401,55 @@ describe("luasmtpd --hash-password", function()
     if not ok then error(err, 0) end
   end)
 
+  it("on a terminal it prompts and does not echo the password", function()
+    -- A pseudo-terminal from python3's pty module; the password is typed
+    -- only once the prompt is out (echo is off before it is printed).
+    local py = [[
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "--hash-password", "bcrypt"])
+out, deadline = b"", time.time() + 30
+def read_some():
+    global out
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if not r:
+        return True
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        return False
+    out += chunk
+    return bool(chunk)
+while b"Password: " not in out and time.time() < deadline and read_some():
+    pass
+os.write(fd, b"tty-secret\n")
+while time.time() < deadline and read_some():
+    pass
+if time.time() >= deadline:
+    os.kill(pid, 9)
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode("latin-1").replace("\r", ""))
+sys.stdout.write("exit=%d\n" % os.waitstatus_to_exitcode(status))
+]]
+    local script = os.tmpname()
+    u.write_file(script, py)
+    local out = u.sh("python3 " .. u.shell_quote(script) .. " " .. u.shell_quote(bin), 60)
+    os.remove(script)
+    assert.truthy(out:find("exit=0\n$"), out)
+    assert.truthy(out:find("Password: ", 1, true), out)
+    assert.is_nil(out:find("tty-secret", 1, true), "the password was echoed: " .. out)
+    local hash = assert(out:match("\n(%$2b%$10%$%S+)\n"), out)
+    local srv = testing.start{ source = source("v1") }
+    local ok, err = pcall(function()
+      local c = srv:connect()
+      assert.equal("v1 true", select(2, reply(c, "NOOP verify " .. hash .. " tty-secret")))
+      c:close()
+    end)
+    srv:stop()
+    if not ok then error(err, 0) end
+  end)
+
   it("a bad method is an error message and exit status 2", function()
     local status, out = hash_password(PW .. "\n", "md4")
     assert.equal(2, status)

@@ -173,11 +173,13 @@ static ssize_t read_password(char *buf, size_t cap)
     struct termios saved, quiet;
     bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
     if (tty) {
-        fprintf(stderr, "Password: ");
-        fflush(stderr);
+        /* Echo off before the prompt: what is typed after the prompt must
+         * neither echo nor be flushed away. */
         quiet = saved;
         quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
         tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+        fprintf(stderr, "Password: ");
+        fflush(stderr);
     }
     size_t n = 0;
     bool got = false;
@@ -192,7 +194,7 @@ static ssize_t read_password(char *buf, size_t cap)
         buf[n++] = (char)ch;
     }
     if (tty) {
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+        tcsetattr(STDIN_FILENO, TCSANOW, &saved);
         fprintf(stderr, "\n");
     }
     if (!got || n >= cap) return -1;
