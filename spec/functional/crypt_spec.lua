@@ -367,6 +367,36 @@ describe("smtpd.crypt across a reload", function()
   end)
 end)
 
+describe("thread_pool_size across a reload", function()
+  local srv
+  after_each(function()
+    u.stop(srv)
+    srv = nil
+  end)
+
+  local function pool_source(n)
+    return ([[
+local smtpd = require "smtpd"
+options = { auth_require_tls = false, thread_pool_size = %d }
+function handle_NOOP() return "250 " .. tostring(smtpd.crypt.verify(%q, %q)) end
+]]):format(n, PW, HASHES.md5crypt)
+  end
+
+  it("the pool starts at the first job; a reload that raises thread_pool_size adds threads", function()
+    srv = u.start{ source = pool_source(1) }
+    assert.is_nil(srv:stderr():find("thread pool:", 1, true), "the pool started before any job")
+    local c = srv:connect()
+    assert.equal("true", select(2, c:cmd("NOOP")))
+    c:close()
+    u.wait_log(srv, "thread pool: 1 thread, at most 1024 jobs waiting")
+    u.reload(srv, pool_source(3), 2)
+    c = srv:connect()
+    assert.equal("true", select(2, c:cmd("NOOP")))
+    c:close()
+    u.wait_log(srv, "thread pool: 3 threads (was 1)")
+  end)
+end)
+
 describe("luasmtpd --hash-password", function()
   local bin = hu.binary()
 
