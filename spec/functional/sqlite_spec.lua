@@ -100,6 +100,10 @@ function handle_NOOP(server, session, envelope, arg)
   end
   if arg == "badparam" then open():query("SELECT ?", {}) end
   if arg == "slow" then return reply(render(open():query(%q))) end
+  if arg == "big" then
+    return reply(render(open():query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 " ..
+      "FROM c WHERE x < 100000) SELECT x, printf('%%0100d', x) AS pad FROM c")))
+  end
   local loops = tonumber(arg:match("^loop (%%d+)$"))
   if loops then
     for i = 1, loops do
@@ -264,6 +268,18 @@ describe("smtpd.sqlite, hook_timeout and reload", function()
         u.shell_quote(dir .. "/new.db"), u.shell_quote(dir .. "/users.db")), 30)
       assert.truthy(out:find("exit=0", 1, true), out)
       for _ = 1, 8 do assert.equal("v1 1 rows {n=1}", text(c, "NOOP count")) end
+      c:close()
+    end)
+    srv:stop()
+    if not ok then error(err, 0) end
+  end)
+
+  it("a result the Lua heap could not hold is refused on the thread: nil, err", function()
+    local srv = testing.start{ source = source("v1", dir), options = { lua_memory_limit = 4 } }
+    local ok, err = pcall(function()
+      local c = srv:connect()
+      assert.equal("v1 nil result larger than lua_memory_limit (4 MiB)", text(c, "NOOP big"))
+      assert.equal('v1 1 rows {name="bob",quota=20}', text(c, "NOOP user bob"))
       c:close()
     end)
     srv:stop()

@@ -26,6 +26,10 @@
 /* How long a statement waits for another connection's lock (another pool
  * thread, worker or process writing the same file), in milliseconds. */
 #define SQLITE_BUSY_TIMEOUT_MS 5000
+/* What a row and a cell of a result cost as Lua values, roughly (a table
+ * with its hash part; a key slot and a value), for the result budget. */
+#define ROW_LUA_BYTES 64
+#define CELL_LUA_BYTES 48
 /* Parameters one call binds (SQLite's own default limit is 32766). */
 #define SQLITE_MAX_PARAMS 999
 
@@ -151,6 +155,10 @@ struct sql_job {
     char **cols;
     struct sql_value *cells; /* n_rows * n_cols */
     size_t n_rows, cap_rows;
+    /* A result the hook's Lua heap could not hold is refused on the thread
+     * rather than built on the loop: lua_memory_limit in bytes (0 = none),
+     * against an estimate of what the rows cost as Lua tables. */
+    size_t max_bytes, bytes;
 };
 
 static void value_free(struct sql_value *v)
@@ -229,8 +237,16 @@ static bool keep_row(struct sql_job *j, sqlite3_stmt *st)
     struct sql_value *row = j->cells + j->n_rows * (size_t)j->n_cols;
     j->n_rows++;
     for (int c = 0; c < j->n_cols; c++) row[c].type = SQLITE_NULL;
-    for (int c = 0; c < j->n_cols; c++)
+    j->bytes += ROW_LUA_BYTES + (size_t)j->n_cols * CELL_LUA_BYTES;
+    for (int c = 0; c < j->n_cols; c++) {
         if (!copy_column(&row[c], st, c)) return false;
+        if (row[c].type == SQLITE_TEXT || row[c].type == SQLITE_BLOB) j->bytes += row[c].u.s.n;
+    }
+    if (j->max_bytes && j->bytes > j->max_bytes) {
+        snprintf(j->err, sizeof j->err, "result larger than lua_memory_limit (%zu MiB)",
+                 j->max_bytes / (1024 * 1024));
+        return false;
+    }
     return true;
 }
 
@@ -240,7 +256,7 @@ static bool run_statement(struct sql_job *j, sqlite3 *db, sqlite3_stmt *st)
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (j->op == SQL_QUERY && !keep_row(j, st)) {
-            snprintf(j->err, sizeof j->err, "out of memory");
+            if (!j->err[0]) snprintf(j->err, sizeof j->err, "out of memory");
             return false;
         }
     }
@@ -403,6 +419,7 @@ static struct sql_job *sql_job_new(lua_State *L, const char *what, enum sql_op o
     }
     j->op = op;
     j->readonly = readonly;
+    j->max_bytes = vm_of(L)->heap_limit;
     l_job_init(&j->job, what, sql_run, sql_push, sql_free);
     return j;
 }
