@@ -20,6 +20,8 @@
 #define YESCRYPT_MAX_R 32
 #define YESCRYPT_MAX_P 16
 #define YESCRYPT_MAX_T 16
+/* SHA-crypt without "rounds=" (Drepper's specification). */
+#define SHA_CRYPT_DEFAULT_ROUNDS 5000UL
 /* What `hash` makes: bcrypt 2^10 (about 60 ms), yescrypt and SHA-crypt at
  * libxcrypt's defaults, argon2id t = 3, m = 64 MiB, p = 1 (RFC 9106 4's
  * second choice, one lane: the pool's thread is the parallelism). */
@@ -172,7 +174,8 @@ static enum passhash_verdict crypt_cost(const char *h, const struct passhash_lim
     if (!strncmp(h, "$y$", 3)) return yescrypt_cost(h + 3, lim);
     if (!strncmp(h, "$gy$", 4)) return yescrypt_cost(h + 4, lim);
     if (!strncmp(h, "$7$", 3)) return strlen(h) < 14 ? PASSHASH_UNSUPPORTED : scrypt_cost(h + 3, lim);
-    if ((!strncmp(h, "$5$", 3) || !strncmp(h, "$6$", 3)) && !strncmp(h + 3, "rounds=", 7)) {
+    if (!strncmp(h, "$5$", 3) || !strncmp(h, "$6$", 3)) {
+        if (strncmp(h + 3, "rounds=", 7)) return rounds_cost(SHA_CRYPT_DEFAULT_ROUNDS, lim);
         if (!parse_count(h + 10, '$', &n)) return PASSHASH_UNSUPPORTED;
         return rounds_cost(n, lim);
     }
