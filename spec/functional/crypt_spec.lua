@@ -78,6 +78,7 @@ function handle_NOOP(server, session, envelope, arg)
   local name, pw = arg:match("^verify (%%S+) (.*)$")
   if name then return "250 " .. VERSION .. " " .. show(smtpd.crypt.verify(pw, H[name] or name)) end
   if arg == "nul" then return "250 " .. VERSION .. " " .. show(smtpd.crypt.verify("right\0pw", H.yescrypt)) end
+  if arg == "hashnul" then return "250 " .. VERSION .. " " .. show(smtpd.crypt.hash("right\0pw")) end
   local method, pw2 = arg:match("^hash (%%S+) (.*)$")
   if method then
     local h, err = smtpd.crypt.hash(pw2, method ~= "default" and method or nil)
@@ -125,6 +126,7 @@ describe("smtpd.crypt.verify", function()
   it("refuses a password containing NUL before hashing", function()
     local c = srv:connect()
     assert.equal("v1 nil password contains NUL", select(2, reply(c, "NOOP nul")))
+    assert.equal("v1 nil password contains NUL", select(2, reply(c, "NOOP hashnul")))
     c:close()
   end)
 

@@ -99,6 +99,8 @@ function handle_NOOP(server, session, envelope, arg)
       render(open():query("SELECT what FROM log ORDER BY what")))
   end
   if arg == "badparam" then open():query("SELECT ?", {}) end
+  if arg == "badopen" then smtpd.sqlite.open(DIR .. "/users.db", { readonly = "yes" }) end
+  if arg == "badself" then open().query({}, "SELECT 1") end
   if arg == "slow" then return reply(render(open():query(%q))) end
   if arg == "big" then
     return reply(render(open():query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 " ..
@@ -186,6 +188,12 @@ describe("smtpd.sqlite", function()
     assert.equal(451, (c:cmd("NOOP badparam")))
     c:close()
     u.wait_log(srv, "bad argument #2 to 'query' (expected a string, number, boolean or nil, got table)")
+    c = srv:connect()
+    assert.equal(451, (c:cmd("NOOP badopen")))
+    assert.equal(451, (c:cmd("NOOP badself")))
+    c:close()
+    u.wait_log(srv, "bad argument #2 to 'open' (readonly must be a boolean)")
+    u.wait_log(srv, "bad argument #1 to 'query' (expected smtpd.sqlite.db, got table)")
   end)
 
   it("serves another client while one hook waits on a slow statement", function()
