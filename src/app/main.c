@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -15,6 +16,8 @@
 #include "log.h"
 #include "lua_hook.h"
 #include "master.h"
+#include "passhash.h"
+#include "pool.h"
 #include "policy.h"
 #include "policy_builder.h"
 #include "privdrop.h"
@@ -67,6 +70,7 @@ struct cli {
      * pairs, since the master appends its own flags after cli.pass. */
     const char *script_args[MAX_SCRIPT_ARGS];
     int n_script_args;
+    bool hash_password;        /* --hash-password [METHOD] */
 };
 
 static struct server srv;
@@ -115,6 +119,9 @@ static void usage(FILE *out)
             "                              nobody; GROUP: USER's primary group)\n"
             "  -n, --no-setuid             started as root: stay root (also --nosetuid)\n"
             "  -t, --check                 load and validate the handler, then exit 0/1\n"
+            "      --hash-password [METHOD]  read a password from standard input, print its\n"
+            "                              hash and exit (yescrypt, bcrypt, sha512crypt,\n"
+            "                              argon2id; default yescrypt)\n"
             "  -- ARG...                   arguments for the handler script (its `...`)\n"
             "  -d, --debug                 more logging (repeat for even more)\n"
             "  -v, --version               print the version\n"
@@ -163,6 +170,83 @@ static double seconds_arg(const char *flag, const char *v)
     return x;
 }
 
+/* The password on standard input: one line, without its line end; no echo
+ * when it is a terminal. Returns its length, or -1. */
+static ssize_t read_password(char *buf, size_t cap)
+{
+    struct termios saved, quiet;
+    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
+    if (tty) {
+        /* Echo off before the prompt: what is typed after the prompt must
+         * neither echo nor be flushed away. */
+        quiet = saved;
+        quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+        fprintf(stderr, "Password: ");
+        fflush(stderr);
+    }
+    size_t n = 0;
+    bool got = false;
+    int ch;
+    while ((ch = getchar()) != EOF) {
+        got = true;
+        if (ch == '\n') break;
+        if (n + 1 >= cap) {
+            n = cap; /* too long */
+            break;
+        }
+        buf[n++] = (char)ch;
+    }
+    if (tty) {
+        tcsetattr(STDIN_FILENO, TCSANOW, &saved);
+        fprintf(stderr, "\n");
+    }
+    if (!got || n >= cap) return -1;
+    if (n > 0 && buf[n - 1] == '\r') n--;
+    buf[n] = '\0';
+    return (ssize_t)n;
+}
+
+/* --hash-password [METHOD]: prints the hash of the password on standard
+ * input, so operators can fill a user store without writing code. */
+static int hash_password(const char *method, const char *extra)
+{
+    if (extra) {
+        fprintf(stderr, "luasmtpd: --hash-password takes at most one METHOD, got '%s' too\n",
+                extra);
+        return 2;
+    }
+    enum passhash_method m = passhash_method_parse(method);
+    if (m == PASSHASH_METHOD_UNKNOWN) {
+        fprintf(stderr, "luasmtpd: --hash-password: unknown method '%s' (expected %s)\n", method,
+                passhash_method_names);
+        return 2;
+    }
+    if (!passhash_method_supported(m)) {
+        fprintf(stderr, "luasmtpd: --hash-password: %s is not supported yet (expected %s)\n",
+                method, passhash_method_names);
+        return 2;
+    }
+    /* Well above what a person types; crypt(3) hashes at most 512 bytes. */
+    static char pw[4096];
+    ssize_t n = read_password(pw, sizeof pw);
+    if (n < 0) {
+        fprintf(stderr, "luasmtpd: --hash-password: no password (one line, at most %zu bytes) "
+                        "on standard input\n", sizeof pw - 1);
+        return 1;
+    }
+    char err[160];
+    char *hash = passhash_hash(m, pw, (size_t)n, err, sizeof err);
+    passhash_wipe(pw, sizeof pw);
+    if (!hash) {
+        fprintf(stderr, "luasmtpd: --hash-password: %s\n", err);
+        return 1;
+    }
+    printf("%s\n", hash);
+    free(hash);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 static void parse_args(int argc, char **argv)
 {
     enum {
@@ -170,7 +254,7 @@ static void parse_args(int argc, char **argv)
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
         OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT, OPT_WORKERS,
         OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL, OPT_SCRIPT_FD,
-        OPT_USER, OPT_SCRIPT_ARG, OPT_SHDICT_FD
+        OPT_USER, OPT_SCRIPT_ARG, OPT_SHDICT_FD, OPT_HASH_PASSWORD, OPT_WORKER_COUNT
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -198,7 +282,9 @@ static void parse_args(int argc, char **argv)
         {"worker-status-fd", required_argument, 0, OPT_WORKER_STATUS_FD},
         {"script-fd", required_argument, 0, OPT_SCRIPT_FD},
         {"shdict-fd", required_argument, 0, OPT_SHDICT_FD},
-        {"script-arg", required_argument, 0, OPT_SCRIPT_ARG}, {0, 0, 0, 0},
+        {"script-arg", required_argument, 0, OPT_SCRIPT_ARG},
+        {"hash-password", no_argument, 0, OPT_HASH_PASSWORD},
+        {"worker-count", required_argument, 0, OPT_WORKER_COUNT}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
     cli.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
@@ -218,7 +304,8 @@ static void parse_args(int argc, char **argv)
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
                            c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD ||
                            c == OPT_SCRIPT_FD || c == OPT_SHDICT_FD || c == OPT_SCRIPT_ARG ||
-                           c == 't' || c == 'v' || c == 'h' || c == '?';
+                           c == 't' || c == 'v' || c == 'h' || c == '?' ||
+                           c == OPT_HASH_PASSWORD || c == OPT_WORKER_COUNT;
         if (!master_only) {
             if (c < 256) {
                 char shortopt[3] = {'-', (char)c, 0};
@@ -264,7 +351,18 @@ static void parse_args(int argc, char **argv)
                 fprintf(stderr, "luasmtpd: --workers expects 1..%d or auto\n", MASTER_MAX_WORKERS);
                 exit(2);
             }
+            /* Each worker's default thread_pool_size divides the CPUs by
+             * the number of workers: they learn it from --worker-count. */
+            {
+                char count[16];
+                snprintf(count, sizeof count, "%d", cli.workers);
+                pass("--worker-count", count);
+            }
             break;
+        case OPT_WORKER_COUNT:
+            pool_process_count = atoi(optarg) > 0 ? atoi(optarg) : 1;
+            break;
+        case OPT_HASH_PASSWORD: cli.hash_password = true; break;
         case OPT_WATCHDOG:
             cli.watchdog = !strcmp(optarg, "0") ? 0 : seconds_arg("--watchdog", optarg);
             break;
@@ -316,6 +414,8 @@ static void parse_args(int argc, char **argv)
     }
     policy_script_args = cli.script_args;
     policy_n_script_args = cli.n_script_args;
+    if (cli.hash_password) exit(hash_password(optind < argc ? argv[optind] : NULL,
+                                              argc - optind > 1 ? argv[optind + 1] : NULL));
     if (optind < argc) {
         fprintf(stderr, "luasmtpd: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
@@ -809,6 +909,8 @@ int main(int argc, char **argv)
     server_start(&srv);
     write_ready();
     ev_run(srv.host.loop, 0);
+    /* Running jobs finish (their results are dropped) before Lua goes. */
+    pool_shutdown();
     log_msg(LOG_INFO, NULL, "stopped");
     policy_release(srv.host.policy);
     swap_tls(NULL, NULL);

@@ -21,6 +21,8 @@
 #include "l_dns.h"
 #include "l_sleep.h"
 #include "l_timer.h"
+#include "l_crypt.h"
+#include "l_sqlite.h"
 #include "log.h"
 #include "lua_bind.h"
 #include "policy.h"
@@ -354,4 +356,6 @@ void server_register_lua_classes(lua_State *L)
     l_shared_register(L);
     l_dns_register(L);
     l_timer_register(L);
+    l_crypt_register(L);
+    l_sqlite_register(L);
 }

@@ -41,6 +41,8 @@ bool vm_open(struct vm *vm, char *err, size_t errlen)
     luaL_openlibs(L);
     l_sandbox_open(L);
     vm_preload(L);
+    vm->thread_pool = (struct pool_config){0, POOL_DEFAULT_QUEUE};
+    passhash_limits_default(&vm->crypt_max_cost);
     return true;
 }
 

@@ -12,6 +12,9 @@
 
 #include <lua.h>
 
+#include "passhash.h"
+#include "pool.h"
+
 #define VM_POOL_MAX 64
 
 struct vm;
@@ -68,6 +71,11 @@ struct vm {
     long resolver_cache_size;  /* entries, 0 = no cache */
     bool retired;
     struct vm_resource *resources;
+    /* What the thread-pool bindings read (async-api.md 6), from the
+     * generation's options: the pool's size and queue, and the costliest
+     * hash smtpd.crypt.verify works on. */
+    struct pool_config thread_pool;
+    struct passhash_limits crypt_max_cost;
     /* The owner's reference count (the policy's): work that outlives the
      * session that started it (a timer's run) holds the generation. */
     void (*hold)(void *owner);

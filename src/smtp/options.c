@@ -4,6 +4,7 @@
 #include "options.h"
 
 #include "dns.h"
+#include "pool.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -52,10 +53,16 @@
 /* A cache larger than this is a typo, not a plan. */
 #define RESOLVER_CACHE_SIZE_MAX 10000000L
 
+/* The thread pool (async-api.md 6): 0 threads = max(1, CPUs / workers). */
+#define DEFAULT_THREAD_POOL_SIZE 0L
+#define DEFAULT_THREAD_POOL_QUEUE ((long)POOL_DEFAULT_QUEUE)
+#define MAX_THREAD_POOL_QUEUE 1000000L
+
 enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
                 T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */,
                 T_SHARED_DICT /* { name = size, ... } or "name:size,..." */,
-                T_RESOLVER /* "ip[:port],..." */ };
+                T_RESOLVER /* "ip[:port],..." */,
+                T_CRYPT_COST /* "bcrypt=12,argon2_memory=256m" or a table */ };
 
 /* One row per option: its name, type and the field it sets. A new option is
  * one row here, one field in struct options and, if it has one, its
@@ -104,6 +111,9 @@ static const struct opt_def opt_defs[] = {
     OPT("resolver", T_RESOLVER, resolver),
     OPT("resolver_timeout", T_NUMBER, resolver_timeout),
     OPT("resolver_cache_size", T_INT, resolver_cache_size),
+    OPT("thread_pool_size", T_INT, thread_pool_size),
+    OPT("thread_pool_queue", T_INT, thread_pool_queue),
+    OPT("crypt_max_cost", T_CRYPT_COST, crypt_max_cost),
     {NULL, 0, 0, NOT_TRACKED},
 };
 
@@ -114,6 +124,8 @@ static const char *const type_names[] = {
     "a size in bytes (an integer, or a string such as \"64m\", \"512k\", \"1g\")",
     "a table of name = size (e.g. { cache = \"10m\" }; on the command line \"cache:10m,other:1m\")",
     "a string listing DNS servers (\"127.0.0.1:5353,[::1]:53\")",
+    /* One literal: clang warns about concatenation in an array of strings. */
+    "a table or a string of costs (\"bcrypt=12,scrypt=16,rounds=500000,argon2_memory=256m\")",
 };
 
 void options_init_defaults(struct options *o)
@@ -140,6 +152,9 @@ void options_init_defaults(struct options *o)
     o->tls_session_cache_size = DEFAULT_TLS_SESSION_CACHE_SIZE;
     o->resolver_timeout = DEFAULT_RESOLVER_TIMEOUT;
     o->resolver_cache_size = DEFAULT_RESOLVER_CACHE_SIZE;
+    o->thread_pool_size = DEFAULT_THREAD_POOL_SIZE;
+    o->thread_pool_queue = DEFAULT_THREAD_POOL_QUEUE;
+    passhash_limits_default(&o->crypt_max_cost);
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -332,6 +347,48 @@ static void sort_shared_dicts(struct options *o)
     qsort(o->shared_dict, o->n_shared_dict, sizeof o->shared_dict[0], shared_dict_cmp);
 }
 
+/* One key of crypt_max_cost: `v` is its value as text (the -o form and a
+ * script's strings) or, when `text` is NULL, the number x. */
+static bool set_crypt_cost(struct passhash_limits *l, const char *key, size_t keylen,
+                           const char *text, double x, char *err, size_t errlen)
+{
+    long n;
+    bool size = keylen == 13 && !strncmp(key, "argon2_memory", 13);
+    if (text) {
+        if (!(size ? parse_size(text, &n) : parse_long(text, &n))) goto bad_value;
+    } else {
+        if (x < 0 || x != (double)(long)x) goto bad_value;
+        n = (long)x;
+    }
+#define KEY(s) (keylen == sizeof(s) - 1 && !strncmp(key, s, keylen))
+    if (KEY("bcrypt") && n >= 4 && n <= 31) l->bcrypt = (int)n;
+    else if (KEY("scrypt") && n >= 1 && n <= 63) l->scrypt = (int)n;
+    else if (KEY("rounds") && n >= 1) l->rounds = n;
+    else if (size && n >= 1024) l->argon2_memory_kib = n / 1024;
+    else if (KEY("argon2_time") && n >= 1 && n <= INT_MAX) l->argon2_time = (int)n;
+    else if (KEY("argon2_lanes") && n >= 1 && n <= INT_MAX) l->argon2_lanes = (int)n;
+    else if (KEY("bcrypt") || KEY("scrypt") || KEY("rounds") || size || KEY("argon2_time") ||
+             KEY("argon2_lanes"))
+        goto bad_value;
+    else {
+        snprintf(err, errlen,
+                 "option 'crypt_max_cost' has an unknown key '%.*s' (bcrypt, scrypt, rounds, "
+                 "argon2_memory, argon2_time, argon2_lanes)",
+                 (int)keylen, key);
+        return false;
+    }
+#undef KEY
+    return true;
+bad_value:
+    snprintf(err, errlen,
+             "option 'crypt_max_cost': %.*s must be %s", (int)keylen, key,
+             size ? "a size of at least 1k (bytes, or \"256m\")"
+             : keylen == 6 && !strncmp(key, "bcrypt", 6) ? "an integer from 4 to 31 (log2 of the rounds)"
+             : keylen == 6 && !strncmp(key, "scrypt", 6) ? "an integer from 1 to 63 (log2 of N)"
+                                                          : "a positive integer");
+    return false;
+}
+
 bool options_set_string(struct options *o, const char *name, const char *v, char *err,
                         size_t errlen)
 {
@@ -422,6 +479,25 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         if (!dns_servers_valid(v, err, errlen)) return false;
         set_string(STRING_FIELD(o, d), v);
         return true;
+    case T_CRYPT_COST: {
+        /* A whole value: what it leaves out is the default. */
+        struct passhash_limits l;
+        passhash_limits_default(&l);
+        for (const char *p = v; *p;) {
+            size_t len = strcspn(p, ",");
+            const char *eq = memchr(p, '=', len);
+            char val[32];
+            size_t vlen = eq ? (size_t)(p + len - eq - 1) : 0;
+            if (!eq || eq == p || vlen == 0 || vlen >= sizeof val) return wrong_type(d, err, errlen);
+            memcpy(val, eq + 1, vlen);
+            val[vlen] = '\0';
+            if (!set_crypt_cost(&l, p, (size_t)(eq - p), val, 0, err, errlen)) return false;
+            p += len;
+            if (*p == ',') p++;
+        }
+        o->crypt_max_cost = l;
+        return true;
+    }
     }
     return false;
 }
@@ -539,6 +615,31 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         }
         sort_shared_dicts(o);
         return true;
+    case T_CRYPT_COST: {
+        if (t == LUA_TSTRING) return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
+        if (t != LUA_TTABLE) return wrong_type(d, err, errlen);
+        struct passhash_limits l;
+        passhash_limits_default(&l);
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            int vt = lua_type(L, -1);
+            if (lua_type(L, -2) != LUA_TSTRING || (vt != LUA_TNUMBER && vt != LUA_TSTRING)) {
+                lua_pop(L, 2);
+                return wrong_type(d, err, errlen);
+            }
+            size_t klen;
+            const char *key = lua_tolstring(L, -2, &klen);
+            bool ok = set_crypt_cost(&l, key, klen, vt == LUA_TSTRING ? lua_tostring(L, -1) : NULL,
+                                     vt == LUA_TNUMBER ? lua_tonumber(L, -1) : 0, err, errlen);
+            lua_pop(L, 1);
+            if (!ok) {
+                lua_pop(L, 1);
+                return false;
+            }
+        }
+        o->crypt_max_cost = l;
+        return true;
+    }
     }
     return false;
 }
@@ -584,6 +685,16 @@ bool options_finalize(struct options *o, char *err, size_t errlen)
     if (o->resolver_cache_size > RESOLVER_CACHE_SIZE_MAX) {
         snprintf(err, errlen, "option 'resolver_cache_size' must be at most %ld",
                  RESOLVER_CACHE_SIZE_MAX);
+        return false;
+    }
+    if (o->thread_pool_size > POOL_MAX_THREADS) {
+        snprintf(err, errlen, "option 'thread_pool_size' must be at most %d (0 = one per CPU, "
+                 "divided among the workers)", POOL_MAX_THREADS);
+        return false;
+    }
+    if (o->thread_pool_queue > MAX_THREAD_POOL_QUEUE) {
+        snprintf(err, errlen, "option 'thread_pool_queue' must be at most %ld",
+                 MAX_THREAD_POOL_QUEUE);
         return false;
     }
     if (!o->hostname) o->hostname = fqdn();

@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "shdict.h"
+#include "passhash.h"
 
 struct lua_State;
 
@@ -66,6 +67,10 @@ struct options {
     char *resolver;            /* "ip[:port],..." or NULL: /etc/resolv.conf */
     double resolver_timeout;   /* seconds for a whole query */
     long resolver_cache_size;  /* answers cached per process; 0 = no cache */
+    /* The thread pool (async-api.md 6). */
+    long thread_pool_size;     /* threads per process; 0 = max(1, CPUs / workers) */
+    long thread_pool_queue;    /* jobs that may wait for a thread before calls get "busy" */
+    struct passhash_limits crypt_max_cost; /* the costliest hash smtpd.crypt.verify works on */
 };
 
 void options_init_defaults(struct options *o);

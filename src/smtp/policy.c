@@ -457,6 +457,9 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     p->vm.resolver_timeout = p->opt.resolver_timeout;
     p->vm.resolver_cache_size = p->opt.resolver_cache_size;
     p->vm.max_timers = p->opt.max_timers;
+    p->vm.thread_pool.threads = (int)p->opt.thread_pool_size;
+    p->vm.thread_pool.queue = (int)p->opt.thread_pool_queue;
+    p->vm.crypt_max_cost = p->opt.crypt_max_cost;
     apply_exclusions_and_sort(p);
     p->generation = next_generation++; /* refused loads don't use up numbers */
     return p;
