@@ -12,6 +12,7 @@
 #define LOGINPASSWORD_MT "smtpd.LoginPassword"
 #define SERVER_MT "smtpd.server"
 #define MISSING_KEY "smtpd.MISSING"
+#define NULL_KEY "smtpd.null"
 #define MECHANISM_NAMES_KEY "smtpd.mechanism_names"
 
 /* lua_authresult.c */
