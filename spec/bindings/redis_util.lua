@@ -198,6 +198,37 @@ function Adapter:close()
   return true
 end
 
+--- One command to the Redis on 127.0.0.1:port over a connection of its
+-- own, written and read here without smtpd.redis (so the functional specs
+-- need no smtpd.so, which a sanitizer build cannot load into luajit):
+-- a status, bulk or integer reply; nil for a nil bulk; raises otherwise.
+function M.cmd(port, ...)
+  local args = { ... }
+  local out = { "*" .. #args .. "\r\n" }
+  for _, a in ipairs(args) do
+    a = tostring(a)
+    out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
+  end
+  local s = socket.tcp()
+  s:settimeout(10)
+  assert(s:connect("127.0.0.1", port))
+  assert(s:send(table.concat(out)))
+  local line = assert(s:receive("*l"))
+  local kind, rest = line:sub(1, 1), line:sub(2)
+  local v
+  if kind == "+" then v = rest
+  elseif kind == ":" then v = tonumber(rest)
+  elseif kind == "$" then
+    local n = tonumber(rest)
+    v = n >= 0 and assert(s:receive(n + 2)):sub(1, n) or nil
+  else
+    s:close()
+    error("redis: " .. line, 2)
+  end
+  s:close()
+  return v
+end
+
 --- Closes every pooled connection of a factory.
 function M.drain(stats)
   for _, idle in pairs(stats.pool) do
