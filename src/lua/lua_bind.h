@@ -13,6 +13,7 @@
 #define SERVER_MT "smtpd.server"
 #define TIMER_MT "smtpd.timer" /* a handle of smtpd.timer.at/every (l_timer.c) */
 #define MISSING_KEY "smtpd.MISSING"
+#define NULL_KEY "smtpd.null"
 #define MECHANISM_NAMES_KEY "smtpd.mechanism_names"
 
 /* lua_authresult.c */

@@ -1,5 +1,6 @@
 /* lua_smtpd.c — the `smtpd` module handler scripts require: AuthResult,
- * LoginPassword, auth_mechanism, MISSING and strict base64 helpers. Built
+ * LoginPassword, auth_mechanism, MISSING, null, strict base64 helpers, and
+ * the Lua library modules reached as fields (smtpd.redis). Built
  * into the server and, on its own, as the Lua C module smtpd.so that the
  * binding specs load into LuaJIT. Must not know sessions or policies. */
 #include <ctype.h>
@@ -190,6 +191,51 @@ static int l_missing_tostring(lua_State *L)
     return 1;
 }
 
+static int l_null_tostring(lua_State *L)
+{
+    lua_pushliteral(L, "null");
+    return 1;
+}
+
+/* A unique value kept in the registry under key: a one-byte userdata whose
+ * tostring is name and whose metatable is locked. */
+static void push_sentinel(lua_State *L, const char *key, const char *name, lua_CFunction tostring)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, key);
+    if (!lua_isnil(L, -1)) return;
+    lua_pop(L, 1);
+    lua_newuserdata(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, key);
+}
+
+/* Fields of the module that are Lua library modules (lua/smtpd/NAME.lua,
+ * embedded in the binary), loaded with require on first use so a script
+ * that never touches them pays nothing. */
+static const char *const lazy_modules[] = {"redis", NULL};
+
+static int l_smtpd_index(lua_State *L)
+{
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+    for (int i = 0; k && lazy_modules[i]; i++) {
+        if (strcmp(k, lazy_modules[i])) continue;
+        lua_getglobal(L, "require");
+        lua_pushfstring(L, "smtpd.%s", k);
+        lua_call(L, 1, 1);
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, 1); /* later reads find it without the metamethod */
+        return 1;
+    }
+    return 0;
+}
+
 int luaopen_smtpd(lua_State *L)
 {
     l_authresult_register(L);
@@ -209,20 +255,16 @@ int luaopen_smtpd(lua_State *L)
     lua_pushliteral(L, LUASMTPD_VERSION);
     lua_setfield(L, -2, "_VERSION");
 
-    lua_getfield(L, LUA_REGISTRYINDEX, MISSING_KEY);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        lua_newuserdata(L, 1);
-        lua_createtable(L, 0, 2);
-        lua_pushcfunction(L, l_missing_tostring);
-        lua_setfield(L, -2, "__tostring");
-        lua_pushliteral(L, "MISSING");
-        lua_setfield(L, -2, "__metatable");
-        lua_setmetatable(L, -2);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, LUA_REGISTRYINDEX, MISSING_KEY);
-    }
+    push_sentinel(L, MISSING_KEY, "MISSING", l_missing_tostring);
     lua_setfield(L, -2, "MISSING");
+    /* smtpd.null: a nil bulk or array in a Redis reply (async-api.md 8), a
+     * value where nil would end an array. */
+    push_sentinel(L, NULL_KEY, "null", l_null_tostring);
+    lua_setfield(L, -2, "null");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, l_smtpd_index);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
 
     lua_getfield(L, LUA_REGISTRYINDEX, MECHANISM_NAMES_KEY);
     if (lua_isnil(L, -1)) {
