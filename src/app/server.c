@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "l_sleep.h"
+#include "l_socket.h"
 #include "log.h"
 #include "lua_bind.h"
 #include "policy.h"
@@ -321,4 +322,5 @@ void server_register_lua_classes(lua_State *L)
 {
     l_server_register(L);
     l_sleep_register(L);
+    l_socket_register(L);
 }

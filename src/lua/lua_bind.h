@@ -11,6 +11,8 @@
 #define AUTHRESULT_MT "smtpd.AuthResult"
 #define LOGINPASSWORD_MT "smtpd.LoginPassword"
 #define SERVER_MT "smtpd.server"
+#define SOCKET_MT "smtpd.socket.tcp"
+#define SOCKET_SESSION_MT "smtpd.socket.session"
 #define MISSING_KEY "smtpd.MISSING"
 #define MECHANISM_NAMES_KEY "smtpd.mechanism_names"
 

@@ -55,6 +55,7 @@ struct vm {
     /* The generation's life on the loop (vm_attach, vm_retire). */
     struct ev_loop *loop; /* NULL until attached (while loading, in -t) */
     double hook_timeout;  /* seconds a hook may stay suspended in all, 0 = none */
+    size_t socket_line_max; /* the longest line a cosocket receive returns, 0 = default */
     bool loading;         /* the script's top level runs */
     bool retired;
     struct vm_resource *resources;

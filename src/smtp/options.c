@@ -39,6 +39,8 @@
 /* What all sessions of one process may buffer for DATA: eight messages of
  * the default data_size_limit. */
 #define DEFAULT_DATA_MEMORY_LIMIT (256L * 1024 * 1024)
+/* async-api.md 4: the longest line a cosocket "*l" receive returns. */
+#define DEFAULT_SOCKET_LINE_MAX 65536L
 #define DEFAULT_TLS_TICKET_LIFETIME 3600L
 #define DEFAULT_TLS_SESSION_CACHE_SIZE 1000L
 
@@ -87,6 +89,7 @@ static const struct opt_def opt_defs[] = {
     OPT("data_memory_limit", T_SIZE, data_memory_limit),
     OPT("tls_ticket_lifetime", T_INT, tls_ticket_lifetime),
     OPT("tls_session_cache_size", T_INT, tls_session_cache_size),
+    OPT("socket_line_max", T_SIZE, socket_line_max),
     {NULL, 0, 0, NOT_TRACKED},
 };
 
@@ -118,6 +121,7 @@ void options_init_defaults(struct options *o)
     o->error_limit = DEFAULT_ERROR_LIMIT;
     o->tls_ticket_lifetime = DEFAULT_TLS_TICKET_LIFETIME;
     o->tls_session_cache_size = DEFAULT_TLS_SESSION_CACHE_SIZE;
+    o->socket_line_max = DEFAULT_SOCKET_LINE_MAX;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -464,6 +468,10 @@ bool options_finalize(struct options *o, char *err, size_t errlen)
     /* RFC 5077 5.6: a ticket lifetime hint is at most 7 days. */
     if (o->tls_ticket_lifetime > 604800) {
         snprintf(err, errlen, "option 'tls_ticket_lifetime' must be at most 604800 seconds");
+        return false;
+    }
+    if (o->socket_line_max < 1) {
+        snprintf(err, errlen, "option 'socket_line_max' must be at least 1 byte");
         return false;
     }
     if (!o->hostname) o->hostname = fqdn();

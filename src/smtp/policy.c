@@ -450,6 +450,7 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     if (!options_finalize(&p->opt, err, errlen)) goto failed;
     p->vm.heap_limit = (size_t)p->opt.lua_memory_limit * 1024 * 1024;
     p->vm.hook_timeout = p->opt.hook_timeout;
+    p->vm.socket_line_max = (size_t)p->opt.socket_line_max;
     apply_exclusions_and_sort(p);
     p->generation = next_generation++; /* refused loads don't use up numbers */
     return p;

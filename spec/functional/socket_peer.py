@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""The peer the cosocket specs talk to: a line-command server on 127.0.0.1
+(and optionally a UNIX socket, and TLS with a given certificate), started by
+spec/functional/socket_util.lua on a free port and stopped by PID.
+
+Every event goes to the log file, one line each, flushed at once, so that a
+spec can assert what the peer saw ("open 3", "close 3", "tls 3 reused"):
+the order of events, never elapsed time.
+
+Commands, one per line; the connection's number is N:
+  ECHO text     -> "text\\n"          CRLF text   -> "text\\r\\n"
+  ID            -> "N\\n"             BYTES n     -> n bytes "x", no newline
+  LONG n        -> n bytes "y" and "\\n"
+  TWO a b       -> "a\\nb\\n"          (a reply with more after it)
+  DRIP text     -> "text\\n" one byte per write (hostile chunking)
+  UNTIL         -> "one--sep--two--sep--"
+  ALL text      -> "text", then close  PARTIAL text -> the same, named for specs
+  BYE           -> "bye\\n", then close HANGUP      -> close at once
+  SILENT        -> nothing (the caller times out)
+"""
+import argparse
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+
+lock = threading.Lock()
+count = 0
+log_file = None
+
+
+def log(msg):
+    with lock:
+        log_file.write(msg + "\n")
+        log_file.flush()
+
+
+def serve(conn, n):
+    log(f"open {n}")
+    buf = b""
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                line = line.rstrip(b"\r").decode("latin-1")
+                log(f"got {n} {line[:80]}")
+                cmd, _, arg = line.partition(" ")
+                if cmd == "ECHO":
+                    conn.sendall(arg.encode("latin-1") + b"\n")
+                elif cmd == "CRLF":
+                    conn.sendall(arg.encode("latin-1") + b"\r\n")
+                elif cmd == "ID":
+                    conn.sendall(f"{n}\n".encode())
+                elif cmd == "BYTES":
+                    conn.sendall(b"x" * int(arg))
+                elif cmd == "LONG":
+                    conn.sendall(b"y" * int(arg) + b"\n")
+                elif cmd == "TWO":
+                    a, _, b = arg.partition(" ")
+                    conn.sendall(f"{a}\n{b}\n".encode())
+                elif cmd == "DRIP":
+                    for ch in (arg + "\n").encode("latin-1"):
+                        conn.sendall(bytes([ch]))
+                        time.sleep(0.001)
+                elif cmd == "UNTIL":
+                    conn.sendall(b"one--sep--two--sep--")
+                elif cmd in ("ALL", "PARTIAL"):
+                    conn.sendall(arg.encode("latin-1"))
+                    return
+                elif cmd == "BYE":
+                    conn.sendall(b"bye\n")
+                    return
+                elif cmd == "HANGUP":
+                    return
+                elif cmd == "SILENT":
+                    pass
+                else:
+                    conn.sendall(b"?\n")
+    except (OSError, ssl.SSLError) as e:
+        log(f"error {n} {e}")
+    finally:
+        try:
+            conn.close()
+        except OSError:
+            pass
+        log(f"close {n}")
+
+
+def accept_loop(lsock, ctx):
+    global count
+    while True:
+        try:
+            conn, _ = lsock.accept()
+        except OSError:
+            return
+        with lock:
+            count += 1
+            n = count
+        if ctx is not None:
+            def handshake(conn=conn, n=n):
+                try:
+                    conn.settimeout(10)
+                    tconn = ctx.wrap_socket(conn, server_side=True)
+                    tconn.settimeout(None)
+                except (OSError, ssl.SSLError) as e:
+                    log(f"open {n}")
+                    log(f"tls-failed {n} {e}")
+                    log(f"close {n}")
+                    conn.close()
+                    return
+                log(f"tls {n} {'reused' if tconn.session_reused else 'new'}")
+                serve(tconn, n)
+            threading.Thread(target=handshake, daemon=True).start()
+        else:
+            threading.Thread(target=serve, args=(conn, n), daemon=True).start()
+
+
+def main():
+    global log_file
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port-file", required=True)
+    ap.add_argument("--log", required=True)
+    ap.add_argument("--unix")
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    args = ap.parse_args()
+    log_file = open(args.log, "a")
+    ctx = None
+    if args.cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.cert, args.key)
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(256)
+    threads = [threading.Thread(target=accept_loop, args=(lsock, ctx), daemon=True)]
+    if args.unix:
+        usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        usock.bind(args.unix)
+        usock.listen(256)
+        threads.append(threading.Thread(target=accept_loop, args=(usock, None), daemon=True))
+    for t in threads:
+        t.start()
+    tmp = args.port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(lsock.getsockname()[1]))
+    os.rename(tmp, args.port_file)
+    for t in threads:
+        t.join()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
