@@ -16,7 +16,8 @@ Commands, one per line; the connection's number is N:
   UNTIL         -> "one--sep--two--sep--"
   ALL text      -> "text", then close  PARTIAL text -> the same, named for specs
   BYE           -> "bye\\n", then close HANGUP      -> close at once
-  SILENT        -> nothing (the caller times out)
+  LATER         -> "ok\\n", then close a moment later
+  SILENT        -> nothing (the caller times out); so does anything else
 """
 import argparse
 import os
@@ -78,10 +79,15 @@ def serve(conn, n):
                     return
                 elif cmd == "HANGUP":
                     return
-                elif cmd == "SILENT":
-                    pass
-                else:
-                    conn.sendall(b"?\n")
+                elif cmd == "LATER":
+                    # answers, then hangs up on its own a moment later (an
+                    # idle pooled connection the peer closes)
+                    conn.sendall(b"ok\n")
+                    time.sleep(0.2)
+                    return
+                # SILENT, and anything else (a TLS hello sent to the plain
+                # port): no answer
+
     except (OSError, ssl.SSLError) as e:
         log(f"error {n} {e}")
     finally:

@@ -707,6 +707,7 @@ static int l_socket_sslhandshake(lua_State *L)
     if (s->reused > 0 && !s->used) {
         /* A pooled connection made for other TLS settings (or none) goes
          * back unused; one made with these is taken, or a fresh one made. */
+        s->reused--; /* it goes back as it came */
         if (!pool_put(s, s->idle, 0)) sock_disconnect(s, true);
         s->c.fd = -1;
         s->c.tls = NULL;
