@@ -5,7 +5,6 @@
 -- client served during the wait, disconnect, hook_timeout, reload, many
 -- waits with flat descriptors and memory). Order of events is asserted,
 -- never elapsed time. TLS is in socket_tls_spec.lua.
-local socket = require "socket"
 local testing = require "smtpd.testing"
 local hu = require "spec.functional.hostile_util"
 local u = require "spec.functional.reload_util"

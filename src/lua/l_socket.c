@@ -40,7 +40,7 @@
 /* At most this many candidate addresses per connect (A + AAAA answers). */
 #define SOCKET_CANDIDATES_MAX 16
 
-enum sock_op { OP_NONE, OP_CONNECT, OP_HANDSHAKE, OP_SEND, OP_RECV };
+enum sock_op { OP_NONE, OP_CONNECT, OP_HANDSHAKE, OP_SEND, OP_RECV, OP_RESOLVE };
 enum { T_CONNECT, T_SEND, T_READ };
 
 /* The TLS settings a connection was made with: part of its pool key. */
@@ -68,6 +68,7 @@ struct sock {
     bool timed_out;   /* some operation on this connection timed out */
     bool used;        /* sent or received since connect (a reused one may not swap) */
     bool keepalive;   /* handed to the pool: this object is unusable */
+    bool kick;        /* feed the watcher once armed: input is ready now */
     int reused;
     double idle; /* the idle timeout it was pooled with, for a put-back */
     /* The target, for the pool key and a fresh connect. */
@@ -86,11 +87,14 @@ struct sock {
     char *delim; /* receiveuntil's pattern, owned while it waits */
     /* send */
     size_t send_total;
+    /* resolve (OP_RESOLVE): the resolver's query, dropped on cancel */
+    void (*query_cancel)(void *query);
+    void *query;
     char errbuf[256];
 };
 
-static const char *const op_names[] = {"a socket", "sock:connect", "sock:sslhandshake",
-                                       "sock:send", "sock:receive"};
+static const char *const op_names[] = {"a socket",     "sock:connect", "sock:sslhandshake",
+                                       "sock:send",    "sock:receive", "sock:connect (resolving)"};
 
 /* ------------------------------------------------------------ the pools */
 
@@ -246,6 +250,9 @@ static void sock_scope_leave(struct sock *s)
 /* Stops the events of the running operation. */
 static void sock_stop(struct sock *s)
 {
+    if (s->op == OP_RESOLVE && s->query_cancel) s->query_cancel(s->query);
+    s->query_cancel = NULL;
+    s->query = NULL;
     if (s->vm->loop) {
         ev_io_stop(s->vm->loop, &s->io);
         ev_timer_stop(s->vm->loop, &s->timer);
@@ -329,6 +336,8 @@ static int sock_yield(lua_State *L, struct sock *s, struct hook_state *h, enum s
     s->wait.cancel = sock_cancel;
     ev_io_set(&s->io, s->c.fd, want);
     ev_io_start(s->vm->loop, &s->io);
+    if (s->kick) ev_feed_event(s->vm->loop, &s->io, want);
+    s->kick = false;
     if (timeout > 0) {
         ev_timer_set(&s->timer, timeout, 0.);
         ev_timer_start(s->vm->loop, &s->timer);
@@ -342,10 +351,17 @@ static int sock_yield(lua_State *L, struct sock *s, struct hook_state *h, enum s
 /* Changes the direction the running operation waits for. */
 static void sock_rearm(struct sock *s, int want)
 {
-    if (s->io.events == want && ev_is_active(&s->io)) return;
+    if (s->io.fd == s->c.fd && (s->io.events & (EV_READ | EV_WRITE)) == want &&
+        ev_is_active(&s->io))
+        goto kick;
     ev_io_stop(s->vm->loop, &s->io);
     ev_io_set(&s->io, s->c.fd, want);
     ev_io_start(s->vm->loop, &s->io);
+kick:
+    /* A receive that stopped to let the loop breathe comes back at once
+     * (fed after arming: stopping a watcher drops its pending event). */
+    if (s->kick) ev_feed_event(s->vm->loop, &s->io, want);
+    s->kick = false;
 }
 
 /* The operation ended: returns the coroutine to push its results on, or
@@ -586,8 +602,9 @@ static int l_socket_connect(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    /* Names are the resolver's (async-api.md 5); until it is wired in here
-     * they do not resolve. Never getaddrinfo on the loop. */
+    /* Names are the resolver's (async-api.md 5): the DNS integration starts
+     * its query here and returns l_socket_resolve_wait (l_socket.h); until
+     * then names do not resolve. Never getaddrinfo on the loop. */
     if (lit == 0) return push_fail(L, "name not found");
     lua_settop(L, 1);
     return l_socket_connect_addrs(L, 1, &addr, 1);
@@ -856,7 +873,7 @@ static enum recv_result sock_recv_step(struct sock *s, size_t *ret, size_t *cons
         if (reads == SOCKET_READS_PER_STEP) {
             /* Let the loop serve others; come back at once. */
             *want = EV_READ;
-            if (s->vm->loop) ev_feed_event(s->vm->loop, &s->io, EV_READ);
+            s->kick = true;
             return R_WAIT;
         }
         size_t room = netc_read_size(&s->want, buf_len(&s->in));
@@ -1009,6 +1026,7 @@ static void sock_connect_event(struct sock *s)
     int e = netc_connect_result(s->c.fd);
     if (e != 0) {
         s->last_err = e;
+        ev_io_stop(s->vm->loop, &s->io); /* its fd is about to close */
         netc_close(&s->c, false);
         int r = sock_connect_try(s);
         if (r == 0) {
@@ -1016,8 +1034,6 @@ static void sock_connect_event(struct sock *s)
             return;
         }
         if (r < 0) {
-            struct hook_state *h = s->owner;
-            (void)h;
             lua_State *co = sock_wake_begin(s);
             const char *err = sock_connect_error(s);
             if (!co) return;
@@ -1132,7 +1148,8 @@ static void sock_on_io(struct ev_loop *loop, ev_io *w, int revents)
     case OP_HANDSHAKE: sock_handshake_event(s); break;
     case OP_SEND: sock_send_event(s); break;
     case OP_RECV: sock_recv_event(s); break;
-    case OP_NONE: ev_io_stop(loop, w); break;
+    case OP_NONE:
+    case OP_RESOLVE: ev_io_stop(loop, w); break;
     }
 }
 
@@ -1290,7 +1307,8 @@ static int l_session_tostring(lua_State *L)
     return 1;
 }
 
-void l_socket_register(lua_State *L)
+/* The metatables of sockets and TLS sessions. */
+static void l_socket_metatables(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         {"connect", l_socket_connect},
@@ -1325,13 +1343,87 @@ void l_socket_register(lua_State *L)
     lua_pushliteral(L, "smtpd.socket.session");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
+}
 
+void l_socket_register(lua_State *L)
+{
+    /* smtpd.socket: a table of constructors (tcp; udp would go here). */
+    static const luaL_Reg socket_fns[] = {
+        {"tcp", l_socket_tcp},
+        {NULL, NULL},
+    };
+    l_socket_metatables(L);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "smtpd");
     lua_call(L, 1, 1);
     lua_newtable(L);
-    lua_pushcfunction(L, l_socket_tcp);
-    lua_setfield(L, -2, "tcp");
+    luaL_register(L, NULL, socket_fns);
     lua_setfield(L, -2, "socket");
     lua_pop(L, 1);
+}
+
+/* ------------------------------------------------- the resolver's side */
+
+struct l_socket *l_socket_check(lua_State *L, int idx)
+{
+    return (struct l_socket *)sock_arg(L, idx);
+}
+
+int l_socket_resolve_wait(lua_State *L, struct l_socket *ls, void (*cancel)(void *query),
+                          void *query)
+{
+    struct sock *s = (struct sock *)ls;
+    struct hook_state *h = hook_wait_check(L, "sock:connect");
+    sock_scope_enter(s, h);
+    s->op = OP_RESOLVE;
+    s->wait.what = op_names[OP_RESOLVE];
+    s->wait.cancel = sock_cancel;
+    s->query_cancel = cancel;
+    s->query = query;
+    if (s->timeouts[T_CONNECT] > 0) {
+        ev_timer_set(&s->timer, s->timeouts[T_CONNECT], 0.);
+        ev_timer_start(s->vm->loop, &s->timer);
+    }
+    lua_pushvalue(L, 1);
+    s->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+    hook_wait_set(h, &s->wait);
+    return lua_yield(L, 0);
+}
+
+void l_socket_resolved(struct l_socket *ls, const struct netc_addr *addrs, size_t n,
+                       const char *err)
+{
+    struct sock *s = (struct sock *)ls;
+    if (s->op != OP_RESOLVE) return; /* cancelled meanwhile */
+    s->query_cancel = NULL; /* the query is over: nothing to cancel */
+    s->query = NULL;
+    if (n > SOCKET_CANDIDATES_MAX) n = SOCKET_CANDIDATES_MAX;
+    free(s->cands);
+    s->cands = n ? malloc(n * sizeof *addrs) : NULL;
+    s->n_cands = s->cands ? n : 0;
+    if (s->cands) memcpy(s->cands, addrs, n * sizeof *addrs);
+    s->i_cand = 0;
+    s->last_err = ECONNREFUSED;
+    int r = err || !s->cands ? -1 : sock_connect_try(s);
+    if (r == 0) {
+        /* Connecting now: the same wait goes on, under the same timer. */
+        s->op = OP_CONNECT;
+        s->wait.what = op_names[OP_CONNECT];
+        sock_rearm(s, EV_WRITE);
+        return;
+    }
+    const char *e = err ? err : !s->cands && n ? "out of memory" : sock_connect_error(s);
+    char copy[sizeof s->errbuf];
+    snprintf(copy, sizeof copy, "%s", e);
+    lua_State *co = sock_wake_begin(s);
+    if (!co) return;
+    if (r > 0) {
+        lua_pushboolean(co, 1);
+        sock_wake_finish(s, 1);
+        return;
+    }
+    lua_pushnil(co);
+    lua_pushstring(co, copy);
+    sock_disconnect(s, false);
+    sock_wake_finish(s, 2);
 }

@@ -24,4 +24,22 @@ void l_socket_register(lua_State *L);
  * Yields. */
 int l_socket_connect_addrs(lua_State *L, int idx, const struct netc_addr *addrs, size_t n);
 
+/* The resolver's side of connect to a name (async-api.md 5), for the DNS
+ * integration. In sock:connect, where a name is found (today it returns
+ * "name not found"), the binding starts its query with a callback and
+ * returns l_socket_resolve_wait(L, sock, cancel, query): the hook waits on
+ * the socket's own record, under the connect timeout, and cancel(query)
+ * detaches the query if the wait ends first (timeout, disconnect). The
+ * query's callback calls l_socket_resolved with the addresses (A and AAAA
+ * answers as netc_addr, port filled in), tried in order, or with err
+ * ("name not found", ...); after cancel(query) it must not. The socket is
+ * argument 1 of the binding (it is anchored from there). The hook resumes with true or nil, err once a
+ * candidate connects or all fail. Nothing happens if the wait has ended. */
+struct l_socket;
+struct l_socket *l_socket_check(lua_State *L, int idx);
+int l_socket_resolve_wait(lua_State *L, struct l_socket *s, void (*cancel)(void *query),
+                          void *query);
+void l_socket_resolved(struct l_socket *s, const struct netc_addr *addrs, size_t n,
+                       const char *err);
+
 #endif
