@@ -624,6 +624,8 @@ struct tls_client *tls_client_new(int fd, struct tls_client_config *cfg, const c
                                   const struct tls_session *session, char *err, size_t errlen)
 {
     char e[100];
+    /* A forked process reseeds before its first handshake. */
+    if (!tls_rng_ready(err, errlen)) return NULL;
     struct tls_client *t = calloc(1, sizeof *t);
     if (!t) {
         snprintf(err, errlen, "out of memory");
