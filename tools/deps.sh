@@ -4,7 +4,7 @@
 set -eu
 PACKAGES="build-essential cmake pkg-config libluajit-5.1-dev luajit libev-dev libmbedtls-dev
   lua-busted lua-socket lua-sec lua-check swaks python3-aiosmtpd curl openssl haproxy
-  libssl-dev valgrind clang libclang-rt-14-dev"
+  libssl-dev valgrind clang libclang-rt-14-dev python3 ca-certificates"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
