@@ -324,6 +324,11 @@ describe("smtpd.socket.tcp", function()
       local text = one("bad_args " .. i)
       assert.truthy(text:find(want, 1, true), want .. "\n" .. text)
     end
+    -- raised at the script's line (error(msg, 2) style), not inside C
+    assert.truthy(one("bad_args 1"):find("handler%.lua:%d+: bad argument #2 to 'connect' %(expected a port"),
+      one("bad_args 1"))
+    assert.truthy(one("bad_args 11"):find("handler%.lua:%d+: sock:connect: pool must be a string"),
+      one("bad_args 11"))
   end)
 
   it("setkeepalive pools the connection: the next hook reuses it (getreusedtimes)", function()
@@ -430,6 +435,30 @@ describe("smtpd.socket.tcp", function()
   end)
 end)
 
+describe("smtpd.socket.tcp idle pool", function()
+  it("an idle pooled connection the peer closes is closed at once, without a hook asking", function()
+    local peer = su.peer{ unix = true }
+    local srv = testing.start{ source = source(peer, hu.free_port()) }
+    local ok, err = pcall(function()
+      local c = srv:connect()
+      local r = noop(c, "keep_later")
+      local id = r:match("^(%d+)|ok|true$")
+      assert.truthy(id, r)
+      -- the session stays open: the only descriptor to go is the pooled one
+      local before = hu.fd_count(srv.pid)
+      su.wait_log(peer, "close " .. id)
+      hu.wait_until(function() return hu.fd_count(srv.pid) == before - 1 end, 10,
+        "the pooled descriptor closed", function() return hu.sh("ls -l /proc/" .. srv.pid .. "/fd") end)
+      assert.equal(250, (c:cmd("NOOP")))
+      c:close()
+    end)
+    local status = srv:stop()
+    su.stop(peer)
+    if not ok then error(err, 0) end
+    assert.equal(0, status, srv:stderr())
+  end)
+end)
+
 describe("smtpd.socket.tcp in AUTH", function()
   it("hook_timeout while an authenticator waits on a socket is 454", function()
     local peer = su.peer{}
@@ -522,5 +551,18 @@ describe("smtpd.socket.tcp under load", function()
     srv:stop()
     su.stop(peer)
     if not ok then error(err, 0) end
+  end)
+end)
+
+describe("smtpd.socket.tcp where no hook runs", function()
+  it("the script's top level may make a socket but not wait on it: the load fails readably", function()
+    local status, out = testing.check{ source = [[
+local s = require("smtpd").socket.tcp()
+assert(tostring(s) == "smtpd.socket.tcp (closed)")
+s:settimeouts(1, 1, 1)
+s:connect("127.0.0.1", 9)
+]] }
+    assert.are_not.equal(0, status)
+    assert.truthy(out:find("sock:connect: cannot wait while the script loads", 1, true), out)
   end)
 end)
