@@ -95,7 +95,74 @@ def serve(conn, n):
             conn.close()
         except OSError:
             pass
+        if isinstance(conn, TLSConn):
+            # 21: the client's last record was an alert (close_notify)
+            log(f"last-record {n} {conn.last}")
         log(f"close {n}")
+
+
+class TLSConn:
+    """The server side of TLS over memory BIOs, so that the raw records stay
+    visible: `last` is the content type of the last whole record the client
+    sent (21 = alert: its close_notify when the connection ends)."""
+
+    def __init__(self, sock, ctx):
+        self.sock = sock
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_side=True)
+        self.raw = b""
+        self.last = None
+
+    def _flush(self):
+        data = self.out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _fill(self):
+        raw = self.sock.recv(65536)
+        if not raw:
+            self.inc.write_eof()
+            return False
+        self.raw += raw
+        while len(self.raw) >= 5:
+            n = int.from_bytes(self.raw[3:5], "big")
+            if len(self.raw) < 5 + n:
+                break
+            self.last = self.raw[0]
+            self.raw = self.raw[5 + n:]
+        self.inc.write(raw)
+        return True
+
+    def _loop(self, op):
+        while True:
+            try:
+                r = op()
+                self._flush()
+                return r
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._fill():
+                    try:
+                        return op()
+                    except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                        return b""
+
+    def handshake(self):
+        self._loop(self.obj.do_handshake)
+
+    @property
+    def session_reused(self):
+        return self.obj.session_reused
+
+    def recv(self, n):
+        return self._loop(lambda: self.obj.read(n))
+
+    def sendall(self, data):
+        self.obj.write(data)
+        self._flush()
+
+    def close(self):
+        self.sock.close()
 
 
 def accept_loop(lsock, ctx):
@@ -112,8 +179,9 @@ def accept_loop(lsock, ctx):
             def handshake(conn=conn, n=n):
                 try:
                     conn.settimeout(10)
-                    tconn = ctx.wrap_socket(conn, server_side=True)
-                    tconn.settimeout(None)
+                    tconn = TLSConn(conn, ctx)
+                    tconn.handshake()
+                    conn.settimeout(None)
                 except (OSError, ssl.SSLError) as e:
                     log(f"open {n}")
                     log(f"tls-failed {n} {e}")
