@@ -17,6 +17,8 @@ Commands, one per line; the connection's number is N:
   ALL text      -> "text", then close  PARTIAL text -> the same, named for specs
   BYE           -> "bye\\n", then close HANGUP      -> close at once
   LATER         -> "ok\\n", then close a moment later
+  SINK n        -> reads n bytes slowly, "ok n\\n" if they are "0123456789"...
+  STOPREAD      -> reads nothing more (the sender's socket fills up)
   SILENT        -> nothing (the caller times out); so does anything else
 """
 import argparse
@@ -78,6 +80,31 @@ def serve(conn, n):
                     conn.sendall(b"bye\n")
                     return
                 elif cmd == "HANGUP":
+                    return
+                elif cmd == "SINK":
+                    # reads n bytes slowly (the sender's socket fills up and
+                    # it has to wait), checks them against "0123456789"
+                    # repeated, and says so
+                    need, got, bad = int(arg), 0, -1
+                    pattern = b"0123456789"
+                    while True:
+                        take = buf[: need - got]
+                        buf = buf[len(take):]
+                        for i, ch in enumerate(take):
+                            if bad < 0 and ch != pattern[(got + i) % 10]:
+                                bad = got + i
+                        got += len(take)
+                        if got >= need:
+                            break
+                        time.sleep(0.002)
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                    conn.sendall((f"ok {got}" if bad < 0 else f"bad at {bad}").encode() + b"\n")
+                elif cmd == "STOPREAD":
+                    # never reads again: the sender's socket fills up
+                    time.sleep(60)
                     return
                 elif cmd == "LATER":
                     # answers, then hangs up on its own a moment later (an

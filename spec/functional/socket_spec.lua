@@ -165,6 +165,30 @@ function T.after_keep()
   assert(s:setkeepalive())
   return show(s:send("x"))
 end
+local PIECE = ("0123456789"):rep(1000)
+function T.sink(arg)
+  local s = open()
+  local n = tonumber(arg)
+  local pieces = {}
+  for i = 1, n / #PIECE do pieces[i] = PIECE end
+  assert(s:send("SINK " .. n .. "\n"))
+  local sent, err = s:send(pieces)
+  local r = { s:receive() }
+  s:close()
+  return show(sent, err, unpack(r))
+end
+function T.send_timeout()
+  local s = open()
+  s:settimeouts(5, 0.3, 5)
+  assert(s:send("STOPREAD\n"))
+  local big = ("x"):rep(1024 * 1024)
+  local r
+  for _ = 1, 64 do
+    r = { s:send(big) }
+    if not r[1] then break end
+  end
+  return show(r[1], r[2], s:setkeepalive())
+end
 function T.hold(arg)
   G.sock = open()
   assert(G.sock:send("ECHO held\n"))
@@ -257,6 +281,14 @@ describe("smtpd.socket.tcp", function()
 
   it("send takes an array of strings and returns the bytes sent", function()
     assert.equal("15|in pieces", one("array"))
+  end)
+
+  it("a send bigger than the socket takes waits until the peer has read it all, in order", function()
+    assert.equal("4000000|nil|ok 4000000", one("sink 4000000"))
+  end)
+
+  it("a send the peer never reads times out; the socket is then never pooled", function()
+    assert.equal("nil|timeout|nil|timeout", one("send_timeout"))
   end)
 
   it("receive(n) returns exactly n bytes; receive(0) is empty", function()
@@ -551,6 +583,19 @@ describe("smtpd.socket.tcp under load", function()
     srv:stop()
     su.stop(peer)
     if not ok then error(err, 0) end
+  end)
+end)
+
+describe("option socket_line_max", function()
+  it("refuses 0 and values that are not sizes, with the option's name", function()
+    local status, out = testing.check{ source = "options = { socket_line_max = 0 }\n" }
+    assert.are_not.equal(0, status)
+    assert.truthy(out:find("option 'socket_line_max' must be at least 1 byte", 1, true), out)
+    status, out = testing.check{ source = "options = { socket_line_max = true }\n" }
+    assert.are_not.equal(0, status)
+    assert.truthy(out:find("socket_line_max", 1, true) and out:find("a size in bytes", 1, true), out)
+    status, out = testing.check{ source = "options = { socket_line_max = \"64k\" }\n" }
+    assert.equal(0, status, out)
   end)
 end)
 
