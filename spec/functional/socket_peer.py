@@ -19,6 +19,8 @@ Commands, one per line; the connection's number is N:
   LATER         -> "ok\\n", then close a moment later
   SINK n        -> reads n bytes slowly, "ok n\\n" if they are "0123456789"...
   STOPREAD      -> reads nothing more (the sender's socket fills up)
+  PARK          -> "released\\n" once another connection sends RELEASE
+  RELEASE       -> wakes every PARKed connection, "released n\\n"
   SILENT        -> nothing (the caller times out); so does anything else
 """
 import argparse
@@ -32,6 +34,7 @@ import time
 lock = threading.Lock()
 count = 0
 log_file = None
+parked = []  # threading.Events of connections waiting in PARK
 
 
 def log(msg):
@@ -106,6 +109,21 @@ def serve(conn, n):
                     # never reads again: the sender's socket fills up
                     time.sleep(60)
                     return
+                elif cmd == "PARK":
+                    # answers only once another connection says RELEASE:
+                    # a wait that lasts exactly as long as the spec wants
+                    ev = threading.Event()
+                    with lock:
+                        parked.append(ev)
+                    ev.wait(60)
+                    conn.sendall(b"released\n")
+                elif cmd == "RELEASE":
+                    with lock:
+                        waiting = parked[:]
+                        parked.clear()
+                    for ev in waiting:
+                        ev.set()
+                    conn.sendall(f"released {len(waiting)}\n".encode())
                 elif cmd == "LATER":
                     # answers, then hangs up on its own a moment later (an
                     # idle pooled connection the peer closes)

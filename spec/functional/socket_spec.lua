@@ -189,16 +189,22 @@ function T.send_timeout()
   end
   return show(r[1], r[2], s:setkeepalive())
 end
-function T.hold(arg)
-  G.sock = open()
+function T.hold()
+  G.sock, G.stolen = open(), false
   assert(G.sock:send("ECHO held\n"))
-  smtpd.sleep(tonumber(arg) or 1)
+  -- waits until the other session has tried (bounded)
+  for _ = 1, 200 do
+    if G.stolen then break end
+    smtpd.sleep(0.05)
+  end
   return show(G.sock:receive())
 end
 function T.steal()
   local ok, err = pcall(G.sock.send, G.sock, "ECHO stolen\n")
+  G.stolen = true
   return show(ok, err)
 end
+function T.park() local s = open(); local r = ask(s, "PARK"); s:close(); return VERSION .. " " .. r end
 function T.leak() local s = open(); return ask(s, "ID") end
 function T.wait(arg)
   local s = open(tonumber(arg) or 30)
@@ -406,7 +412,7 @@ describe("smtpd.socket.tcp", function()
   it("a socket belongs to the hook that made it: another session gets an error", function()
     local a, b = srv:connect(), srv:connect()
     local opened = hu.count(su.log(peer), "got ")
-    assert(a:send("NOOP hold 1\r\n"))
+    assert(a:send("NOOP hold\r\n"))
     -- the holder's connection has its request before the other session looks
     su.wait_log(peer, "ECHO held", 1)
     local text = noop(b, "steal")
@@ -426,15 +432,18 @@ describe("smtpd.socket.tcp", function()
 
   it("another client's NOOP is answered while a hook waits on a socket", function()
     local a, b = srv:connect(), srv:connect()
-    assert(a:send("NOOP wait 2\r\n"))
-    su.wait_log(peer, "SILENT", hu.count(su.log(peer), "SILENT") + 1)
+    local before = hu.count(su.log(peer), "PARK")
+    assert(a:send("NOOP park\r\n"))
+    su.wait_log(peer, "PARK", before + 1)
     local code, text = b:cmd("NOOP")
     assert.equal(250, code)
     assert.equal("OK", text)
-    assert.is_nil((a:reply(0.05)), "the waiting hook answered before the other client")
+    -- the parked hook has not answered: its peer has said nothing yet
+    assert.is_nil((a:reply(0.05)), "the waiting hook answered before its peer did")
+    assert.equal(1, su.release(peer))
     local acode, atext = a:reply(10)
     assert.equal(250, acode)
-    assert.equal("v1 nil|timeout|", atext)
+    assert.equal("v1 released", atext)
     a:close()
     b:close()
   end)
@@ -533,27 +542,30 @@ describe("smtpd.socket.tcp across a reload", function()
     local src = source(peer, hu.free_port())
     srv = u.start{ source = src }
     local k = srv:connect()
-    local kept = noop(k, "keep")
+    -- an idle pooled connection of its own pool, which the waiting hook does not take
+    local kept = noop(k, "pool_named")
     local kept_id = kept:match("^(%d+)|0|true$")
     assert.truthy(kept_id, kept)
     k:close()
     local a = srv:connect()
-    local before = hu.count(su.log(peer), "SILENT")
-    assert(a:send("NOOP wait 1.5\r\n"))
-    su.wait_log(peer, "SILENT", before + 1)
+    local before = hu.count(su.log(peer), "PARK")
+    assert(a:send("NOOP park\r\n"))
+    su.wait_log(peer, "PARK", before + 1)
     u.write_file(srv.script, (src:gsub('local VERSION = "v1"', 'local VERSION = "v2"', 1)))
     srv:signal("HUP")
     u.wait_log(srv, "loaded (policy generation 2)")
     -- the retired generation's idle pooled connection is closed
     su.wait_log(peer, "close " .. kept_id)
+    -- only now does the peer answer: the wait spans the reload
+    assert.equal(1, su.release(peer))
     local code, text = a:reply(10)
     assert.equal(250, code)
-    assert.equal("v1 nil|timeout|", text)
+    assert.equal("v1 released", text)
     a:close()
     local b = srv:connect()
     assert.equal("v2", (noop(b, "ver")))
     -- the new generation starts with an empty pool
-    local fresh = noop(b, "keep")
+    local fresh = noop(b, "pool_named")
     assert.truthy(fresh:match("^%d+|0|true$"), fresh)
     b:close()
   end)

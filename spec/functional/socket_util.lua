@@ -62,6 +62,17 @@ function M.noop(client, arg, timeout)
   return client:reply(timeout or 10)
 end
 
+--- Wakes every connection waiting in PARK (from the spec, not a hook);
+-- returns how many there were.
+function M.release(p)
+  local c = assert(socket.connect("127.0.0.1", p.port))
+  c:settimeout(10)
+  assert(c:send("RELEASE\n"))
+  local line = assert(c:receive("*l"))
+  c:close()
+  return tonumber(line:match("^released (%d+)$"))
+end
+
 M.sleep = socket.sleep
 
 return M
