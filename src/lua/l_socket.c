@@ -468,7 +468,7 @@ static bool sock_take_pooled(struct sock *s, const struct sock_tls *tls)
         next = pc->next;
         if (tls && !tls_same(&pc->tls, tls)) continue;
         /* The peer may have closed it since the loop last looked. */
-        if (netc_idle_alive(&pc->c)) break;
+        if (netc_idle_state(&pc->c) == NETC_IDLE) break;
         pool_conn_close(pc, false);
     }
     if (!pc) {
@@ -1237,9 +1237,11 @@ static int l_socket_setkeepalive(lua_State *L)
         sock_disconnect(s, false);
         return push_fail(L, "timeout");
     }
-    if (buf_len(&s->in) > 0 || netc_pending(&s->c)) {
+    /* Also what arrived but was not read yet, and a peer that has gone. */
+    enum netc_idle st = buf_len(&s->in) > 0 ? NETC_IDLE_DATA : netc_idle_state(&s->c);
+    if (st != NETC_IDLE) {
         sock_disconnect(s, false);
-        return push_fail(L, "unread data");
+        return push_fail(L, st == NETC_IDLE_DATA ? "unread data" : "closed");
     }
     /* A retired generation has no pool (nor does a process out of memory):
      * the connection is closed instead. */

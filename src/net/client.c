@@ -158,12 +158,15 @@ bool netc_pending(struct netc *c)
     return c->tls && tls_client_pending(c->tls);
 }
 
-bool netc_idle_alive(struct netc *c)
+enum netc_idle netc_idle_state(struct netc *c)
 {
     char b;
-    if (c->fd < 0 || netc_pending(c)) return false;
+    if (c->fd < 0) return NETC_IDLE_CLOSED;
+    if (netc_pending(c)) return NETC_IDLE_DATA;
     ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    if (n > 0) return NETC_IDLE_DATA;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return NETC_IDLE;
+    return NETC_IDLE_CLOSED;
 }
 
 void netc_close(struct netc *c, bool goodbye)

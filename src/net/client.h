@@ -66,9 +66,12 @@ ssize_t netc_recv(struct netc *c, void *buf, size_t len, int *want, int *err);
 ssize_t netc_send(struct netc *c, const void *buf, size_t len, int *want, int *err);
 /* Decoded input that poll cannot see (TLS records read but not returned). */
 bool netc_pending(struct netc *c);
-/* For a pooled connection about to be reused: false when the peer closed
- * it or sent something (nothing may be waiting on an idle connection). */
-bool netc_idle_alive(struct netc *c);
+/* What an idle connection (one about to be pooled or reused) looks like
+ * without reading it: NETC_IDLE when nothing waits, NETC_IDLE_DATA when
+ * the peer sent something (decoded TLS input included), NETC_IDLE_CLOSED
+ * when it closed or failed. */
+enum netc_idle { NETC_IDLE, NETC_IDLE_DATA, NETC_IDLE_CLOSED };
+enum netc_idle netc_idle_state(struct netc *c);
 /* Closes the socket; over TLS, with one non-blocking close_notify first
  * when goodbye. */
 void netc_close(struct netc *c, bool goodbye);
