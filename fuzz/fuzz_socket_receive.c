@@ -117,12 +117,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             continue;
         }
         if (r == NETC_TOO_LONG) {
-            if (model(stream, n, pos, &proto).o != O_TOO_LONG) fail("too long, but not in the model");
+            if (model(stream, n, pos, &proto).o != O_TOO_LONG)
+                fail("too long, but not in the model");
             break;
         }
         if (fed == n) {
             /* EOF: the model must not have had an answer either. */
-            if (model(stream, n, pos, &proto).o != O_END) fail("more input wanted, the model had it");
+            if (model(stream, n, pos, &proto).o != O_END)
+                fail("more input wanted, the model had it");
             break;
         }
         size_t want = netc_read_size(&w, tail - head);

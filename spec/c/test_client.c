@@ -52,10 +52,12 @@ static void test_strerror(void)
 {
     char buf[64];
     case_begin("errno -> the contract's strings");
-    CHECK(strcmp(netc_strerror(ECONNREFUSED, buf, sizeof buf), "connection refused") == 0, "refused");
+    CHECK(strcmp(netc_strerror(ECONNREFUSED, buf, sizeof buf), "connection refused") == 0,
+          "refused");
     CHECK(strcmp(netc_strerror(ENOENT, buf, sizeof buf), "connection refused") == 0, "no listener");
     CHECK(strcmp(netc_strerror(ENETUNREACH, buf, sizeof buf), "no route") == 0, "net unreachable");
-    CHECK(strcmp(netc_strerror(EHOSTUNREACH, buf, sizeof buf), "no route") == 0, "host unreachable");
+    CHECK(strcmp(netc_strerror(EHOSTUNREACH, buf, sizeof buf), "no route") == 0,
+          "host unreachable");
     CHECK(strcmp(netc_strerror(ETIMEDOUT, buf, sizeof buf), "timeout") == 0, "timed out");
     CHECK(strcmp(netc_strerror(ECONNRESET, buf, sizeof buf), "closed") == 0, "reset");
     CHECK(strcmp(netc_strerror(EPIPE, buf, sizeof buf), "closed") == 0, "pipe");

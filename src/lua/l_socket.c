@@ -57,18 +57,18 @@ struct sock {
     struct hook_state *owner; /* the hook whose run the socket lives in, or NULL */
     bool in_scope;
     struct vm *vm;
-    struct netc c;     /* c.fd < 0: no connection */
-    struct buf in;     /* received, not yet returned */
-    struct buf out;    /* what a blocked or timed-out send still has to send */
+    struct netc c;  /* c.fd < 0: no connection */
+    struct buf in;  /* received, not yet returned */
+    struct buf out; /* what a blocked or timed-out send still has to send */
     double timeouts[3];
     ev_io io;
     ev_timer timer;
     enum sock_op op;
-    int anchor; /* registry ref to the userdata while it waits */
-    bool timed_out;   /* some operation on this connection timed out */
-    bool used;        /* sent or received since connect (a reused one may not swap) */
-    bool keepalive;   /* handed to the pool: this object is unusable */
-    bool kick;        /* feed the watcher once armed: input is ready now */
+    int anchor;     /* registry ref to the userdata while it waits */
+    bool timed_out; /* some operation on this connection timed out */
+    bool used;      /* sent or received since connect (a reused one may not swap) */
+    bool keepalive; /* handed to the pool: this object is unusable */
+    bool kick;      /* feed the watcher once armed: input is ready now */
     int reused;
     double idle; /* the idle timeout it was pooled with, for a put-back */
     /* The target, for the pool key and a fresh connect. */
@@ -81,7 +81,7 @@ struct sock {
     int last_err;
     bool then_handshake; /* sslhandshake swapped a pooled connection for a fresh one */
     /* TLS */
-    struct sock_tls tls;     /* what the connection runs (or the handshake asked for) */
+    struct sock_tls tls; /* what the connection runs (or the handshake asked for) */
     /* receive */
     struct netc_want want;
     char *delim; /* receiveuntil's pattern, owned while it waits */
@@ -93,8 +93,8 @@ struct sock {
     char errbuf[256];
 };
 
-static const char *const op_names[] = {"a socket",     "sock:connect", "sock:sslhandshake",
-                                       "sock:send",    "sock:receive", "sock:connect (resolving)"};
+static const char *const op_names[] = {"a socket",  "sock:connect", "sock:sslhandshake",
+                                       "sock:send", "sock:receive", "sock:connect (resolving)"};
 
 /* ------------------------------------------------------------ the pools */
 
@@ -153,8 +153,10 @@ static void pool_conn_unlink(struct pool_conn *pc)
     struct vm *vm = p->owner->vm;
     ev_io_stop(vm->loop, &pc->io);
     ev_timer_stop(vm->loop, &pc->idle);
-    if (pc->prev) pc->prev->next = pc->next;
-    else p->head = pc->next;
+    if (pc->prev)
+        pc->prev->next = pc->next;
+    else
+        p->head = pc->next;
     if (pc->next) pc->next->prev = pc->prev;
     pc->next = pc->prev = NULL;
     p->n--;
@@ -165,7 +167,8 @@ static void pool_maybe_free(struct pool *p)
 {
     if (p->n > 0) return;
     struct pool **pp = &p->owner->list;
-    while (*pp != p) pp = &(*pp)->next;
+    while (*pp != p)
+        pp = &(*pp)->next;
     *pp = p->next;
     free(p->key);
     free(p);
@@ -207,10 +210,14 @@ static void pool_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void pools_drop_all(struct pools *ps)
 {
-    while (ps->list) pool_conn_drop(ps->list->head, true);
+    while (ps->list)
+        pool_conn_drop(ps->list->head, true);
 }
 
-static void pools_retire(struct vm_resource *r, struct vm *vm) { pools_drop_all((struct pools *)r); }
+static void pools_retire(struct vm_resource *r, struct vm *vm)
+{
+    pools_drop_all((struct pools *)r);
+}
 
 static void pools_close(struct vm_resource *r, struct vm *vm)
 {
@@ -315,8 +322,7 @@ static void sock_scope_enter(struct sock *s, struct hook_state *h)
 static struct sock *sock_arg(lua_State *L, int idx)
 {
     struct sock *s = luaL_checkudata(L, idx, SOCKET_MT);
-    if (s->owner && hook_running(L) != s->owner)
-        luaL_error(L, "socket belongs to another session");
+    if (s->owner && hook_running(L) != s->owner) luaL_error(L, "socket belongs to another session");
     return s;
 }
 
@@ -328,8 +334,8 @@ static int push_fail(lua_State *L, const char *err)
 }
 
 /* Arms the running operation's events and yields. */
-static int sock_yield(lua_State *L, struct sock *s, struct hook_state *h, enum sock_op op,
-                      int want, double timeout)
+static int sock_yield(lua_State *L, struct sock *s, struct hook_state *h, enum sock_op op, int want,
+                      double timeout)
 {
     s->op = op;
     s->wait.what = op_names[op];
@@ -517,7 +523,8 @@ static bool pool_put(struct sock *s, double idle, int size)
     if (size > 0) p->size = size;
     while (p->n >= p->size) {
         struct pool_conn *last = p->head;
-        while (last->next) last = last->next;
+        while (last->next)
+            last = last->next;
         pool_conn_close(last, true);
     }
     pc->pool = p;
@@ -543,7 +550,10 @@ static bool pool_put(struct sock *s, double idle, int size)
     return true;
 }
 
-static char *xstrdup_or_null(const char *p) { return p ? strdup(p) : NULL; }
+static char *xstrdup_or_null(const char *p)
+{
+    return p ? strdup(p) : NULL;
+}
 
 static int l_socket_connect(lua_State *L)
 {
@@ -591,8 +601,10 @@ static int l_socket_connect(lua_State *L)
         size_t n = strlen(host) + 16;
         s->key = malloc(n);
         if (s->key) {
-            if (is_unix) snprintf(s->key, n, "%s", host);
-            else snprintf(s->key, n, "%s:%d", host, port);
+            if (is_unix)
+                snprintf(s->key, n, "%s", host);
+            else
+                snprintf(s->key, n, "%s:%d", host, port);
         }
     }
     if (!s->host || !s->key) return luaL_error(L, "sock:connect: out of memory");
@@ -638,13 +650,13 @@ static int sock_handshake_step(struct sock *s, int *want, const char **err)
 static int sock_tls_begin(struct sock *s, const struct tls_session *offer, int *want,
                           const char **err)
 {
-    struct tls_client_config *cfg = tls_client_config_get(s->tls.cafile, s->tls.verify, s->errbuf,
-                                                          sizeof s->errbuf);
+    struct tls_client_config *cfg =
+        tls_client_config_get(s->tls.cafile, s->tls.verify, s->errbuf, sizeof s->errbuf);
     if (cfg) {
         /* Bytes read before TLS must never pass as if they came through it. */
         buf_free(&s->in);
-        s->c.tls = tls_client_new(s->c.fd, cfg, s->tls.server_name, offer, s->errbuf,
-                                  sizeof s->errbuf);
+        s->c.tls =
+            tls_client_new(s->c.fd, cfg, s->tls.server_name, offer, s->errbuf, sizeof s->errbuf);
         tls_client_config_release(cfg);
     }
     if (!s->c.tls) {
@@ -672,7 +684,8 @@ static char *opt_string(lua_State *L, int t, const char *name)
 static int l_socket_sslhandshake(lua_State *L)
 {
     struct sock *s = sock_arg(L, 1);
-    if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TTABLE);
     else {
         lua_settop(L, 1);
         lua_newtable(L);
@@ -688,8 +701,9 @@ static int l_socket_sslhandshake(lua_State *L)
     const struct tls_session *offer = NULL;
     if (!lua_isnil(L, -1)) {
         if (!lbind_is_udata(L, -1, SOCKET_SESSION_MT))
-            return luaL_error(L, "sock:sslhandshake: session must be what a handshake returned, "
-                                 "got %s",
+            return luaL_error(L,
+                              "sock:sslhandshake: session must be what a handshake returned, "
+                              "got %s",
                               luaL_typename(L, -1));
         offer = *(struct tls_session **)lua_touserdata(L, -1);
     }
@@ -979,9 +993,12 @@ static int l_socket_receive(lua_State *L)
         w.n = (size_t)n;
     } else if (t == LUA_TSTRING) {
         const char *p = lua_tostring(L, 2);
-        if (!strcmp(p, "*l") || !strcmp(p, "l")) w.kind = NETC_LINE;
-        else if (!strcmp(p, "*a") || !strcmp(p, "a")) w.kind = NETC_ALL;
-        else return luaL_argerror(L, 2, "expected \"*l\", \"*a\" or a byte count");
+        if (!strcmp(p, "*l") || !strcmp(p, "l"))
+            w.kind = NETC_LINE;
+        else if (!strcmp(p, "*a") || !strcmp(p, "a"))
+            w.kind = NETC_ALL;
+        else
+            return luaL_argerror(L, 2, "expected \"*l\", \"*a\" or a byte count");
     } else if (t != LUA_TNONE && t != LUA_TNIL) {
         return luaL_argerror(L, 2, "expected \"*l\", \"*a\" or a byte count");
     }
@@ -1144,12 +1161,22 @@ static void sock_on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct sock *s = w->data;
     switch (s->op) {
-    case OP_CONNECT: sock_connect_event(s); break;
-    case OP_HANDSHAKE: sock_handshake_event(s); break;
-    case OP_SEND: sock_send_event(s); break;
-    case OP_RECV: sock_recv_event(s); break;
+    case OP_CONNECT:
+        sock_connect_event(s);
+        break;
+    case OP_HANDSHAKE:
+        sock_handshake_event(s);
+        break;
+    case OP_SEND:
+        sock_send_event(s);
+        break;
+    case OP_RECV:
+        sock_recv_event(s);
+        break;
     case OP_NONE:
-    case OP_RESOLVE: ev_io_stop(loop, w); break;
+    case OP_RESOLVE:
+        ev_io_stop(loop, w);
+        break;
     }
 }
 
@@ -1257,9 +1284,11 @@ static int l_socket_setkeepalive(lua_State *L)
 static int l_socket_tostring(lua_State *L)
 {
     struct sock *s = luaL_checkudata(L, 1, SOCKET_MT);
-    if (s->c.fd >= 0) lua_pushfstring(L, "smtpd.socket.tcp (%s%s)", s->key ? s->key : "?",
-                                      s->c.tls ? ", tls" : "");
-    else lua_pushliteral(L, "smtpd.socket.tcp (closed)");
+    if (s->c.fd >= 0)
+        lua_pushfstring(L, "smtpd.socket.tcp (%s%s)", s->key ? s->key : "?",
+                        s->c.tls ? ", tls" : "");
+    else
+        lua_pushliteral(L, "smtpd.socket.tcp (closed)");
     return 1;
 }
 
@@ -1397,7 +1426,7 @@ void l_socket_resolved(struct l_socket *ls, const struct netc_addr *addrs, size_
 {
     struct sock *s = (struct sock *)ls;
     if (s->op != OP_RESOLVE) return; /* cancelled meanwhile */
-    s->query_cancel = NULL; /* the query is over: nothing to cancel */
+    s->query_cancel = NULL;          /* the query is over: nothing to cancel */
     s->query = NULL;
     if (n > SOCKET_CANDIDATES_MAX) n = SOCKET_CANDIDATES_MAX;
     free(s->cands);

@@ -33,8 +33,8 @@ int l_socket_connect_addrs(lua_State *L, int idx, const struct netc_addr *addrs,
  * query's callback calls l_socket_resolved with the addresses (A and AAAA
  * answers as netc_addr, port filled in), tried in order, or with err
  * ("name not found", ...); after cancel(query) it must not. The socket is
- * argument 1 of the binding (it is anchored from there). The hook resumes with true or nil, err once a
- * candidate connects or all fail. Nothing happens if the wait has ended. */
+ * argument 1 of the binding (it is anchored from there). The hook resumes with true or nil, err
+ * once a candidate connects or all fail. Nothing happens if the wait has ended. */
 struct l_socket;
 struct l_socket *l_socket_check(lua_State *L, int idx);
 int l_socket_resolve_wait(lua_State *L, struct l_socket *s, void (*cancel)(void *query),

@@ -89,7 +89,7 @@ struct netc_want {
                           the terminator (socket_line_max) */
     const char *delim; /* NETC_UNTIL: the pattern (not empty), the caller's */
     size_t dlen;
-    size_t scanned;    /* bytes of the buffer already known not to finish it */
+    size_t scanned; /* bytes of the buffer already known not to finish it */
 };
 
 enum netc_scan_result {
