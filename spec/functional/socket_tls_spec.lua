@@ -1,7 +1,9 @@
 -- sock:sslhandshake (async-api.md 4): the mbedTLS client against a real TLS
 -- peer (socket_peer.py with a certificate from a CA the spec makes): verify
 -- against a cafile, the errors for a wrong name and an unknown CA,
--- verify = false, session resumption seen by the peer, close_notify, and a
+-- verify = false, session resumption seen by the peer, close_notify, large
+-- writes, a handshake the peer never answers (timeout, disconnect,
+-- hook_timeout), and a
 -- keepalive pool keyed by every TLS setting.
 local testing = require "smtpd.testing"
 local hu = require "spec.functional.hostile_util"
@@ -10,7 +12,7 @@ local su = require "spec.functional.socket_util"
 local TEMPLATE = [[
 local smtpd = require "smtpd"
 local PORT, CA, OTHER_CA = %d, %q, %q
-options = { auth_require_tls = false, hook_timeout = 5 }
+options = { auth_require_tls = false, hook_timeout = 3 }
 local T, G = {}, {}
 
 local function show(...)
@@ -96,10 +98,10 @@ function T.twice()
   s:close()
   return show(ok, err)
 end
-function T.silent()
+function T.silent(arg)
   -- a plain peer port that never answers the hello
   local s = smtpd.socket.tcp()
-  s:settimeout(0.3)
+  s:settimeout(tonumber(arg) or 0.3)
   assert(s:connect("127.0.0.1", tonumber(G.plain)))
   return show(s:sslhandshake{ verify = false })
 end
@@ -216,5 +218,27 @@ describe("sock:sslhandshake", function()
   it("a handshake the peer never answers times out", function()
     assert.equal("ok", one("plain " .. plain.port))
     assert.equal("nil|timeout", one("silent"))
+  end)
+
+  it("a client that disconnects mid-handshake: the wait is cancelled, the peer sees the close", function()
+    assert.equal("ok", one("plain " .. plain.port))
+    local before = hu.count(su.log(plain), "open ")
+    local c = srv:connect()
+    assert(c:send("NOOP silent 30\r\n"))
+    su.wait_log(plain, "open ", before + 1)
+    local id = su.log(plain):match(".*open (%d+)")
+    c:close()
+    hu.wait_log(srv, "abandoning suspended hook handle_NOOP")
+    su.wait_log(plain, "close " .. id)
+  end)
+
+  it("hook_timeout mid-handshake is 451, logged with what it waited for", function()
+    assert.equal("ok", one("plain " .. plain.port))
+    local c = srv:connect()
+    assert(c:send("NOOP silent 30\r\n"))
+    local code = c:reply(10)
+    assert.equal(451, code)
+    hu.wait_log(srv, "handle_NOOP still waiting for sock:sslhandshake after hook_timeout (3 s)")
+    c:close()
   end)
 end)
