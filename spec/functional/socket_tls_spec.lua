@@ -3,8 +3,7 @@
 -- against a cafile, the errors for a wrong name and an unknown CA,
 -- verify = false, session resumption seen by the peer, close_notify, large
 -- writes, a handshake the peer never answers (timeout, disconnect,
--- hook_timeout), and a
--- keepalive pool keyed by every TLS setting.
+-- hook_timeout), and a keepalive pool keyed by every TLS setting.
 local testing = require "smtpd.testing"
 local hu = require "spec.functional.hostile_util"
 local su = require "spec.functional.socket_util"
