@@ -118,7 +118,9 @@ end
 function T.toolong(arg)
   local s = open()
   local r = { ask(s, "LONG " .. arg) }
-  return show(#(r[1] or ""), r[2])
+  -- after any error but a timeout the socket is closed
+  local after = r[1] and "open" or show(s:send("ECHO x\n"))
+  return show(#(r[1] or ""), r[2]) .. "/" .. after
 end
 function T.drip() local s = open(); local r = ask(s, "DRIP one byte at a time"); s:close(); return r end
 function T.close_twice()
@@ -344,9 +346,9 @@ describe("smtpd.socket.tcp", function()
   end)
 
   it("a line over socket_line_max is 'line too long'; one of exactly that length is fine", function()
-    assert.equal("100|nil", one("toolong 100"))
-    assert.equal("0|line too long", one("toolong 101"))
-    assert.equal("0|line too long", one("toolong 5000"))
+    assert.equal("100|nil/open", one("toolong 100"))
+    assert.equal("0|line too long/nil|closed", one("toolong 101"))
+    assert.equal("0|line too long/nil|closed", one("toolong 5000"))
   end)
 
   it("input that arrives one byte per write is assembled", function()
