@@ -71,6 +71,25 @@ function T.resume()
   s2:close()
   return show(id1, id2)
 end
+function T.swap_resume()
+  local s, sess = open{ server_name = "localhost", cafile = CA }
+  ask(s, "ID")
+  s:close()
+  -- a plain connection idles in pool "swap"
+  local p = smtpd.socket.tcp()
+  assert(p:connect("127.0.0.1", PORT, { pool = "swap" }))
+  assert(p:setkeepalive())
+  local s2 = smtpd.socket.tcp()
+  assert(s2:connect("127.0.0.1", PORT, { pool = "swap" }))
+  local taken = s2:getreusedtimes()
+  -- other TLS settings than the pooled one has: a fresh connection, offering sess
+  local sess2, err = s2:sslhandshake{ server_name = "localhost", cafile = CA, session = sess }
+  if not sess2 then return show(nil, err) end
+  local id = ask(s2, "ID")
+  local reused = s2:getreusedtimes()
+  s2:close()
+  return show(taken, reused, id)
+end
 function T.keep(arg)
   local opts = arg == "noverify" and { verify = false } or { server_name = "localhost", cafile = CA }
   local s, sess, err = open(opts)
@@ -179,6 +198,13 @@ describe("sock:sslhandshake", function()
     su.wait_log(peer, "tls " .. id2 .. " reused")
     assert.truthy(su.log(peer):find("tls " .. id1 .. " new", 1, true))
     assert.equal(before + 1, hu.count(su.log(peer), " reused"))
+  end)
+
+  it("a pooled connection made for other TLS settings is swapped for a fresh one, which offers the session", function()
+    local r = one("swap_resume")
+    local id = r:match("^1|0|(%d+)$")
+    assert.truthy(id, r)
+    su.wait_log(peer, "tls " .. id .. " reused")
   end)
 
   it("close sends close_notify: the peer sees an orderly end", function()

@@ -80,6 +80,9 @@ struct sock {
     size_t n_cands, i_cand;
     int last_err;
     bool then_handshake; /* sslhandshake swapped a pooled connection for a fresh one */
+    /* The session that handshake offers, anchored while it connects. */
+    const struct tls_session *offer;
+    int offer_ref;
     /* TLS */
     struct sock_tls tls; /* what the connection runs (or the handshake asked for) */
     /* receive */
@@ -269,6 +272,13 @@ static void sock_stop(struct sock *s)
     s->delim = NULL;
 }
 
+static void sock_drop_offer(struct sock *s)
+{
+    if (s->offer_ref != LUA_NOREF) luaL_unref(s->vm->L, LUA_REGISTRYINDEX, s->offer_ref);
+    s->offer_ref = LUA_NOREF;
+    s->offer = NULL;
+}
+
 static void sock_unanchor(struct sock *s)
 {
     if (s->anchor != LUA_NOREF) luaL_unref(s->vm->L, LUA_REGISTRYINDEX, s->anchor);
@@ -287,6 +297,7 @@ static void sock_disconnect(struct sock *s, bool goodbye)
     s->cands = NULL;
     s->n_cands = s->i_cand = 0;
     s->then_handshake = false;
+    sock_drop_offer(s);
     sock_scope_leave(s);
 }
 
@@ -448,7 +459,8 @@ int l_socket_connect_addrs(lua_State *L, int idx, const struct netc_addr *addrs,
         s->then_handshake = false;
         int want = EV_READ;
         const char *e = NULL;
-        r = sock_tls_begin(s, NULL, &want, &e);
+        r = sock_tls_begin(s, s->offer, &want, &e);
+        if (r >= 0) sock_drop_offer(s);
         if (r < 0) return push_fail(L, e);
         if (r > 0) {
             sock_push_session(L, s);
@@ -752,6 +764,12 @@ static int l_socket_sslhandshake(lua_State *L)
         tls_settings_free(&s->tls);
         s->tls = want;
         struct netc_addr a = s->addr;
+        if (offer) {
+            /* Offered once the fresh connection is up. */
+            lua_getfield(L, 2, "session");
+            s->offer_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            s->offer = offer;
+        }
         lua_settop(L, 1);
         s->then_handshake = true;
         return l_socket_connect_addrs(L, 1, &a, 1);
@@ -1065,7 +1083,8 @@ static void sock_connect_event(struct sock *s)
         s->then_handshake = false;
         const char *fail = NULL;
         int want = EV_READ;
-        int r = sock_tls_begin(s, NULL, &want, &fail);
+        int r = sock_tls_begin(s, s->offer, &want, &fail);
+        if (r >= 0) sock_drop_offer(s);
         if (r == 0) {
             s->op = OP_HANDSHAKE;
             s->wait.what = op_names[OP_HANDSHAKE];
@@ -1311,6 +1330,7 @@ static int l_socket_tcp(lua_State *L)
     s->owner = hook_running(L);
     s->c.fd = -1;
     s->anchor = LUA_NOREF;
+    s->offer_ref = LUA_NOREF;
     s->res.release = sock_release;
     s->timeouts[T_CONNECT] = SOCKET_CONNECT_TIMEOUT;
     s->timeouts[T_SEND] = SOCKET_SEND_TIMEOUT;
