@@ -275,9 +275,10 @@ describe("smtpd.socket.tcp", function()
     srv = testing.start{ source = source(peer, dead) }
   end)
   teardown(function()
-    -- a clean exit: under the sanitizers, no leak or error report either
-    if srv then assert.equal(0, srv:stop(), srv:stderr():sub(-3000)) end
+    local status = srv and srv:stop()
     su.stop(peer)
+    -- a clean exit: under the sanitizers, no leak or error report either
+    if srv then assert.equal(0, status, srv:stderr():sub(-3000)) end
   end)
 
   local function one(line)
