@@ -23,6 +23,7 @@
 #include "l_timer.h"
 #include "l_crypt.h"
 #include "l_sqlite.h"
+#include "l_socket.h"
 #include "log.h"
 #include "lua_bind.h"
 #include "policy.h"
@@ -358,4 +359,5 @@ void server_register_lua_classes(lua_State *L)
     l_timer_register(L);
     l_crypt_register(L);
     l_sqlite_register(L);
+    l_socket_register(L);
 }

@@ -12,6 +12,8 @@
 #define LOGINPASSWORD_MT "smtpd.LoginPassword"
 #define SERVER_MT "smtpd.server"
 #define TIMER_MT "smtpd.timer" /* a handle of smtpd.timer.at/every (l_timer.c) */
+#define SOCKET_MT "smtpd.socket.tcp"
+#define SOCKET_SESSION_MT "smtpd.socket.session"
 #define MISSING_KEY "smtpd.MISSING"
 #define NULL_KEY "smtpd.null"
 #define MECHANISM_NAMES_KEY "smtpd.mechanism_names"

@@ -63,6 +63,7 @@ struct vm {
      * hook_timeout applies (--drain-timeout, set by the app). */
     double drain_timeout;
     long max_timers;      /* smtpd.timer.at/every pending at once, 0 = no limit */
+    size_t socket_line_max; /* the longest line a cosocket receive returns, 0 = default */
     bool loading;         /* the script's top level runs */
     /* DNS (l_dns.c): the generation's resolver options. resolver points
      * into the owner's options (NULL: /etc/resolv.conf). */

@@ -484,3 +484,288 @@ bool tls_info(struct conn *c, char *version, size_t vlen, char *cipher, size_t c
     if (peer_pem) *peer_pem = tls_peer_pem(t);
     return true;
 }
+
+/* ------------------------------------------------------------ client side */
+
+struct tls_client_config {
+    int refs;
+    bool cached;
+    bool verify;
+    char *cafile; /* NULL: TLS_CLIENT_CA_BUNDLE */
+    mbedtls_ssl_config conf;
+    mbedtls_x509_crt ca;
+    struct tls_client_config *next;
+};
+
+struct tls_session {
+    mbedtls_ssl_session s;
+};
+
+struct tls_client {
+    struct tls_client_config *cfg; /* one reference */
+    int fd;
+    mbedtls_ssl_context ssl;
+    size_t write_pending;
+    bool established;
+    char err[256];
+};
+
+/* Scripts name a handful of CA files; a cache that a script filling it
+ * with paths cannot grow without bound. */
+#define TLS_CLIENT_CACHE_MAX 16
+static struct tls_client_config *tls_client_cache;
+static int tls_client_cached;
+
+static void tls_client_config_free(struct tls_client_config *cfg)
+{
+    mbedtls_ssl_config_free(&cfg->conf);
+    mbedtls_x509_crt_free(&cfg->ca);
+    free(cfg->cafile);
+    free(cfg);
+}
+
+static bool tls_same_file(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+struct tls_client_config *tls_client_config_get(const char *cafile, bool verify, char *err,
+                                                size_t errlen)
+{
+    if (!verify) cafile = NULL; /* no chain is checked: one config for all */
+    for (struct tls_client_config *c = tls_client_cache; c; c = c->next)
+        if (c->verify == verify && tls_same_file(c->cafile, cafile)) {
+            c->refs++;
+            return c;
+        }
+    if (!tls_rng_ready(err, errlen)) return NULL;
+    struct tls_client_config *cfg = calloc(1, sizeof *cfg);
+    if (!cfg || (cafile && !(cfg->cafile = strdup(cafile)))) {
+        free(cfg);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    cfg->refs = 1;
+    cfg->verify = verify;
+    mbedtls_ssl_config_init(&cfg->conf);
+    mbedtls_x509_crt_init(&cfg->ca);
+    if (verify) {
+        const char *path = cafile ? cafile : TLS_CLIENT_CA_BUNDLE;
+        if (!tls_load_crt(&cfg->ca, "CA", path, err, errlen)) {
+            tls_client_config_free(cfg);
+            return NULL;
+        }
+    }
+    int r = mbedtls_ssl_config_defaults(&cfg->conf, MBEDTLS_SSL_IS_CLIENT,
+                                        MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+    if (r != 0) {
+        char e[100];
+        mbedtls_strerror(r, e, sizeof e);
+        snprintf(err, errlen, "TLS client setup: %s", e);
+        tls_client_config_free(cfg);
+        return NULL;
+    }
+    mbedtls_ssl_conf_rng(&cfg->conf, mbedtls_ctr_drbg_random, &tls_drbg);
+    mbedtls_ssl_conf_min_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3); /* TLS 1.2 */
+#ifdef MBEDTLS_SSL_RENEGOTIATION
+    mbedtls_ssl_conf_renegotiation(&cfg->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
+    if (verify) {
+        mbedtls_ssl_conf_ca_chain(&cfg->conf, &cfg->ca, NULL);
+        mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+    } else {
+        mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_NONE);
+    }
+    if (tls_client_cached < TLS_CLIENT_CACHE_MAX) {
+        cfg->cached = true;
+        cfg->refs++; /* the cache's */
+        cfg->next = tls_client_cache;
+        tls_client_cache = cfg;
+        tls_client_cached++;
+    }
+    return cfg;
+}
+
+void tls_client_config_release(struct tls_client_config *cfg)
+{
+    if (cfg && --cfg->refs == 0) tls_client_config_free(cfg);
+}
+
+void tls_session_free(struct tls_session *s)
+{
+    if (!s) return;
+    mbedtls_ssl_session_free(&s->s);
+    free(s);
+}
+
+static int tls_client_bio_send(void *ctx, const unsigned char *buf, size_t len)
+{
+    struct tls_client *t = ctx;
+    ssize_t n = send(t->fd, buf, len, MSG_NOSIGNAL);
+    if (n >= 0) return (int)n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return MBEDTLS_ERR_SSL_WANT_WRITE;
+    if (errno == EPIPE || errno == ECONNRESET) return MBEDTLS_ERR_NET_CONN_RESET;
+    return MBEDTLS_ERR_NET_SEND_FAILED;
+}
+
+static int tls_client_bio_recv(void *ctx, unsigned char *buf, size_t len)
+{
+    struct tls_client *t = ctx;
+    ssize_t n = recv(t->fd, buf, len, 0);
+    if (n >= 0) return (int)n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return MBEDTLS_ERR_SSL_WANT_READ;
+    if (errno == ECONNRESET) return MBEDTLS_ERR_NET_CONN_RESET;
+    return MBEDTLS_ERR_NET_RECV_FAILED;
+}
+
+struct tls_client *tls_client_new(int fd, struct tls_client_config *cfg, const char *server_name,
+                                  const struct tls_session *session, char *err, size_t errlen)
+{
+    char e[100];
+    /* A forked process reseeds before its first handshake. */
+    if (!tls_rng_ready(err, errlen)) return NULL;
+    struct tls_client *t = calloc(1, sizeof *t);
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    t->fd = fd;
+    mbedtls_ssl_init(&t->ssl);
+    int r = mbedtls_ssl_setup(&t->ssl, &cfg->conf);
+    if (r == 0 && server_name) r = mbedtls_ssl_set_hostname(&t->ssl, server_name);
+    if (r == 0 && session) r = mbedtls_ssl_set_session(&t->ssl, &session->s);
+    if (r != 0) {
+        mbedtls_strerror(r, e, sizeof e);
+        snprintf(err, errlen, "TLS setup: %s", e);
+        mbedtls_ssl_free(&t->ssl);
+        free(t);
+        return NULL;
+    }
+    cfg->refs++;
+    t->cfg = cfg;
+    mbedtls_ssl_set_bio(&t->ssl, t, tls_client_bio_send, tls_client_bio_recv, NULL);
+    return t;
+}
+
+/* CONN_AGAIN with the direction, or CONN_ERROR with the reason noted. */
+static int tls_client_blocked(struct tls_client *t, int r, int *want)
+{
+    if (r == MBEDTLS_ERR_SSL_WANT_READ) {
+        *want = EV_READ;
+        return CONN_AGAIN;
+    }
+    if (r == MBEDTLS_ERR_SSL_WANT_WRITE) {
+        *want = EV_WRITE;
+        return CONN_AGAIN;
+    }
+    mbedtls_strerror(r, t->err, sizeof t->err);
+    return CONN_ERROR;
+}
+
+/* "certificate verify failed: " and mbedTLS's reasons, one line. */
+static void tls_client_note_verify(struct tls_client *t)
+{
+    char info[512];
+    uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
+    int n = mbedtls_x509_crt_verify_info(info, sizeof info, "", flags);
+    if (n <= 0) snprintf(info, sizeof info, "flags 0x%x", (unsigned)flags);
+    /* One reason per line: join them, lowercase the first letter. */
+    for (char *p = info; *p; p++)
+        if (*p == '\n') *p = p[1] ? ';' : '\0';
+    size_t len = strlen(info);
+    if (len && info[len - 1] == ';') info[len - 1] = '\0';
+    if (info[0] >= 'A' && info[0] <= 'Z' && !(info[1] >= 'A' && info[1] <= 'Z'))
+        info[0] = (char)(info[0] - 'A' + 'a');
+    snprintf(t->err, sizeof t->err, "certificate verify failed: %.200s", info);
+}
+
+int tls_client_handshake(struct tls_client *t, int *want)
+{
+    int r = mbedtls_ssl_handshake(&t->ssl);
+    if (r == 0) {
+        t->established = true;
+        return 1;
+    }
+    if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
+        tls_client_note_verify(t);
+        return CONN_ERROR;
+    }
+    if (r == MBEDTLS_ERR_SSL_CONN_EOF || r == MBEDTLS_ERR_NET_CONN_RESET ||
+        r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) {
+        snprintf(t->err, sizeof t->err, "closed");
+        return 0;
+    }
+    r = tls_client_blocked(t, r, want);
+    if (r == CONN_ERROR) {
+        char e[sizeof t->err];
+        memcpy(e, t->err, sizeof e);
+        snprintf(t->err, sizeof t->err, "handshake failed: %.200s", e);
+    }
+    return r;
+}
+
+ssize_t tls_client_recv(struct tls_client *t, void *buf, size_t len, int *want)
+{
+    int r = mbedtls_ssl_read(&t->ssl, buf, len);
+    if (r > 0) return r;
+    if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || r == MBEDTLS_ERR_SSL_CONN_EOF) return 0;
+    return tls_client_blocked(t, r, want);
+}
+
+ssize_t tls_client_send(struct tls_client *t, const void *buf, size_t len, int *want)
+{
+    if (t->write_pending) {
+        /* mbedTLS holds the encrypted record of the last call: it must be
+         * repeated with the same length. */
+        if (len < t->write_pending) {
+            snprintf(t->err, sizeof t->err, "TLS write repeated with less data");
+            return CONN_ERROR;
+        }
+        len = t->write_pending;
+    } else {
+        int max = mbedtls_ssl_get_max_out_record_payload(&t->ssl);
+        if (max > 0 && len > (size_t)max) len = (size_t)max;
+    }
+    int r = mbedtls_ssl_write(&t->ssl, buf, len);
+    if (r >= 0) {
+        t->write_pending = 0;
+        return r;
+    }
+    int rc = tls_client_blocked(t, r, want);
+    if (rc == CONN_AGAIN) t->write_pending = len;
+    return rc;
+}
+
+bool tls_client_pending(struct tls_client *t)
+{
+    return mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 || mbedtls_ssl_check_pending(&t->ssl);
+}
+
+struct tls_session *tls_client_session(struct tls_client *t)
+{
+    if (!t->established) return NULL;
+    struct tls_session *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    mbedtls_ssl_session_init(&s->s);
+    if (mbedtls_ssl_get_session(&t->ssl, &s->s) != 0) {
+        tls_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+const char *tls_client_error(const struct tls_client *t)
+{
+    return t->err;
+}
+
+void tls_client_free(struct tls_client *t, bool goodbye)
+{
+    if (!t) return;
+    if (goodbye && t->established) mbedtls_ssl_close_notify(&t->ssl);
+    mbedtls_ssl_free(&t->ssl);
+    tls_client_config_release(t->cfg);
+    free(t);
+}

@@ -81,4 +81,46 @@ bool conn_is_tls(const struct conn *c);
  * string belongs to c. */
 const char *tls_error(const struct conn *c);
 
+/* ------------------------------------------------------------ client side
+ * For the cosockets (client.h): TLS 1.2+ as a client over a connected
+ * non-blocking fd. */
+
+/* A client config: verify (the peer's chain against cafile, NULL = the
+ * system bundle TLS_CLIENT_CA_BUNDLE, and the name) or not. Cached per
+ * (cafile, verify) for the process, so the bundle is parsed once, not per
+ * connection. Returns a reference the caller releases with
+ * tls_client_config_release, or NULL with a message in err. */
+#define TLS_CLIENT_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+struct tls_client_config;
+struct tls_client_config *tls_client_config_get(const char *cafile, bool verify, char *err,
+                                                size_t errlen);
+void tls_client_config_release(struct tls_client_config *cfg);
+
+/* A TLS session a later handshake may resume (mbedtls_ssl_get_session). */
+struct tls_session;
+void tls_session_free(struct tls_session *s);
+
+/* One client connection over fd (not owned). server_name (may be NULL) is
+ * sent as SNI and, when the config verifies, checked against the
+ * certificate. session (may be NULL) is offered for resumption. Holds a
+ * reference to cfg. NULL with a message in err on failure. */
+struct tls_client;
+struct tls_client *tls_client_new(int fd, struct tls_client_config *cfg, const char *server_name,
+                                  const struct tls_session *session, char *err, size_t errlen);
+/* Advances the handshake: 1 when done, CONN_AGAIN (*want EV_READ or
+ * EV_WRITE), 0 when the peer closed, or CONN_ERROR (tls_client_error says
+ * why: "certificate verify failed: ..." for a refused certificate). */
+int tls_client_handshake(struct tls_client *t, int *want);
+/* As netc_recv / netc_send (client.h). */
+ssize_t tls_client_recv(struct tls_client *t, void *buf, size_t len, int *want);
+ssize_t tls_client_send(struct tls_client *t, const void *buf, size_t len, int *want);
+bool tls_client_pending(struct tls_client *t);
+/* The session of a completed handshake, the caller's to free, or NULL. */
+struct tls_session *tls_client_session(struct tls_client *t);
+/* Why the last operation failed, or "". The string belongs to t. */
+const char *tls_client_error(const struct tls_client *t);
+/* Frees t, after one non-blocking close_notify if goodbye and the
+ * handshake completed. The fd stays open (the caller closes it). */
+void tls_client_free(struct tls_client *t, bool goodbye);
+
 #endif

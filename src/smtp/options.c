@@ -45,6 +45,8 @@
 /* What all sessions of one process may buffer for DATA: eight messages of
  * the default data_size_limit. */
 #define DEFAULT_DATA_MEMORY_LIMIT (256L * 1024 * 1024)
+/* async-api.md 4: the longest line a cosocket "*l" receive returns. */
+#define DEFAULT_SOCKET_LINE_MAX 65536L
 #define DEFAULT_TLS_TICKET_LIFETIME 3600L
 #define DEFAULT_TLS_SESSION_CACHE_SIZE 1000L
 /* DNS: five seconds a query (as resolv.conf's default), 10000 answers. */
@@ -114,6 +116,7 @@ static const struct opt_def opt_defs[] = {
     OPT("thread_pool_size", T_INT, thread_pool_size),
     OPT("thread_pool_queue", T_INT, thread_pool_queue),
     OPT("crypt_max_cost", T_CRYPT_COST, crypt_max_cost),
+    OPT("socket_line_max", T_SIZE, socket_line_max),
     {NULL, 0, 0, NOT_TRACKED},
 };
 
@@ -155,6 +158,7 @@ void options_init_defaults(struct options *o)
     o->thread_pool_size = DEFAULT_THREAD_POOL_SIZE;
     o->thread_pool_queue = DEFAULT_THREAD_POOL_QUEUE;
     passhash_limits_default(&o->crypt_max_cost);
+    o->socket_line_max = DEFAULT_SOCKET_LINE_MAX;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -695,6 +699,10 @@ bool options_finalize(struct options *o, char *err, size_t errlen)
     if (o->thread_pool_queue > MAX_THREAD_POOL_QUEUE) {
         snprintf(err, errlen, "option 'thread_pool_queue' must be at most %ld",
                  MAX_THREAD_POOL_QUEUE);
+        return false;
+    }
+    if (o->socket_line_max < 1) {
+        snprintf(err, errlen, "option 'socket_line_max' must be at least 1 byte");
         return false;
     }
     if (!o->hostname) o->hostname = fqdn();

@@ -55,6 +55,7 @@ struct options {
     long data_rate_min;        /* bytes/s a DATA transfer must keep up, per window */
     double data_rate_grace;    /* the window (seconds) over which data_rate_min is judged */
     long data_memory_limit;    /* bytes of message text all sessions of a process buffer */
+    long socket_line_max;      /* bytes: the longest line a cosocket receive returns */
     long rcpt_limit;           /* recipients per message */
     long error_limit;          /* error replies per session before 421 */
     long tls_ticket_lifetime;  /* seconds per ticket key period; 0 = no session tickets */

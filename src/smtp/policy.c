@@ -460,6 +460,7 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     p->vm.thread_pool.threads = (int)p->opt.thread_pool_size;
     p->vm.thread_pool.queue = (int)p->opt.thread_pool_queue;
     p->vm.crypt_max_cost = p->opt.crypt_max_cost;
+    p->vm.socket_line_max = (size_t)p->opt.socket_line_max;
     apply_exclusions_and_sort(p);
     p->generation = next_generation++; /* refused loads don't use up numbers */
     return p;
