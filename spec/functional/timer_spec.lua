@@ -10,6 +10,7 @@ local socket = require "socket"
 local testing = require "smtpd.testing"
 local h = require "spec.functional.common"
 local u = require "spec.functional.reload_util"
+local su = require "spec.functional.socket_util"
 
 -- NOTE lines go to stderr too, so a spec can wait for them in the log.
 local SOURCE = [[
@@ -502,31 +503,44 @@ local function log_reader(path)
   end
 end
 
-describe("1,000 reloads with timers pending", function()
+describe("1,000 reloads with timers pending and a pooled cosocket", function()
   local RELOADS, WARMUP = 1000, 50
   local RSS_BOUND_KIB = 16 * 1024
   local FD_SLACK = 2
 
-  it("leave descriptors and RSS flat, and run each generation's pending timers once", function()
-    local source = [[
+  it("leave descriptors and RSS flat, run each generation's pending timers once and close its pool", function()
+    local peer = su.peer()
+    local source = ([[
 local smtpd = require "smtpd"
 options = { auth_require_tls = false }
 local function cb(premature, tag) if premature then tag.n = tag.n + 1 end end
 for i = 1, 4 do smtpd.timer.at(60, cb, { n = 0 }, ("x"):rep(1000)) end
 smtpd.timer.every(30, cb, { n = 0 })
+-- each generation keeps one connection in its pool until it retires
+smtpd.timer.at(0, function(premature)
+  if premature then return end
+  local s = smtpd.socket.tcp()
+  local ok, err = s:connect("127.0.0.1", %d)
+  if ok then ok, err = s:send("ECHO hi\n") end
+  if ok then ok, err = s:receive() end
+  if ok then ok, err = s:setkeepalive() end
+  io.stderr:write("pooled: " .. tostring(ok) .. " " .. tostring(err) .. "\n")
+end)
 function handle_NOOP() return "250 OK" end
-]]
+]]):format(peer.port)
     local srv = u.start{ source = source }
     local ok, err = pcall(function()
       local read = log_reader(srv.err_path)
       local LOADED, RETIRED = "loaded (policy generation ", "generation retired, running it once"
+      local POOLED = "pooled: true nil"
       local gen = 1
       local function reload_to(n)
         while gen < n do
           gen = gen + 1
           srv:signal("HUP")
           local deadline = socket.gettime() + 20
-          while (read{ LOADED, RETIRED })[LOADED] < gen do
+          -- loaded, and its timer has put a connection in its pool
+          while (read{ LOADED, RETIRED, POOLED })[POOLED] < gen do
             if socket.gettime() > deadline then error("generation " .. gen .. " not loaded\n" .. u.log_tail(srv)()) end
             socket.sleep(0.002)
           end
@@ -535,7 +549,7 @@ function handle_NOOP() return "250 OK" end
       reload_to(1 + WARMUP)
       local fd_before, rss_before = u.fd_count(srv.pid), u.rss_kb(srv.pid)
       reload_to(1 + WARMUP + RELOADS)
-      local counts = read{ LOADED, RETIRED }
+      local counts = read{ LOADED, RETIRED, POOLED }
       -- every generation but the live one retired its 5 pending timers
       assert.equal(5 * (WARMUP + RELOADS), counts[RETIRED])
       local c = srv:connect()
@@ -556,6 +570,7 @@ function handle_NOOP() return "250 OK" end
       end
     end)
     u.stop(srv)
+    su.stop(peer)
     if not ok then error(err, 0) end
   end)
 end)
