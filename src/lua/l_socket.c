@@ -41,6 +41,8 @@
 #define SOCKET_READS_PER_STEP 64
 /* At most this many candidate addresses per connect (A + AAAA answers). */
 #define SOCKET_CANDIDATES_MAX 16
+/* sock:send gathers an array's small pieces into one write of up to this. */
+#define SOCKET_GATHER 4096
 
 enum sock_op { OP_NONE, OP_CONNECT, OP_HANDSHAKE, OP_SEND, OP_RECV, OP_RESOLVE };
 enum { T_CONNECT, T_SEND, T_READ };
@@ -890,6 +892,37 @@ static int sock_flush(struct sock *s, int *want, const char **err)
     return 1;
 }
 
+/* Sends len bytes at p, or queues what the socket does not take (and
+ * everything once something is queued) in s->out: the same bytes are
+ * retried, as TLS needs for the write it holds. False with *err set on a
+ * failure (the socket is closed), or with *err NULL if memory ran out. */
+static bool sock_send_bytes(struct sock *s, const char *p, size_t len, bool *queued, int *want,
+                            const char **err)
+{
+    size_t off = 0;
+    while (!*queued && off < len) {
+        int e = 0;
+        ssize_t n = netc_send(&s->c, p + off, len - off, want, &e);
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        if (n == NETC_AGAIN) {
+            *queued = true;
+            break;
+        }
+        *err = e ? netc_strerror(e, s->errbuf, sizeof s->errbuf) : "closed";
+        sock_disconnect(s, false);
+        return false;
+    }
+    if (*queued && off < len && !buf_append(&s->out, p + off, len - off)) {
+        *err = NULL;
+        sock_disconnect(s, false);
+        return false;
+    }
+    return true;
+}
+
 static int l_socket_send(lua_State *L)
 {
     struct sock *s = sock_arg(L, 1);
@@ -917,40 +950,39 @@ static int l_socket_send(lua_State *L)
     s->send_total = total;
     int want = EV_WRITE;
     const char *err = NULL;
-    /* What a timed-out send left goes first, then this call's data. */
+    /* What a timed-out send left goes first, then this call's data. Small
+     * pieces are gathered into one write (one syscall, one TLS record),
+     * so an array costs no more than the string it spells. */
     bool queued = buf_len(&s->out) > 0;
-    for (size_t i = 1; i <= n_pieces; i++) {
-        size_t len;
-        const char *p;
-        if (t == LUA_TTABLE) {
-            lua_rawgeti(L, 2, (int)i);
-            p = lua_tolstring(L, -1, &len);
-            lua_pop(L, 1); /* still anchored by the table */
-        } else {
-            p = lua_tolstring(L, 2, &len);
-        }
-        size_t off = 0;
-        while (!queued && off < len) {
-            int e = 0;
-            ssize_t n = netc_send(&s->c, p + off, len - off, &want, &e);
-            if (n > 0) {
-                off += (size_t)n;
+    char gather[SOCKET_GATHER];
+    size_t gathered = 0;
+    for (size_t i = 1; i <= n_pieces + 1; i++) {
+        size_t len = 0;
+        const char *p = NULL;
+        if (i <= n_pieces) {
+            if (t == LUA_TTABLE) {
+                lua_rawgeti(L, 2, (int)i);
+                p = lua_tolstring(L, -1, &len);
+                lua_pop(L, 1); /* still anchored by the table */
+            } else {
+                p = lua_tolstring(L, 2, &len);
+            }
+            if (gathered + len <= sizeof gather) {
+                memcpy(gather + gathered, p, len);
+                gathered += len;
                 continue;
             }
-            if (n == NETC_AGAIN) {
-                queued = true;
-                break;
-            }
-            err = e ? netc_strerror(e, s->errbuf, sizeof s->errbuf) : "closed";
-            sock_disconnect(s, false);
-            return push_fail(L, err);
         }
-        /* Blocked: the rest waits in s->out (the same bytes, as TLS needs
-         * for the write it holds). Only what the socket did not take is
-         * copied. */
-        if (queued && off < len && !buf_append(&s->out, p + off, len - off)) {
-            sock_disconnect(s, false);
-            return luaL_error(L, "sock:send: out of memory");
+        /* The gathered bytes go first; then a piece too big to gather. */
+        if (gathered && !sock_send_bytes(s, gather, gathered, &queued, &want, &err))
+            return err ? push_fail(L, err) : luaL_error(L, "sock:send: out of memory");
+        gathered = 0;
+        if (i > n_pieces) break;
+        if (len < sizeof gather) {
+            memcpy(gather, p, len);
+            gathered = len;
+        } else if (!sock_send_bytes(s, p, len, &queued, &want, &err)) {
+            return err ? push_fail(L, err) : luaL_error(L, "sock:send: out of memory");
         }
     }
     if (queued) {
