@@ -46,6 +46,7 @@ Redis.__index = Redis
 --- Starts redis-server on 127.0.0.1 and a free port (opts.port to reuse
 -- one), with no persistence; opts.password -> --requirepass, opts.unix ->
 -- also a unix socket (r.path). Waits until it answers PING.
+--- opts: port, dir, password, unix, tls = { cert =, key = [, port =] }.
 function M.start_redis(opts)
   opts = opts or {}
   local bin = assert(find_redis(), "redis-server not found (tools/deps.sh installs it)")
@@ -56,6 +57,12 @@ function M.start_redis(opts)
   local r = setmetatable({ port = port, dir = dir, log = dir .. "/redis-" .. port .. ".log" }, Redis)
   if opts.password then
     args[#args + 1] = "--requirepass " .. hu.shell_quote(opts.password)
+  end
+  if opts.tls then
+    -- TLS beside the plain port (which the readiness check uses)
+    r.tls_port = opts.tls.port or hu.free_port()
+    args[#args + 1] = ("--tls-port %d --tls-cert-file %s --tls-key-file %s --tls-auth-clients no")
+      :format(r.tls_port, hu.shell_quote(opts.tls.cert), hu.shell_quote(opts.tls.key))
   end
   if opts.unix then
     r.path = dir .. "/redis.sock"

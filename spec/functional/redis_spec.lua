@@ -323,3 +323,55 @@ describe("smtpd.redis waiting in hooks", function()
     assert.truthy(out:find("cannot wait while the script loads", 1, true), out)
   end)
 end)
+
+describe("smtpd.redis over TLS with a password", function()
+  local rsrv, dir, srv
+  local TLS_SOURCE = [[
+local redis = require "smtpd.redis"
+options = { auth_require_tls = false }
+local PORT, CAFILE = %d, %q
+function handle_NOOP(server, session, envelope, arg)
+  local tls = { server_name = "localhost", cafile = CAFILE }
+  if arg == "wrongname" then tls.server_name = "other.test" end
+  local r, err = redis.connect{ port = PORT, password = arg == "badpass" and "nope" or "s3cret", tls = tls, timeout = 5 }
+  if not r then return "250 nil " .. tostring(err) end
+  local ok, cerr = r:call("SET", "tls:k", "over tls")
+  if not ok then return "250 nil " .. tostring(cerr) end
+  local v = r:call("GET", "tls:k")
+  r:close()
+  return "250 " .. tostring(v)
+end
+]]
+  setup(function()
+    dir = hu.tempdir()
+    assert(os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost " ..
+      "-addext subjectAltName=DNS:localhost -keyout %s/key.pem -out %s/cert.pem >/dev/null 2>&1")
+      :format(dir, dir)))
+    rsrv = ru.start_redis{ password = "s3cret", tls = { cert = dir .. "/cert.pem", key = dir .. "/key.pem" } }
+    srv = testing.start{ source = TLS_SOURCE:format(rsrv.tls_port, dir .. "/cert.pem") }
+  end)
+  teardown(function()
+    if srv then srv:stop() end
+    if rsrv then rsrv:stop() end
+  end)
+
+  it("connects over TLS, authenticates and round-trips a value", function()
+    local c = srv:connect()
+    assert.equal("over tls", select(2, c:cmd("NOOP ok")))
+    c:close()
+  end)
+
+  it("a wrong password is Redis's error, verbatim", function()
+    local c = srv:connect()
+    local _, text = c:cmd("NOOP badpass")
+    assert.truthy(text:find("^nil WRONGPASS"), text)
+    c:close()
+  end)
+
+  it("a certificate for another name is refused by the TLS check", function()
+    local c = srv:connect()
+    local _, text = c:cmd("NOOP wrongname")
+    assert.truthy(text:find("^nil certificate verify failed"), text)
+    c:close()
+  end)
+end)
