@@ -333,7 +333,8 @@ local PORT, CAFILE = %d, %q
 function handle_NOOP(server, session, envelope, arg)
   local tls = { server_name = "localhost", cafile = CAFILE }
   if arg == "wrongname" then tls.server_name = "other.test" end
-  local r, err = redis.connect{ port = PORT, password = arg == "badpass" and "nope" or "s3cret", tls = tls, timeout = 5 }
+  local password = arg == "badpass" and "nope" or "s3cret"
+  local r, err = redis.connect{ port = PORT, password = password, tls = tls, timeout = 5 }
   if not r then return "250 nil " .. tostring(err) end
   local ok, cerr = r:call("SET", "tls:k", "over tls")
   if not ok then return "250 nil " .. tostring(cerr) end
