@@ -171,7 +171,7 @@ static void worker_said_ready(const char *line)
     if (ready_sent || mc->ready_fd < 0) return;
     /* Every worker is listening at once, not just N ready lines seen. */
     ready_sent = true;
-    char out[SERVER_MAX_LISTENERS * 84 + 16] = "ready";
+    char out[SERVER_MAX_LISTENERS * (SERVER_ADDR_MAX + 1) + 16] = "ready";
     for (size_t k = 0; k < reserved.n_listeners; k++) {
         strcat(out, " ");
         strcat(out, reserved.listeners[k].addr);
