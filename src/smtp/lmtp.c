@@ -200,7 +200,7 @@ static void lmtp_message_proceed(struct session *s, const struct hook_result *r,
         char outcome[64];
         int len = snprintf(outcome, sizeof outcome, "LMTP: %zu of %zu recipient%s delivered",
                            out.delivered, n, n == 1 ? "" : "s");
-        verbs_message_log(s, size, outcome, (size_t)len);
+        verbs_message_log(s, size, n, outcome, (size_t)len);
     }
     session_reset_envelope(s);
     session_pending_release(s);

@@ -761,7 +761,8 @@ static bool message_check(struct session *s, struct verb_call *call)
     return true;
 }
 
-void verbs_message_log(struct session *s, size_t size, const char *outcome, size_t outcome_len)
+void verbs_message_log(struct session *s, size_t size, size_t n_rcpt, const char *outcome,
+                       size_t outcome_len)
 {
     char from[300] = "";
     lua_State *L = s->policy->vm.L;
@@ -773,7 +774,7 @@ void verbs_message_log(struct session *s, size_t size, const char *outcome, size
     lua_pop(L, 2);
     char esc[400];
     log_msg(LOG_INFO, s->sid, "message: %zu bytes from <%s> for %zu recipient%s: %s", size, from,
-            s->rcpt_count, s->rcpt_count == 1 ? "" : "s",
+            n_rcpt, n_rcpt == 1 ? "" : "s",
             log_escape(outcome, outcome_len > 80 ? 80 : outcome_len, esc, sizeof esc));
 }
 
@@ -788,7 +789,7 @@ static void message_proceed(struct session *s, const struct hook_result *r,
         const char *reply = r->outcome == HOOK_STATUS ? r->status : reply_ok;
         size_t reply_len = r->outcome == HOOK_STATUS ? r->len : strlen(reply_ok);
         if (reply[0] == '2') s->messages++;
-        verbs_message_log(s, size, reply, reply_len);
+        verbs_message_log(s, size, s->rcpt_count, reply, reply_len);
     }
     session_reset_envelope(s);
     reply_status_or(s, r, reply_ok);

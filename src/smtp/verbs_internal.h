@@ -73,7 +73,8 @@ void verbs_ehlo_proceed(struct session *s, const struct hook_result *r,
 const char *verbs_message_refusal(struct session *s);
 /* Puts the message into envelope.content and envelope.original_content. */
 void verbs_message_to_envelope(struct session *s);
-/* Logs the one line per message: size, sender, recipients, `outcome`. */
-void verbs_message_log(struct session *s, size_t size, const char *outcome, size_t outcome_len);
+/* Logs the one line per message: size, sender, n recipients, `outcome`. */
+void verbs_message_log(struct session *s, size_t size, size_t n, const char *outcome,
+                       size_t outcome_len);
 
 #endif
