@@ -323,3 +323,163 @@ end
     if not ok then error(err, 0) end
   end)
 end)
+
+-- Postfix's lmtp client delivering into luasmtpd --lmtp: a private Postfix
+-- instance configured entirely here (its own config_directory,
+-- queue_directory and data_directory under a temporary directory, loopback
+-- ports only, no DNS, maillog_file for its log), its smtpd on a free port
+-- as the entry and default_transport = lmtp:inet:127.0.0.1:PORT. Stopped by
+-- its master's PID.
+describe("LMTP with Postfix's lmtp client", function()
+  local function free_port()
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    return tonumber(port)
+  end
+
+  local MAIN_CF = [[
+compatibility_level = 3.6
+queue_directory = DIR/queue
+data_directory = DIR/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = postfix.test
+mydomain = test
+myorigin = postfix.test
+mydestination =
+relayhost =
+relay_domains =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtp_dns_support_level = disabled
+lmtp_dns_support_level = disabled
+default_transport = lmtp:inet:127.0.0.1:LMTP_PORT
+relay_transport = lmtp:inet:127.0.0.1:LMTP_PORT
+maillog_file_prefixes = DIR
+maillog_file = DIR/maillog
+biff = no
+smtputf8_enable = no
+]]
+
+  -- No chroot: the daemons run from the queue directory as it is.
+  local MASTER_CF = [[
+127.0.0.1:SMTP_PORT inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+lmtp      unix  - - n - - lmtp
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+]]
+
+  -- Writes each message's sender and recipients to the file named by the
+  -- script's first argument; one recipient is refused, one deferred.
+  local HANDLER = [[
+local path = ...
+function handle_DATA(server, session, envelope)
+  local t = {}
+  for _, r in ipairs(envelope.rcpt_tos) do
+    if r:find("^bad@") then t[r] = "550 5.1.1 <" .. r .. "> no such user"
+    elseif r:find("^later@") then t[r] = "452 4.2.2 <" .. r .. "> mailbox full"
+    else t[r] = "250 2.1.5 <" .. r .. "> delivered" end
+  end
+  local rcpts = {}
+  for i, r in ipairs(envelope.rcpt_tos) do rcpts[i] = r end
+  table.sort(rcpts)
+  local f = assert(io.open(path, "a"))
+  f:write(("from=<%s> lmtp=%s rcpts=%s body=%s\n"):format(envelope.mail_from, tostring(session.lmtp),
+    table.concat(rcpts, ","), tostring(envelope.content:find("hello from postfix", 1, true) ~= nil)))
+  f:close()
+  return t
+end
+]]
+
+  it("delivers one message with every recipient; Postfix logs each recipient's own status", function()
+    assert.truthy(io.open("/usr/sbin/postfix"), "postfix is not installed (tools/deps.sh installs it)")
+    local dir = u.tempdir()
+    local master_pid
+    local srv
+    local ok, err = pcall(function()
+      -- The daemons run as the postfix user and must reach the queue.
+      assert(os.execute("chmod 755 " .. u.shell_quote(dir)) == 0)
+      for _, d in ipairs{ "conf", "queue", "data" } do assert(os.execute("mkdir " .. u.shell_quote(dir .. "/" .. d)) == 0) end
+      assert(os.execute("chown postfix " .. u.shell_quote(dir .. "/data")) == 0)
+      local seen = dir .. "/seen"
+      srv = testing.start{ source = HANDLER, args = { "--lmtp" }, script_args = { seen } }
+      local smtp_port = free_port()
+      local function fill(t)
+        return (t:gsub("DIR", dir):gsub("LMTP_PORT", tostring(srv.port)):gsub("SMTP_PORT", tostring(smtp_port)))
+      end
+      u.write_file(dir .. "/conf/main.cf", fill(MAIN_CF))
+      u.write_file(dir .. "/conf/master.cf", fill(MASTER_CF))
+      local out = u.sh("postfix -c " .. u.shell_quote(dir .. "/conf") .. " start", 60)
+      master_pid = u.wait_until(function()
+        local f = io.open(dir .. "/queue/pid/master.pid")
+        local pid = f and tonumber(f:read("*a"):match("%d+"))
+        if f then f:close() end
+        return pid
+      end, 30, "Postfix's master.pid", function() return out .. (u.read_file(dir .. "/maillog") or "") end)
+      -- Postfix's smtpd as the entry: one message, four recipients.
+      local c = u.wait_until(function() return testing.connect("127.0.0.1", smtp_port) end, 30,
+        "Postfix's smtpd on 127.0.0.1:" .. smtp_port)
+      assert.equal(250, (c:cmd("EHLO client.test")))
+      assert.equal(250, (c:cmd("MAIL FROM:<sender@example.org>")))
+      for _, r in ipairs{ "one@example.net", "bad@example.net", "two@example.net", "later@example.net" } do
+        assert.equal(250, (c:cmd("RCPT TO:<" .. r .. ">")))
+      end
+      local code, text = c:data("Subject: via postfix\r\n\r\nhello from postfix\r\n")
+      assert.equal(250, code, text)
+      c:cmd("QUIT")
+      c:close()
+      -- luasmtpd's handler saw it with every recipient, over LMTP ...
+      u.wait_until(function()
+        local s = u.read_file(seen) or ""
+        return s:find("from=<sender@example.org> lmtp=true rcpts=bad@example.net,later@example.net,"
+          .. "one@example.net,two@example.net body=true", 1, true)
+      end, 60, "the message in luasmtpd's handler", function() return u.read_file(seen) or "" end)
+      -- ... and Postfix took each recipient's reply as that recipient's.
+      local log = u.wait_until(function()
+        local s = u.read_file(dir .. "/maillog") or ""
+        local n = select(2, s:gsub("status=", "status="))
+        return n >= 4 and s:find("to=<later@example.net>.-status=deferred") and s
+      end, 60, "four delivery statuses in Postfix's maillog", function() return u.read_file(dir .. "/maillog") or "" end)
+      assert.truthy(log:find("to=<one@example.net>, relay=127%.0%.0%.1%[127%.0%.0%.1%]:" .. srv.port
+        .. ",[^\n]-dsn=2.1.5, status=sent %(250 2.1.5 <one@example.net> delivered%)"), log)
+      assert.truthy(log:find("to=<two@example.net>,[^\n]-status=sent %(250 2.1.5 <two@example.net> delivered%)"), log)
+      assert.truthy(log:find("to=<bad@example.net>,[^\n]-dsn=5.1.1, status=bounced %(host 127.0.0.1%[127.0.0.1%] "
+        .. "said: 550 5.1.1 <bad@example.net> no such user"), log)
+      assert.truthy(log:find("to=<later@example.net>,[^\n]-dsn=4.2.2, status=deferred %(host 127.0.0.1%[127.0.0.1%] "
+        .. "said: 452 4.2.2 <later@example.net> mailbox full"), log)
+    end)
+    if master_pid then
+      u.kill(master_pid, 15)
+      pcall(u.wait_until, function() return not u.alive(master_pid) end, 30, "Postfix's master to exit")
+    end
+    if srv then srv:stop() end
+    local maillog = u.read_file(dir .. "/maillog") or ""
+    u.rmdir(dir)
+    if not ok then error(tostring(err) .. "\n--- Postfix maillog ---\n" .. maillog, 0) end
+  end)
+end)
