@@ -424,7 +424,9 @@ end
     local ok, err = pcall(function()
       -- The daemons run as the postfix user and must reach the queue.
       assert(os.execute("chmod 755 " .. u.shell_quote(dir)) == 0)
-      for _, d in ipairs{ "conf", "queue", "data" } do assert(os.execute("mkdir " .. u.shell_quote(dir .. "/" .. d)) == 0) end
+      for _, d in ipairs{ "conf", "queue", "data" } do
+        assert(os.execute("mkdir " .. u.shell_quote(dir .. "/" .. d)) == 0)
+      end
       assert(os.execute("chown postfix " .. u.shell_quote(dir .. "/data")) == 0)
       local seen = dir .. "/seen"
       srv = testing.start{ source = HANDLER, args = { "--lmtp" }, script_args = { seen } }
@@ -464,7 +466,8 @@ end
         local s = u.read_file(dir .. "/maillog") or ""
         local n = select(2, s:gsub("status=", "status="))
         return n >= 4 and s:find("to=<later@example.net>.-status=deferred") and s
-      end, 60, "four delivery statuses in Postfix's maillog", function() return u.read_file(dir .. "/maillog") or "" end)
+      end, 60, "four delivery statuses in Postfix's maillog",
+        function() return u.read_file(dir .. "/maillog") or "" end)
       assert.truthy(log:find("to=<one@example.net>, relay=127%.0%.0%.1%[127%.0%.0%.1%]:" .. srv.port
         .. ",[^\n]-dsn=2.1.5, status=sent %(250 2.1.5 <one@example.net> delivered%)"), log)
       assert.truthy(log:find("to=<two@example.net>,[^\n]-status=sent %(250 2.1.5 <two@example.net> delivered%)"), log)

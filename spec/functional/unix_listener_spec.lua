@@ -93,6 +93,23 @@ describe("UNIX-domain listeners", function()
     assert.is_false(exists(b))
   end)
 
+  it("started as root and dropping to --user, the socket file is that user's", function()
+    local path = dir .. "/dropped.sock"
+    assert(os.execute("chmod 755 " .. u.shell_quote(dir)) == 0)
+    srv = testing.start{ source = SOURCE, user = "nobody", args = { "-l", "unix:" .. path } }
+    assert.equal("nobody nogroup 660", u.sh("stat -c '%U %G %a' " .. u.shell_quote(path)):match("^([^\n]+)"))
+    local c = srv:connect_unix(path) -- root may connect whatever the mode
+    assert.equal(250, (c:cmd("NOOP")))
+    c:close()
+    srv:stop()
+    -- nobody may not write to this root-owned directory: the file stays,
+    -- the log says so, and the next start replaces it as stale
+    assert.truthy(srv:stderr():find("cannot remove unix:" .. path .. ": Permission denied "
+      .. "(the next start replaces it)", 1, true), srv:stderr())
+    srv = testing.start{ source = SOURCE, args = { "-l", "unix:" .. path } }
+    assert.equal("root root", u.sh("stat -c '%U %G' " .. u.shell_quote(path)):match("^([^\n]+)"))
+  end)
+
   it("a bad unix_socket_mode is refused with the option's message", function()
     for _, bad in ipairs{ "0x1b0", "0778", "1777", "rw", "" } do
       local status, out = testing.check{ source = ("options = { unix_socket_mode = %q }\n"):format(bad) }
@@ -178,15 +195,42 @@ describe("UNIX-domain listeners", function()
     c:close()
   end)
 
-  it("is refused with --workers, with a message naming the supported combination", function()
-    local log = dir .. "/out"
-    local bin = testing.binary_path()
-    local out = u.sh(u.shell_quote(bin) .. " -n --workers 2 -l unix:" .. u.shell_quote(dir .. "/w.sock")
-      .. " >" .. u.shell_quote(log) .. " 2>&1; echo status=$?", 30)
-    assert.truthy(out:find("status=2", 1, true), out)
-    assert.truthy(u.read_file(log):find("--listen unix:PATH is not supported with --workers "
-      .. "(run one process for the UNIX listener)", 1, true), u.read_file(log))
-    assert.is_false(exists(dir .. "/w.sock"))
+  it("with --workers the master makes the socket once; every worker (and a restarted one) accepts on it", function()
+    local path = dir .. "/w.sock"
+    local WORKER = [[
+local ffi = require "ffi"
+pcall(ffi.cdef, "int getpid(void);")
+function handle_NOOP() return "250 pid " .. ffi.C.getpid() end
+]]
+    srv = u.start{ source = WORKER, args = { "--workers", "2", "-l", "unix:" .. path } }
+    local ok, err = pcall(function()
+      assert.are.same({ "127.0.0.1:" .. srv.port, "unix:" .. path }, srv.listeners)
+      local inode = u.sh("stat -c %i " .. u.shell_quote(path))
+      local function pids_until(done, what)
+        local seen = {}
+        for _ = 1, 200 do
+          local c = srv:connect_unix(path)
+          local code, text = c:cmd("NOOP")
+          c:close()
+          assert.equal(250, code, text)
+          seen[tonumber(text:match("^pid (%d+)$"))] = true
+          if done(seen) then return seen end
+        end
+        error("200 connections without " .. what, 0)
+      end
+      local kids = u.wait_workers(srv, 2)
+      pids_until(function(s) return s[kids[1]] and s[kids[2]] end, "both workers answering")
+      assert.is_true(u.kill(kids[1], 9))
+      local again = u.wait_workers(srv, 2, { kids[1] })
+      local new_pid = again[1] == kids[2] and again[2] or again[1]
+      pids_until(function(s) return s[new_pid] end, "the restarted worker answering")
+      -- the same file all along: no worker made its own
+      assert.equal(inode, u.sh("stat -c %i " .. u.shell_quote(path)))
+    end)
+    u.stop(srv)
+    srv = nil
+    if not ok then error(err, 0) end
+    assert.is_false(exists(path))
   end)
 
   it("LMTP on a UNIX socket: LHLO and one reply per recipient", function()

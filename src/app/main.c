@@ -434,14 +434,6 @@ static void parse_args(int argc, char **argv)
     else if (!cli.smtpscert != !cli.smtpskey) problem = "--smtpscert and --smtpskey go together";
     else if (cli.n_listen_smtps && !cli.tlscert) problem = "--listen-smtps needs --tlscert/--tlskey";
     if (cli.watch && !cli.handler) problem = "--watch needs --handler";
-    /* Workers each bind their own SO_REUSEPORT socket, which a UNIX socket
-     * file cannot be shared as: one process serves UNIX listeners. */
-    for (size_t i = 0; i < cli.n_listen + cli.n_listen_smtps && !problem; i++) {
-        const char *l = i < cli.n_listen ? cli.listen[i] : cli.listen_smtps[i - cli.n_listen];
-        if (cli.workers > 0 && !strncmp(l, "unix:", 5))
-            problem = "--listen unix:PATH is not supported with --workers (run one process "
-                      "for the UNIX listener)";
-    }
     if (problem) {
         fprintf(stderr, "luasmtpd: %s\n", problem);
         exit(2);
@@ -843,6 +835,7 @@ int main(int argc, char **argv)
         }
         if (tls) tls_config_release(tls);
         if (smtps) tls_config_release(smtps);
+        long p_unix_mode = p->opt.unix_socket_mode;
         policy_release(p);
         struct master_config mc = {
             .workers = cli.workers, .worker_argv = cli.pass, .worker_argc = cli.n_pass,
@@ -851,6 +844,8 @@ int main(int argc, char **argv)
             .stop_timeout = STOP_TIMEOUT_SECONDS, .ready_fd = cli.ready_fd,
             .watch_path = cli.watch ? cli.handler : NULL, .script_fd = master_store_fd,
             .reload = master_reload, .child_setup = worker_child_setup,
+            .unix_socket_mode = (unsigned)p_unix_mode, .chown_unix = drop.active,
+            .unix_uid = drop.uid, .unix_gid = drop.gid,
         };
         return master_run(&mc);
     }

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -171,8 +172,8 @@ static bool server_listen_unix(struct server *srv, const char *path,
     }
     struct listener *l = &srv->listeners[srv->n_listeners];
     char why[512];
-    int fd = listen_unix(path, srv->unix_socket_mode, flags & LISTEN_BIND_ONLY, &l->file, why,
-                         sizeof why);
+    (void)flags; /* one listening socket, shared by inheritance, never reused by port */
+    int fd = listen_unix(path, srv->unix_socket_mode, false, &l->file, why, sizeof why);
     if (fd < 0) {
         snprintf(err, errlen, "--listen %s", why);
         return false;
@@ -182,8 +183,45 @@ static bool server_listen_unix(struct server *srv, const char *path,
     l->srv = srv;
     l->implicit_tls = implicit_tls;
     l->is_unix = true;
+    l->owns_file = true;
     snprintf(l->addr, sizeof l->addr, "unix:%s", path);
     ev_io_init(&l->io, on_accept, fd, EV_READ);
+    l->io.data = l;
+    return true;
+}
+
+/* "unix-fd:N:PATH": a worker's copy of the master's UNIX listener. */
+static bool server_adopt_unix(struct server *srv, const char *spec,
+                              struct tls_config **implicit_tls, char *err, size_t errlen)
+{
+    char *end;
+    long fd = strtol(spec, &end, 10);
+    const char *path = end + 1;
+    int type = 0;
+    socklen_t tl = sizeof type;
+    if (end == spec || *end != ':' || fd < 0 || fd > INT_MAX || !*path ||
+        strlen(path) >= LISTEN_UNIX_PATH_MAX ||
+        getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &tl) || type != SOCK_STREAM) {
+        snprintf(err, errlen, "--listen unix-fd:%s: expected an inherited listening socket "
+                 "as unix-fd:N:PATH", spec);
+        return false;
+    }
+    if (srv->n_listeners == SERVER_MAX_LISTENERS) {
+        snprintf(err, errlen, "--listen unix:%s: more than %d listeners", path,
+                 SERVER_MAX_LISTENERS);
+        return false;
+    }
+    struct listener *l = &srv->listeners[srv->n_listeners++];
+    fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    fcntl((int)fd, F_SETFL, fcntl((int)fd, F_GETFL) | O_NONBLOCK);
+    l->fd = (int)fd;
+    l->srv = srv;
+    l->implicit_tls = implicit_tls;
+    l->is_unix = true;
+    l->owns_file = false;
+    snprintf(l->file.path, sizeof l->file.path, "%s", path);
+    snprintf(l->addr, sizeof l->addr, "unix:%s", path);
+    ev_io_init(&l->io, on_accept, l->fd, EV_READ);
     l->io.data = l;
     return true;
 }
@@ -192,6 +230,7 @@ bool server_listen(struct server *srv, const char *spec, struct tls_config **imp
                    int flags, char *err, size_t errlen)
 {
     if (!strncmp(spec, "unix:", 5)) return server_listen_unix(srv, spec + 5, implicit_tls, flags, err, errlen);
+    if (!strncmp(spec, "unix-fd:", 8)) return server_adopt_unix(srv, spec + 8, implicit_tls, err, errlen);
     char host[256], port[16];
     if (!split_spec(spec, host, sizeof host, port, sizeof port)) {
         snprintf(err, errlen, "--listen %s: expected [HOST][:PORT]", spec);
@@ -227,7 +266,7 @@ bool server_listen(struct server *srv, const char *spec, struct tls_config **imp
         l->fd = fd;
         l->srv = srv;
         l->implicit_tls = implicit_tls;
-        l->is_unix = false;
+        l->is_unix = l->owns_file = false;
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         getsockname(fd, (struct sockaddr *)&ss, &len);
@@ -253,14 +292,14 @@ bool server_listen(struct server *srv, const char *spec, struct tls_config **imp
 void server_remove_unix_files(struct server *srv)
 {
     for (size_t i = 0; i < srv->n_listeners; i++)
-        if (srv->listeners[i].is_unix) listen_unix_remove(&srv->listeners[i].file);
+        if (srv->listeners[i].owns_file) listen_unix_remove(&srv->listeners[i].file);
 }
 
 bool server_chown_unix_files(struct server *srv, uid_t uid, gid_t gid, char *err, size_t errlen)
 {
     for (size_t i = 0; i < srv->n_listeners; i++) {
         const struct listener *l = &srv->listeners[i];
-        if (l->is_unix && chown(l->file.path, uid, gid)) {
+        if (l->owns_file && chown(l->file.path, uid, gid)) {
             snprintf(err, errlen, "--listen %s: chown to uid %d gid %d: %s", l->addr, (int)uid,
                      (int)gid, strerror(errno));
             return false;
@@ -395,7 +434,7 @@ void server_stop(struct server *srv, double timeout)
     for (size_t i = 0; i < srv->n_listeners; i++) {
         ev_io_stop(srv->host.loop, &srv->listeners[i].io);
         close(srv->listeners[i].fd);
-        if (srv->listeners[i].is_unix) listen_unix_remove(&srv->listeners[i].file);
+        if (srv->listeners[i].owns_file) listen_unix_remove(&srv->listeners[i].file);
     }
     ev_timer_stop(srv->host.loop, &accept_pause);
     srv->n_listeners = 0;

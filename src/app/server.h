@@ -32,7 +32,8 @@ struct listener {
     ev_io io;
     struct server *srv;
     char addr[SERVER_ADDR_MAX]; /* "127.0.0.1:8025" / "[::1]:8025" / "unix:/run/x.sock" */
-    bool is_unix;  /* a UNIX-domain socket: file is what to remove at stop */
+    bool is_unix;  /* a UNIX-domain socket */
+    bool owns_file; /* made the socket file (not inherited): removes it at stop */
     struct listen_unix_file file;
     /* RFC 8314 implicit TLS (port 465 style): the server's config slot this
      * listener uses (srv->tls or srv->smtps_tls), NULL for plain SMTP. */
@@ -60,9 +61,11 @@ struct server {
 
 /* Binds "[HOST][:PORT]" (default host localhost, default port 8025; port 0 =
  * any free port) or "unix:PATH" (a UNIX-domain socket with the mode
- * srv->unix_socket_mode; a stale socket file is replaced, a live one is an
- * error; LISTEN_REUSEPORT does not apply). Returns false with a message in
- * err. */
+ * srv->unix_socket_mode, listening at once: SO_REUSEPORT and bind-only do
+ * not apply, workers share the master's descriptor; a stale socket file is
+ * replaced, a live one is an error), or adopts "unix-fd:N:PATH" (a worker:
+ * the master's listening descriptor N for PATH, whose file the master
+ * removes). Returns false with a message in err. */
 /* flags for server_listen */
 #define LISTEN_REUSEPORT 1 /* share the port with sibling worker processes */
 #define LISTEN_BIND_ONLY 2 /* reserve the port without accepting (the master) */

@@ -2,6 +2,8 @@
  * not know about sessions or options: the caller says what mode to use. */
 #include "listen_unix.h"
 
+#include "log.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -86,8 +88,10 @@ void listen_unix_remove(const struct listen_unix_file *file)
 {
     struct stat st;
     if (!file->path[0] || lstat(file->path, &st)) return;
-    if (S_ISSOCK(st.st_mode) && st.st_dev == file->dev && st.st_ino == file->ino)
-        unlink(file->path);
+    if (S_ISSOCK(st.st_mode) && st.st_dev == file->dev && st.st_ino == file->ino &&
+        unlink(file->path))
+        log_msg(LOG_WARN, NULL, "cannot remove unix:%s: %s (the next start replaces it)",
+                file->path, strerror(errno));
 }
 
 bool listen_unix_peer(int fd, long *pid, long *uid, long *gid)

@@ -28,7 +28,9 @@ int listen_unix(const char *path, unsigned mode, bool bind_only, struct listen_u
                 char *err, size_t errlen);
 
 /* Removes the socket file if it is still the one listen_unix made (same
- * device and inode): another process may have replaced it meanwhile. */
+ * device and inode): another process may have replaced it meanwhile. A
+ * failure (a directory the process may no longer write to after dropping
+ * privileges) is logged; the stale file is replaced at the next start. */
 void listen_unix_remove(const struct listen_unix_file *file);
 
 /* What the kernel says about a UNIX-domain client (SO_PEERCRED); false
