@@ -16,7 +16,9 @@
  * means the file (if any) is stale. */
 static bool someone_listens(const struct sockaddr_un *sa, socklen_t len)
 {
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* Non-blocking: a listener with a full backlog answers EAGAIN at once
+     * (it is live) rather than holding up the start. */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return false;
     bool live = connect(fd, (const struct sockaddr *)sa, len) == 0 || errno == EAGAIN;
     close(fd);
@@ -44,8 +46,7 @@ int listen_unix(const char *path, unsigned mode, bool bind_only, struct listen_u
         }
         if (someone_listens(&sa, len)) {
             snprintf(err, errlen,
-                     "unix:%s: another server is listening on this socket; not replacing it",
-                     path);
+                     "unix:%s: another server is listening on this socket; not replacing it", path);
             return -1;
         }
         if (unlink(path) && errno != ENOENT) {

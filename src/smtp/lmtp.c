@@ -49,6 +49,8 @@ static void ehlo_refused(struct session *s, const struct hook_result *r,
     session_reply(s, "500 Error: command \"EHLO\" not recognized");
 }
 
+/* One initializer per row: clang-format would put a field per line. */
+/* clang-format off */
 static const struct verb lmtp_row_ehlo = {"EHLO", NULL, 0, NULL, NULL, VERB_NO_HOOK,
                                           HOOK_RETURNS_STATUS, NULL, ehlo_refused};
 static const struct verb lmtp_row_helo = {"HELO", NULL, 0, NULL, NULL, VERB_NO_HOOK,
@@ -56,6 +58,7 @@ static const struct verb lmtp_row_helo = {"HELO", NULL, 0, NULL, NULL, VERB_NO_H
 static const struct verb lmtp_row_lhlo = {
     "LHLO", "LHLO hostname", VERB_KEEP_ARG | VERB_BEFORE_STARTTLS, NULL, lhlo_check, HOOK_EHLO,
     HOOK_RETURNS_LINES, verbs_ehlo_push, verbs_ehlo_proceed};
+/* clang-format on */
 
 /* ---------------------------------------------------------------- the end of DATA */
 
@@ -208,20 +211,24 @@ static void lmtp_message_proceed(struct session *s, const struct hook_result *r,
 
 /* The end of DATA: handle_DATA(server, session, envelope), whose status or
  * table of statuses by recipient answers each recipient. */
+/* clang-format off */
 static const struct verb lmtp_message = {
     "DATA", NULL, 0, NULL, lmtp_message_check, HOOK_DATA, HOOK_RETURNS_STATUS_OR_TABLE, NULL,
     lmtp_message_proceed,
 };
+/* clang-format on */
 
 /* ---------------------------------------------------------------- the table */
 
 /* SMTP's rows, with LHLO for the greetings, in alphabetical order as HELP
  * lists them. */
+/* clang-format off */
 static const struct verb *const lmtp_rows[] = {
     &verbs_row_auth, &verbs_row_data, &lmtp_row_ehlo,  &verbs_row_expn, &lmtp_row_helo,
     &verbs_row_help, &lmtp_row_lhlo,  &verbs_row_mail, &verbs_row_noop, &verbs_row_quit,
     &verbs_row_rcpt, &verbs_row_rset, &verbs_row_starttls, &verbs_row_vrfy,
 };
+/* clang-format on */
 
 /* RFC 2033 4.1: an LMTP server supports PIPELINING and ENHANCEDSTATUSCODES. */
 static const char *const lmtp_extensions[] = {"ENHANCEDSTATUSCODES", NULL};

@@ -805,6 +805,8 @@ static size_t auth_line_max(const struct session *s)
 
 /* aiosmtpd's smtp_* methods; the table lists them in its (alphabetical)
  * order, as HELP does. */
+/* One initializer per row: clang-format would put a field per line. */
+/* clang-format off */
 const struct verb verbs_row_auth = {"AUTH", "AUTH <mechanism>", VERB_SECRET_ARG, auth_line_max,
                                     NULL, VERB_NO_HOOK, HOOK_RETURNS_STATUS, NULL, auth_proceed};
 const struct verb verbs_row_data = {"DATA", "DATA", 0, NULL, data_check, VERB_NO_HOOK,
@@ -844,6 +846,7 @@ static const struct verb *const smtp_rows[] = {
     &verbs_row_help, &verbs_row_mail, &verbs_row_noop, &verbs_row_quit,    &verbs_row_rcpt,
     &verbs_row_rset, &verbs_row_starttls, &verbs_row_vrfy,
 };
+/* clang-format on */
 
 /* The end of DATA: handle_DATA(server, session, envelope). */
 static const struct verb smtp_message = {
