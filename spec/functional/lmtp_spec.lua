@@ -293,6 +293,24 @@ end
     if not ok then error(err, 0) end
   end)
 
+  it("a reload that turns lmtp on applies to connections accepted after it", function()
+    local srv = u.start{ source = "options = { lmtp = false }\n" }
+    local ok, err = pcall(function()
+      local a = srv:connect()
+      assert.equal(250, (a:cmd("EHLO a.test")))
+      u.reload(srv, "options = { lmtp = true }\n", 2)
+      local b = srv:connect()
+      assert.equal(500, (b:cmd("EHLO b.test")))
+      assert.equal(250, (b:cmd("LHLO b.test")))
+      -- the older connection keeps the protocol it started with
+      assert.equal(250, (a:cmd("EHLO a.test")))
+      a:close()
+      b:close()
+    end)
+    u.stop(srv)
+    if not ok then error(err, 0) end
+  end)
+
   it("descriptors and RSS stay flat over 10,000 LMTP transactions with waiting handle_DATA", function()
     local srv = testing.start{ source = FLAT, args = { "--lmtp" } }
     local ok, err = pcall(function()

@@ -156,9 +156,11 @@ describe("UNIX-domain listeners", function()
 
   it("a start that fails after a UNIX listener was made removes its file", function()
     local path = dir .. "/first.sock"
-    local ok = pcall(testing.start, { source = SOURCE,
-      args = { "-l", "unix:" .. path, "-l", "unix:" .. dir .. "/no/such/dir/s.sock" } })
+    local bad = dir .. "/no/such/dir/s.sock"
+    local ok, err = pcall(testing.start, { source = SOURCE,
+      args = { "-l", "unix:" .. path, "-l", "unix:" .. bad } })
     assert.is_false(ok)
+    assert.truthy(tostring(err):find("--listen unix:" .. bad .. ": bind: No such file or directory", 1, true), err)
     assert.is_false(exists(path))
   end)
 
