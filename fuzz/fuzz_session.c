@@ -393,7 +393,7 @@ static void run_config(size_t v, const uint8_t *data, size_t size, const size_t 
     }
     struct reply_check rc = {0};
     /* Takes fds[0]; sends the greeting. */
-    if (!session_new(&srv->host, &verbs_smtp, fds[0], "127.0.0.1", 1234, NULL)) fuzz_fail("session_new failed");
+    if (!session_new(&srv->host, &verbs_smtp, fds[0], "127.0.0.1", 1234, NULL, NULL)) fuzz_fail("session_new failed");
     pump(srv, fds[1], &rc);
 
     size_t off = 0;

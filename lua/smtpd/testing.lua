@@ -287,14 +287,21 @@ M.b64 = b64
 --   `tls` (true, or a table of `tls_handshake` options: implicit TLS, the
 --   handshake comes before the greeting),
 --   `sockopts` (LuaSocket `setoption` names and values applied before
---   connecting, e.g. `{ ["recv-buffer-size"] = 4096 }`)
+--   connecting, e.g. `{ ["recv-buffer-size"] = 4096 }`),
+--   `unix` (true: `host` is a UNIX-domain socket's path and `port` is
+--   ignored)
 -- @return a client, or nil and an error message
 -- @usage local c = assert(testing.connect("127.0.0.1", 2525))
 -- @usage local c = assert(testing.connect("127.0.0.1", 4650, { tls = true }))
 function M.connect(host, port, opts)
   opts = opts or {}
   local sock
-  if opts.sockopts then
+  if opts.unix then
+    -- host is a UNIX-domain socket's path ("unix:" prefix optional).
+    host = host:gsub("^unix:", "")
+    port = nil
+    sock = require("socket.unix").stream()
+  elseif opts.sockopts then
     -- socket.tcp() makes its descriptor only on connect; options need one now.
     sock = host:find(":", 1, true) and socket.tcp6() or socket.tcp4()
   else
@@ -312,7 +319,7 @@ function M.connect(host, port, opts)
   local ok, err = sock:connect(host, port)
   if not ok then
     sock:close()
-    return nil, "connect " .. host .. ":" .. tostring(port) .. ": " .. tostring(err)
+    return nil, "connect " .. host .. (port and ":" .. tostring(port) or "") .. ": " .. tostring(err)
   end
   local c = setmetatable({ sock = sock, timeout = timeout, pending = "",
     closed = false, transcript = {} }, Client)
@@ -978,6 +985,21 @@ function Server:connect(opts)
   for k, v in pairs(opts) do o[k] = v end
   o.tls = tls or nil
   local c, err = M.connect(host, port, o)
+  if not c then error("smtpd.testing: " .. err .. "\nstderr:\n" .. self:stderr(), 2) end
+  return c
+end
+
+--- Connects to a UNIX-domain listener (`-l unix:PATH`) and reads the
+-- greeting.
+-- @tparam string path the socket's path ("unix:" prefix optional)
+-- @tparam[opt] table opts as for `testing.connect` (`timeout`, `greeting`)
+-- @return a client; raises an error if the connection fails
+-- @usage local srv = testing.start{ args = { "-l", "unix:" .. dir .. "/s.sock" } }
+-- local c = srv:connect_unix(dir .. "/s.sock")
+function Server:connect_unix(path, opts)
+  local o = { unix = true }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  local c, err = M.connect(path, nil, o)
   if not c then error("smtpd.testing: " .. err .. "\nstderr:\n" .. self:stderr(), 2) end
   return c
 end

@@ -99,6 +99,10 @@ static void usage(FILE *out)
             "      --smtpscert FILE        certificate chain: --listen sockets speak TLS from\n"
             "                              the first byte (implicit TLS, RFC 8314)\n"
             "      --smtpskey FILE         its private key\n"
+            "  -l unix:PATH                a UNIX-domain socket (mode unix_socket_mode, 0660;\n"
+            "                              a stale socket file is replaced, removed at stop)\n"
+            "      --lmtp                  speak LMTP (RFC 2033: LHLO, one reply per recipient\n"
+            "                              after DATA) instead of SMTP; same as -o lmtp=true\n"
             "      --listen-smtps [HOST][:PORT]  an implicit TLS listener beside the plain ones,\n"
             "                              with the --tlscert certificate (repeatable)\n"
             "      --tls-client-ca FILE    verify client certificates against these CAs\n"
@@ -254,7 +258,7 @@ static void parse_args(int argc, char **argv)
         OPT_TLSKEY, OPT_SMTPSCERT, OPT_SMTPSKEY, OPT_LISTEN_SMTPS, OPT_CLIENT_CA, OPT_REQUIRETLS,
         OPT_NO_REQUIRETLS, OPT_WATCH, OPT_DRAIN_TIMEOUT, OPT_LOAD_TIMEOUT, OPT_WORKERS,
         OPT_WATCHDOG, OPT_WORKER_SLOT, OPT_WORKER_STATUS_FD, OPT_PROXY_PROTOCOL, OPT_SCRIPT_FD,
-        OPT_USER, OPT_SCRIPT_ARG, OPT_SHDICT_FD, OPT_HASH_PASSWORD, OPT_WORKER_COUNT
+        OPT_USER, OPT_SCRIPT_ARG, OPT_SHDICT_FD, OPT_HASH_PASSWORD, OPT_WORKER_COUNT, OPT_LMTP
     };
     static const struct option longopts[] = {
         {"listen", required_argument, 0, 'l'},   {"handler", required_argument, 0, OPT_HANDLER},
@@ -284,7 +288,8 @@ static void parse_args(int argc, char **argv)
         {"shdict-fd", required_argument, 0, OPT_SHDICT_FD},
         {"script-arg", required_argument, 0, OPT_SCRIPT_ARG},
         {"hash-password", no_argument, 0, OPT_HASH_PASSWORD},
-        {"worker-count", required_argument, 0, OPT_WORKER_COUNT}, {0, 0, 0, 0},
+        {"worker-count", required_argument, 0, OPT_WORKER_COUNT},
+        {"lmtp", no_argument, 0, OPT_LMTP}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
     cli.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
@@ -363,6 +368,8 @@ static void parse_args(int argc, char **argv)
             pool_process_count = atoi(optarg) > 0 ? atoi(optarg) : 1;
             break;
         case OPT_HASH_PASSWORD: cli.hash_password = true; break;
+        /* -o lmtp=true: like every -o, it wins over the script's options. */
+        case OPT_LMTP: add_override("lmtp", "true"); break;
         case OPT_WATCHDOG:
             cli.watchdog = !strcmp(optarg, "0") ? 0 : seconds_arg("--watchdog", optarg);
             break;
@@ -735,7 +742,7 @@ static void worker_child_setup(void)
 static void write_ready(void)
 {
     if (cli.ready_fd < 0) return;
-    char line[SERVER_MAX_LISTENERS * 84 + 32] = "ready";
+    char line[SERVER_MAX_LISTENERS * (SERVER_ADDR_MAX + 1) + 32] = "ready";
     /* A worker names its slot: the master counts workers, not lines, so a
      * worker that restarts during start-up is not counted twice. */
     if (cli.worker_slot >= 0)
@@ -828,6 +835,7 @@ int main(int argc, char **argv)
         }
         if (tls) tls_config_release(tls);
         if (smtps) tls_config_release(smtps);
+        long p_unix_mode = p->opt.unix_socket_mode;
         policy_release(p);
         struct master_config mc = {
             .workers = cli.workers, .worker_argv = cli.pass, .worker_argc = cli.n_pass,
@@ -836,6 +844,8 @@ int main(int argc, char **argv)
             .stop_timeout = STOP_TIMEOUT_SECONDS, .ready_fd = cli.ready_fd,
             .watch_path = cli.watch ? cli.handler : NULL, .script_fd = master_store_fd,
             .reload = master_reload, .child_setup = worker_child_setup,
+            .unix_socket_mode = (unsigned)p_unix_mode, .chown_unix = drop.active,
+            .unix_uid = drop.uid, .unix_gid = drop.gid,
         };
         return master_run(&mc);
     }
@@ -860,10 +870,12 @@ int main(int argc, char **argv)
         return 1;
     }
     swap_tls(tls, smtps);
+    srv.unix_socket_mode = (unsigned)p->opt.unix_socket_mode;
     for (size_t i = 0; i < cli.n_listen; i++) {
         if (!server_listen(&srv, cli.listen[i], cli.smtpscert ? &srv.smtps_tls : NULL,
                            worker ? LISTEN_REUSEPORT : 0, err, sizeof err)) {
             log_msg(LOG_ERROR, NULL, "%s", err);
+            server_remove_unix_files(&srv);
             return 1;
         }
     }
@@ -871,8 +883,16 @@ int main(int argc, char **argv)
         if (!server_listen(&srv, cli.listen_smtps[i], &srv.host.tls, worker ? LISTEN_REUSEPORT : 0,
                            err, sizeof err)) {
             log_msg(LOG_ERROR, NULL, "%s", err);
+            server_remove_unix_files(&srv);
             return 1;
         }
+    }
+    /* The user the server runs as owns its UNIX socket files (the mode's
+     * group bits then mean that user's group). */
+    if (drop.active && !server_chown_unix_files(&srv, drop.uid, drop.gid, err, sizeof err)) {
+        log_msg(LOG_ERROR, NULL, "%s", err);
+        server_remove_unix_files(&srv);
+        return 1;
     }
     /* Bound: root is no longer needed here (the master, if any, keeps it to
      * start replacement workers, which bind their own SO_REUSEPORT sockets). */

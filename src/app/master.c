@@ -87,6 +87,23 @@ static void on_child(struct ev_loop *loop, ev_child *c, int revents)
     ev_timer_start(loop, &w->restart);
 }
 
+/* "unix-fd:N:PATH" for each UNIX listener of `reserved`: the descriptor a
+ * worker inherits instead of binding its own. */
+static char inherited_spec[SERVER_MAX_LISTENERS][SERVER_ADDR_MAX + 24];
+
+/* Stops taking UNIX-domain connections: no worker will accept them now. */
+static void close_unix_listeners(void)
+{
+    server_remove_unix_files(&reserved);
+    for (size_t i = 0; i < reserved.n_listeners; i++) {
+        struct listener *l = &reserved.listeners[i];
+        if (l->is_unix && l->fd >= 0) {
+            close(l->fd);
+            l->fd = -1;
+        }
+    }
+}
+
 /* The worker's command line: the shared arguments, its slot, the status
  * memory and ready pipe, and the concrete addresses the master reserved. */
 static char **worker_args(struct worker *w, char *bufs[4])
@@ -112,7 +129,7 @@ static char **worker_args(struct worker *w, char *bufs[4])
     argv[k++] = bufs[2];
     for (size_t i = 0; i < reserved.n_listeners; i++) {
         argv[k++] = reserved.listeners[i].implicit_tls ? "--listen-smtps" : "--listen";
-        argv[k++] = reserved.listeners[i].addr;
+        argv[k++] = reserved.listeners[i].is_unix ? inherited_spec[i] : reserved.listeners[i].addr;
     }
     argv[k] = NULL;
     return argv;
@@ -132,6 +149,8 @@ static void worker_spawn(struct ev_loop *loop, struct worker *w)
         fcntl(status_fd, F_SETFD, 0);
         fcntl(ready_pipe[1], F_SETFD, 0);
         if (mc->script_fd >= 0) fcntl(mc->script_fd, F_SETFD, 0);
+        for (size_t i = 0; i < reserved.n_listeners; i++)
+            if (reserved.listeners[i].is_unix) fcntl(reserved.listeners[i].fd, F_SETFD, 0);
         if (mc->child_setup) mc->child_setup();
         /* Die with the master, even if it is killed outright. */
         prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -171,7 +190,7 @@ static void worker_said_ready(const char *line)
     if (ready_sent || mc->ready_fd < 0) return;
     /* Every worker is listening at once, not just N ready lines seen. */
     ready_sent = true;
-    char out[SERVER_MAX_LISTENERS * 84 + 16] = "ready";
+    char out[SERVER_MAX_LISTENERS * (SERVER_ADDR_MAX + 1) + 16] = "ready";
     for (size_t k = 0; k < reserved.n_listeners; k++) {
         strcat(out, " ");
         strcat(out, reserved.listeners[k].addr);
@@ -240,6 +259,7 @@ static void on_stop(struct ev_loop *loop, ev_signal *s, int revents)
     log_msg(LOG_INFO, NULL, "%s received: stopping %d workers",
             s->signum == SIGTERM ? "SIGTERM" : "SIGINT", running);
     for (int i = 0; i < mc->workers; i++) ev_timer_stop(loop, &workers[i].restart);
+    close_unix_listeners();
     master_signal_workers(SIGTERM);
     if (running == 0) {
         ev_break(loop, EVBREAK_ALL);
@@ -284,6 +304,7 @@ int master_run(const struct master_config *config)
     mc = config;
     struct ev_loop *loop = EV_DEFAULT;
     char err[512];
+    reserved.unix_socket_mode = mc->unix_socket_mode;
     for (size_t i = 0; i < mc->n_listen; i++)
         if (!server_listen(&reserved, mc->listen[i], NULL, LISTEN_REUSEPORT | LISTEN_BIND_ONLY, err,
                            sizeof err))
@@ -294,6 +315,14 @@ int master_run(const struct master_config *config)
         if (!server_listen(&reserved, mc->listen_smtps[i], &implicit_marker,
                            LISTEN_REUSEPORT | LISTEN_BIND_ONLY, err, sizeof err))
             goto fail;
+
+    if (mc->chown_unix &&
+        !server_chown_unix_files(&reserved, mc->unix_uid, mc->unix_gid, err, sizeof err))
+        goto fail;
+    for (size_t i = 0; i < reserved.n_listeners; i++)
+        if (reserved.listeners[i].is_unix)
+            snprintf(inherited_spec[i], sizeof inherited_spec[i], "unix-fd:%d:%s",
+                     reserved.listeners[i].fd, reserved.listeners[i].file.path);
 
     size_t size = sizeof(struct worker_status) * (size_t)mc->workers;
     status_fd = memfd_create("luasmtpd-workers", MFD_CLOEXEC);
@@ -345,10 +374,12 @@ int master_run(const struct master_config *config)
         worker_spawn(loop, w);
     }
     ev_run(loop, 0);
+    close_unix_listeners();
     log_msg(LOG_INFO, NULL, "master stopped");
     return 0;
 
 fail:
+    close_unix_listeners();
     log_msg(LOG_ERROR, NULL, "%s", err);
     return 1;
 }

@@ -38,6 +38,14 @@ struct master_config {
     int ready_fd;               /* -1: none */
     const char *watch_path;     /* --watch: forward a reload when it changes */
     int script_fd;              /* the validated script's store, inherited by workers; -1: none */
+    /* UNIX-domain listeners: the master makes each socket once (workers
+     * inherit the descriptor: SO_REUSEPORT does not apply to them), with
+     * this mode, given to uid:gid when chown_unix is set (root dropping to
+     * --user), and removes the files when it stops. */
+    unsigned unix_socket_mode;
+    bool chown_unix;
+    uid_t unix_uid;
+    gid_t unix_gid;
     /* SIGHUP / --watch: validates the script and then calls
      * master_signal_workers(SIGHUP), or refuses (the caller loads Lua: this
      * file must not). NULL: forward SIGHUP at once. */

@@ -2,11 +2,13 @@
  * registry and graceful stop. Must not touch Lua stacks or parse SMTP. */
 #include "server.h"
 
+#include "lmtp.h"
 #include "verbs.h"
 
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -98,14 +100,29 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             }
             return; /* EAGAIN, or a connection that died in the backlog */
         }
-        /* Replies are already batched per pump; Nagle would only delay the
-         * last segment of each (TLS handshake flights lost ~40 ms to it). */
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        char host[64];
-        int port;
-        format_addr((struct sockaddr *)&ss, len, host, sizeof host, &port);
-        if (!session_new(&srv->host, &verbs_smtp, fd, host, port, l->implicit_tls ? *l->implicit_tls : NULL))
+        char host[SESSION_PEER_MAX];
+        int port = 0;
+        struct session_unix_peer unix_peer = {-1, -1, -1}, *up = NULL;
+        if (l->is_unix) {
+            /* The client's own address is unnamed: the listener's path says
+             * where it came in, the kernel who it is. */
+            snprintf(host, sizeof host, "%s", l->addr);
+            listen_unix_peer(fd, &unix_peer.pid, &unix_peer.uid, &unix_peer.gid);
+            up = &unix_peer;
+        } else {
+            /* Replies are already batched per pump; Nagle would only delay the
+             * last segment of each (TLS handshake flights lost ~40 ms to it). */
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            format_addr((struct sockaddr *)&ss, len, host, sizeof host, &port);
+        }
+        /* The protocol is the current generation's: a reload that changes
+         * `lmtp` applies to the connections accepted after it. */
+        const struct verb_table *verbs = srv->host.policy && srv->host.policy->opt.lmtp
+                                             ? &verbs_lmtp
+                                             : &verbs_smtp;
+        if (!session_new(&srv->host, verbs, fd, host, port, up,
+                         l->implicit_tls ? *l->implicit_tls : NULL))
             log_msg(LOG_ERROR, NULL, "out of memory: dropped connection from %s", host);
     }
 }
@@ -144,9 +161,77 @@ static bool split_spec(const char *spec, char *host, size_t hostlen, char *port,
     return atoi(port) <= 65535;
 }
 
+/* "unix:PATH": one UNIX-domain listener. */
+static bool server_listen_unix(struct server *srv, const char *path,
+                               struct tls_config **implicit_tls, int flags, char *err,
+                               size_t errlen)
+{
+    if (srv->n_listeners == SERVER_MAX_LISTENERS) {
+        snprintf(err, errlen, "--listen unix:%s: more than %d listeners", path,
+                 SERVER_MAX_LISTENERS);
+        return false;
+    }
+    struct listener *l = &srv->listeners[srv->n_listeners];
+    char why[512];
+    (void)flags; /* one listening socket, shared by inheritance, never reused by port */
+    int fd = listen_unix(path, srv->unix_socket_mode, false, &l->file, why, sizeof why);
+    if (fd < 0) {
+        snprintf(err, errlen, "--listen %s", why);
+        return false;
+    }
+    srv->n_listeners++;
+    l->fd = fd;
+    l->srv = srv;
+    l->implicit_tls = implicit_tls;
+    l->is_unix = true;
+    l->owns_file = true;
+    snprintf(l->addr, sizeof l->addr, "unix:%s", path);
+    ev_io_init(&l->io, on_accept, fd, EV_READ);
+    l->io.data = l;
+    return true;
+}
+
+/* "unix-fd:N:PATH": a worker's copy of the master's UNIX listener. */
+static bool server_adopt_unix(struct server *srv, const char *spec,
+                              struct tls_config **implicit_tls, char *err, size_t errlen)
+{
+    char *end;
+    long fd = strtol(spec, &end, 10);
+    const char *path = end + 1;
+    int type = 0;
+    socklen_t tl = sizeof type;
+    if (end == spec || *end != ':' || fd < 0 || fd > INT_MAX || !*path ||
+        strlen(path) >= LISTEN_UNIX_PATH_MAX ||
+        getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &tl) || type != SOCK_STREAM) {
+        snprintf(err, errlen, "--listen unix-fd:%s: expected an inherited listening socket "
+                 "as unix-fd:N:PATH", spec);
+        return false;
+    }
+    if (srv->n_listeners == SERVER_MAX_LISTENERS) {
+        snprintf(err, errlen, "--listen unix:%s: more than %d listeners", path,
+                 SERVER_MAX_LISTENERS);
+        return false;
+    }
+    struct listener *l = &srv->listeners[srv->n_listeners++];
+    fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    fcntl((int)fd, F_SETFL, fcntl((int)fd, F_GETFL) | O_NONBLOCK);
+    l->fd = (int)fd;
+    l->srv = srv;
+    l->implicit_tls = implicit_tls;
+    l->is_unix = true;
+    l->owns_file = false;
+    snprintf(l->file.path, sizeof l->file.path, "%s", path);
+    snprintf(l->addr, sizeof l->addr, "unix:%s", path);
+    ev_io_init(&l->io, on_accept, l->fd, EV_READ);
+    l->io.data = l;
+    return true;
+}
+
 bool server_listen(struct server *srv, const char *spec, struct tls_config **implicit_tls,
                    int flags, char *err, size_t errlen)
 {
+    if (!strncmp(spec, "unix:", 5)) return server_listen_unix(srv, spec + 5, implicit_tls, flags, err, errlen);
+    if (!strncmp(spec, "unix-fd:", 8)) return server_adopt_unix(srv, spec + 8, implicit_tls, err, errlen);
     char host[256], port[16];
     if (!split_spec(spec, host, sizeof host, port, sizeof port)) {
         snprintf(err, errlen, "--listen %s: expected [HOST][:PORT]", spec);
@@ -182,6 +267,7 @@ bool server_listen(struct server *srv, const char *spec, struct tls_config **imp
         l->fd = fd;
         l->srv = srv;
         l->implicit_tls = implicit_tls;
+        l->is_unix = l->owns_file = false;
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         getsockname(fd, (struct sockaddr *)&ss, &len);
@@ -200,6 +286,25 @@ bool server_listen(struct server *srv, const char *spec, struct tls_config **imp
     if (!bound) {
         snprintf(err, errlen, "--listen %s: cannot bind: %s", spec, last_error);
         return false;
+    }
+    return true;
+}
+
+void server_remove_unix_files(struct server *srv)
+{
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        if (srv->listeners[i].owns_file) listen_unix_remove(&srv->listeners[i].file);
+}
+
+bool server_chown_unix_files(struct server *srv, uid_t uid, gid_t gid, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < srv->n_listeners; i++) {
+        const struct listener *l = &srv->listeners[i];
+        if (l->owns_file && chown(l->file.path, uid, gid)) {
+            snprintf(err, errlen, "--listen %s: chown to uid %d gid %d: %s", l->addr, (int)uid,
+                     (int)gid, strerror(errno));
+            return false;
+        }
     }
     return true;
 }
@@ -246,6 +351,7 @@ void server_init(struct server *srv, struct ev_loop *loop)
 {
     l_timer_on_idle(server_timers_idle, srv);
     srv->host.loop = loop;
+    srv->unix_socket_mode = 0660;
     srv->host.session_added = host_session_added;
     srv->host.session_removed = host_session_removed;
     srv->host.ip_acquire = host_ip_acquire;
@@ -329,6 +435,7 @@ void server_stop(struct server *srv, double timeout)
     for (size_t i = 0; i < srv->n_listeners; i++) {
         ev_io_stop(srv->host.loop, &srv->listeners[i].io);
         close(srv->listeners[i].fd);
+        if (srv->listeners[i].owns_file) listen_unix_remove(&srv->listeners[i].file);
     }
     ev_timer_stop(srv->host.loop, &accept_pause);
     srv->n_listeners = 0;

@@ -169,9 +169,22 @@ static void new_session_table(struct session *s, lua_State *L)
     lua_pushvalue(L, -1);
     lua_rawseti(L, -3, 2);
     lua_setfield(L, -2, "port");
+    if (s->peer_unix) { /* { "unix:PATH", 0, unix = PATH, pid, uid, gid } */
+        lua_pushstring(L, s->peer_host + strlen("unix:"));
+        lua_setfield(L, -2, "unix");
+        static const char *const cred[] = {"pid", "uid", "gid"};
+        const long v[] = {s->peer_pid, s->peer_uid, s->peer_gid};
+        for (int i = 0; i < 3; i++) {
+            if (v[i] < 0) continue;
+            lua_pushinteger(L, (lua_Integer)v[i]);
+            lua_setfield(L, -2, cred[i]);
+        }
+    }
     lua_setfield(L, -2, "peer");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "extended_smtp");
+    lua_pushboolean(L, s->verbs->lmtp);
+    lua_setfield(L, -2, "lmtp");
 }
 
 bool lsession_open(struct session *s)

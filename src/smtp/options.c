@@ -55,6 +55,10 @@
 /* A cache larger than this is a typo, not a plan. */
 #define RESOLVER_CACHE_SIZE_MAX 10000000L
 
+/* UNIX-domain listeners: owner and group may connect (delivery.md 5). */
+#define DEFAULT_UNIX_SOCKET_MODE 0660L
+#define UNIX_SOCKET_MODE_MAX 0777L
+
 /* The thread pool (async-api.md 6): 0 threads = max(1, CPUs / workers). */
 #define DEFAULT_THREAD_POOL_SIZE 0L
 #define DEFAULT_THREAD_POOL_QUEUE ((long)POOL_DEFAULT_QUEUE)
@@ -64,7 +68,8 @@ enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_
                 T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */,
                 T_SHARED_DICT /* { name = size, ... } or "name:size,..." */,
                 T_RESOLVER /* "ip[:port],..." */,
-                T_CRYPT_COST /* "bcrypt=12,argon2_memory=256m" or a table */ };
+                T_CRYPT_COST /* "bcrypt=12,argon2_memory=256m" or a table */,
+                T_MODE /* file permission bits as an octal string ("0660") */ };
 
 /* One row per option: its name, type and the field it sets. A new option is
  * one row here, one field in struct options and, if it has one, its
@@ -117,6 +122,8 @@ static const struct opt_def opt_defs[] = {
     OPT("thread_pool_queue", T_INT, thread_pool_queue),
     OPT("crypt_max_cost", T_CRYPT_COST, crypt_max_cost),
     OPT("socket_line_max", T_SIZE, socket_line_max),
+    OPT("lmtp", T_BOOL, lmtp),
+    OPT("unix_socket_mode", T_MODE, unix_socket_mode),
     {NULL, 0, 0, NOT_TRACKED},
 };
 
@@ -129,6 +136,7 @@ static const char *const type_names[] = {
     "a string listing DNS servers (\"127.0.0.1:5353,[::1]:53\")",
     /* One literal: clang warns about concatenation in an array of strings. */
     "a table or a string of costs (\"bcrypt=12,scrypt=16,rounds=500000,argon2_memory=256m\")",
+    "an octal string of permission bits from \"0000\" to \"0777\" (e.g. \"0660\")",
 };
 
 void options_init_defaults(struct options *o)
@@ -159,6 +167,7 @@ void options_init_defaults(struct options *o)
     o->thread_pool_queue = DEFAULT_THREAD_POOL_QUEUE;
     passhash_limits_default(&o->crypt_max_cost);
     o->socket_line_max = DEFAULT_SOCKET_LINE_MAX;
+    o->unix_socket_mode = DEFAULT_UNIX_SOCKET_MODE;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -422,6 +431,17 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
     case T_STRING:
         set_string(STRING_FIELD(o, d), v);
         return true;
+    case T_MODE: {
+        /* Octal digits only: "660" and "0660" are the same, "0x1b0" is not. */
+        char *end;
+        errno = 0;
+        long mode = strtol(v, &end, 8);
+        if (!*v || *end || errno || strspn(v, "01234567") != strlen(v) || mode < 0 ||
+            mode > UNIX_SOCKET_MODE_MAX)
+            return wrong_type(d, err, errlen);
+        *INT_FIELD(o, d) = mode;
+        return true;
+    }
     case T_LIST:
         clear_excluded(o);
         for (const char *p = v; *p;) {
@@ -540,6 +560,7 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         return true;
     case T_STRING:
     case T_RESOLVER:
+    case T_MODE:
         if (t != LUA_TSTRING) return wrong_type(d, err, errlen);
         return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
     case T_LIST:

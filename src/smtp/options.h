@@ -72,6 +72,12 @@ struct options {
     long thread_pool_size;     /* threads per process; 0 = max(1, CPUs / workers) */
     long thread_pool_queue;    /* jobs that may wait for a thread before calls get "busy" */
     struct passhash_limits crypt_max_cost; /* the costliest hash smtpd.crypt.verify works on */
+    /* LMTP (RFC 2033) instead of SMTP for connections accepted from now on
+     * (--lmtp is -o lmtp=true, which wins over the script). */
+    bool lmtp;
+    /* Permission bits of a UNIX-domain listener's socket file ("0660"),
+     * read from the generation loaded at start-up, when the file is made. */
+    long unix_socket_mode;
 };
 
 void options_init_defaults(struct options *o);

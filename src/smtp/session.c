@@ -243,7 +243,9 @@ static void session_begin_smtp(struct session *s, struct tls_config *implicit_tl
 }
 
 struct session *session_new(struct session_host *host, const struct verb_table *verbs, int fd,
-                            const char *peer_host, int peer_port, struct tls_config *implicit_tls)
+                            const char *peer_host, int peer_port,
+                            const struct session_unix_peer *unix_peer,
+                            struct tls_config *implicit_tls)
 {
     struct session *s = calloc(1, sizeof *s);
     if (!s) {
@@ -264,6 +266,10 @@ struct session *session_new(struct session_host *host, const struct verb_table *
     s->opt = &s->policy->opt;
     snprintf(s->peer_host, sizeof s->peer_host, "%s", peer_host);
     s->peer_port = peer_port;
+    s->peer_unix = unix_peer != NULL;
+    s->peer_pid = unix_peer ? unix_peer->pid : -1;
+    s->peer_uid = unix_peer ? unix_peer->uid : -1;
+    s->peer_gid = unix_peer ? unix_peer->gid : -1;
     s->state = SESSION_COMMAND; /* the initial state, not a transition */
     s->bogus_budget = SMTP_BOGUS_LIMIT;
     s->verbs = verbs; /* the listener's table: SMTP's, later LMTP's */
@@ -279,9 +285,15 @@ struct session *session_new(struct session_host *host, const struct verb_table *
     ev_timer_again(host->loop, &s->idle);
 
     host->session_added(host, s);
-    log_msg(LOG_INFO, s->sid, "connection from %s port %d%s (policy generation %u)", peer_host,
-            peer_port, implicit_tls ? " over implicit TLS" : "", s->policy->generation);
-    long from_ip = host->ip_acquire(host, peer_host);
+    if (unix_peer)
+        log_msg(LOG_INFO, s->sid, "connection on %s (pid %ld uid %ld gid %ld)%s (policy generation %u)",
+                peer_host, s->peer_pid, s->peer_uid, s->peer_gid,
+                implicit_tls ? " over implicit TLS" : "", s->policy->generation);
+    else
+        log_msg(LOG_INFO, s->sid, "connection from %s port %d%s (policy generation %u)", peer_host,
+                peer_port, implicit_tls ? " over implicit TLS" : "", s->policy->generation);
+    /* max_connections_per_ip: a UNIX socket's clients have no address. */
+    long from_ip = unix_peer ? 0 : host->ip_acquire(host, peer_host);
     s->ip_counted = from_ip > 0;
     const struct options *o = s->opt;
     if (o->max_connections && host->n_sessions > (size_t)o->max_connections) {
@@ -460,6 +472,12 @@ void session_log_hook_error(struct session *s, lua_State *co, const char *name, 
             log_escape(msg, strlen(msg), esc, sizeof esc));
 }
 
+/* How many times a hook error's reply goes out (LMTP: once per recipient). */
+static unsigned reply_copies(const struct session *s)
+{
+    return s->reply_copies ? s->reply_copies : 1;
+}
+
 struct exception_call {
     struct session *s;
     bool replied;
@@ -476,7 +494,8 @@ static void exception_done(void *owner, bool ok, lua_State *co, int nres)
     size_t n = 0;
     const char *status = nres >= 1 && lua_type(co, 1) == LUA_TSTRING ? lua_tolstring(co, 1, &n) : NULL;
     if (status && status_line_valid(status, n)) {
-        session_reply_len(call->s, status, n);
+        for (unsigned i = 0; i < reply_copies(call->s); i++)
+            session_reply_len(call->s, status, n);
         call->replied = true;
     }
 }
@@ -489,7 +508,8 @@ void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
 
     const char *fallback = in_auth ? reply_auth_hook_error : reply_hook_error;
     if (!policy_has_hook(s->policy, HOOK_EXCEPTION)) {
-        session_reply(s, fallback);
+        for (unsigned i = 0; i < reply_copies(s); i++)
+            session_reply(s, fallback);
         return;
     }
     /* handle_exception(err) picks the status line. It runs through the hook
@@ -505,7 +525,8 @@ void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth)
     hook_run(&eh, 1, exception_done, &call, 0); /* may not wait: always finishes */
     if (!call.replied) {
         log_msg(LOG_ERROR, s->sid, "handle_exception did not return a status line");
-        session_reply(s, fallback);
+        for (unsigned i = 0; i < reply_copies(s); i++)
+            session_reply(s, fallback);
     }
 }
 
@@ -540,6 +561,12 @@ static struct hook_result session_hook_result(struct session *s, lua_State *co, 
         session_reply_hook_error(s, co, false);
         return r;
     }
+    bool table_ok = returns == HOOK_RETURNS_STATUS_OR_TABLE;
+    if (table_ok && nres >= 1 && lua_type(co, 1) == LUA_TTABLE) {
+        r.outcome = HOOK_TABLE;
+        r.co = co;
+        return r;
+    }
     if (nres >= 1 && lua_type(co, 1) == LUA_TSTRING) {
         r.status = lua_tolstring(co, 1, &r.len);
         if (status_line_valid(r.status, r.len)) {
@@ -553,8 +580,8 @@ static struct hook_result session_hook_result(struct session *s, lua_State *co, 
     /* Returning nothing after storing the message is the easy mistake:
      * the 451 makes the client send it again, so say what follows. */
     bool data = s->hook.name && !strcmp(s->hook.name, "handle_DATA");
-    lua_pushfstring(co, "%s returned %s; expected a status line or smtpd.MISSING%s", s->hook.name,
-                    what,
+    lua_pushfstring(co, "%s returned %s; expected a status line%s or smtpd.MISSING%s",
+                    s->hook.name, what, table_ok ? ", a table of them by recipient," : "",
                     data ? " (the client gets 451 and will send the message again: "
                            "return \"250 OK\" once it is stored)"
                          : "");

@@ -42,6 +42,13 @@ struct session_line_wait {
 };
 
 #define SESSION_SECRETS_MAX 8
+/* "unix:" and a socket path (sun_path: 108 bytes), or an IP address. */
+#define SESSION_PEER_MAX 120
+
+/* A client on a UNIX-domain listener (session_new). */
+struct session_unix_peer {
+    long pid, uid, gid; /* SO_PEERCRED, -1 when unknown */
+};
 /* Rows a verb table may have (one command_call_limit budget each). */
 #define SESSION_COMMANDS_MAX 16
 /* An address rendered by addr_parse: re-quoting can double a local part, so
@@ -69,14 +76,18 @@ struct session_host {
     void (*ip_release)(struct session_host *h, const char *ip);
 };
 
-/* The commands a session reads, chosen by its listener (verbs.c has SMTP's;
- * LMTP will be a second table). The session calls only these. */
+/* The commands a session reads, chosen by its listener (verbs.c has SMTP's,
+ * lmtp.c LMTP's). The session calls only these; no verb asks which table it
+ * is in: what differs is a field here. */
 struct verb;
 struct verb_table {
-    const struct verb *rows; /* indexed by command; the index is also the
-                                slot of its command_call_limit budget */
+    const struct verb *const *rows; /* indexed by command; the index is also the
+                                       slot of its command_call_limit budget */
     int n_rows;
     const struct verb *message; /* the end of DATA: the message is in */
+    const char *hello;          /* the greeting "503 Error: send %s first" names */
+    const char *const *extensions; /* keywords the extended greeting adds (NULL-ended) */
+    bool lmtp;                  /* session.lmtp in hooks */
     void (*session_init)(struct session *s);                         /* budgets */
     void (*dispatch)(struct session *s, const char *line, size_t len); /* one command line */
     void (*message_done)(struct session *s);                          /* DATA is complete */
@@ -91,7 +102,11 @@ struct session {
     const struct options *opt;
     enum session_state state;
     int peer_port;
-    char peer_host[64];
+    char peer_host[SESSION_PEER_MAX]; /* an IP, or "unix:" and the listener's path */
+    /* A UNIX-domain client: what the kernel says of it (SO_PEERCRED; -1
+     * when it cannot tell). Its connections count to no address. */
+    bool peer_unix;
+    long peer_pid, peer_uid, peer_gid;
 
     /* Protocol state mirrored from the Lua tables (which hooks may change). */
     bool has_host_name;    /* session.host_name is set (non-empty) */
@@ -140,7 +155,7 @@ struct session {
 
     struct data_reader data;
 
-    /* The commands this listener speaks (LMTP will be a second table), and
+    /* The commands this listener speaks (SMTP's or LMTP's table), and
      * the row whose hook is running (NULL when none is). */
     const struct verb_table *verbs;
     const struct verb *verb_running;
@@ -155,6 +170,10 @@ struct session {
     uint32_t pending_addr_len;
     uint32_t pending_opts_len; /* upper-cased parameters */
     int hook_returns;       /* enum hook_returns of the running hook */
+    /* How many replies the running command's answer is (LMTP's end of DATA:
+     * one per recipient; 0 counts as 1): a hook error's reply is sent so
+     * many times. The command that sets it resets it when it proceeds. */
+    unsigned reply_copies;
     const char *close_reason; /* for the one "closed" log line */
     unsigned messages;        /* accepted in this session */
     bool pumping;           /* inside session_pump(): don't re-enter */
@@ -165,10 +184,12 @@ struct session {
     struct session *next, *prev; /* the server's registry */
 };
 
-/* Creates a session for an accepted socket and sends the greeting. Returns
- * NULL (socket closed) if memory runs out. */
+/* Creates a session for an accepted socket and sends the greeting. A
+ * UNIX-domain client has unix_peer (peer_host "unix:PATH", port 0), a TCP
+ * one NULL. Returns NULL (socket closed) if memory runs out. */
 struct session *session_new(struct session_host *host, const struct verb_table *verbs, int fd,
                             const char *peer_host, int peer_port,
+                            const struct session_unix_peer *unix_peer,
                             struct tls_config *implicit_tls);
 
 /* Sends one reply line (CRLF added). Lines queue and leave together when the

@@ -16,6 +16,7 @@ enum hook_outcome {
     HOOK_MISSING, /* no hook, or it returned smtpd.MISSING: the default */
     HOOK_STATUS,  /* one valid status line */
     HOOK_LINES,   /* HOOK_RETURNS_LINES: a non-empty list of valid status lines */
+    HOOK_TABLE,   /* HOOK_RETURNS_STATUS_OR_TABLE: a table (its entries unchecked) */
     HOOK_FAILED,  /* raised, or returned something else (already answered) */
 };
 
@@ -23,13 +24,16 @@ enum hook_outcome {
 enum hook_returns {
     HOOK_RETURNS_STATUS, /* a status line or smtpd.MISSING */
     HOOK_RETURNS_LINES,  /* a list of reply lines or smtpd.MISSING (handle_EHLO) */
+    /* a status line, a table (LMTP's handle_DATA: a status per recipient,
+     * which the verb checks), or smtpd.MISSING */
+    HOOK_RETURNS_STATUS_OR_TABLE,
 };
 
 struct hook_result {
     enum hook_outcome outcome;
     const char *status; /* HOOK_STATUS: valid while the continuation runs */
     size_t len;
-    lua_State *co; /* HOOK_LINES: the list is at index 1, valid likewise */
+    lua_State *co; /* HOOK_LINES, HOOK_TABLE: the table is at index 1, valid likewise */
 };
 
 /* Proceeds with a hook's result; runs inside the hook's completion. */

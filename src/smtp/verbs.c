@@ -23,51 +23,8 @@
 #include "options.h"
 #include "policy.h"
 #include "session_internal.h"
+#include "verbs_internal.h"
 #include "smtp_limits.h"
-
-/* What a command line carries to its hook and its continuation. At
- * dispatch the pointers are into the input buffer and the dispatcher's
- * stack; after a hook they are into the session's kept copy. */
-struct verb_call {
-    const char *arg; /* the argument; NULL when none was given */
-    size_t arg_len;
-    const char *addr; /* MAIL, RCPT, VRFY: the parsed address */
-    size_t addr_len;
-    const char *opts; /* MAIL, RCPT: the upper-cased parameters */
-    size_t opts_len;
-    char *addr_buf; /* dispatch only: room for addr (SMTP_ADDR_MAX) */
-    char *opts_buf; /* ... and for opts (AUTH_LINE_MAX + 1) */
-};
-
-#define VERB_NO_HOOK (-1)
-
-enum verb_flags {
-    VERB_KEEP_ARG = 1 << 0,        /* proceed reads call->arg after a hook */
-    VERB_KEEP_PATH = 1 << 1,       /* ... call->addr and call->opts */
-    VERB_BEFORE_STARTTLS = 1 << 2, /* allowed while require_starttls waits */
-    VERB_WHEN_REFUSED = 1 << 3,    /* allowed after handle_STARTTLS refused */
-    VERB_NEEDS_TLS = 1 << 4,       /* listed by HELP only if TLS is configured */
-    VERB_HELP_PARAMS = 1 << 5,     /* HELP adds the mail-parameters after EHLO */
-    VERB_SECRET_ARG = 1 << 6,      /* log only the first word (AUTH) */
-};
-
-struct verb {
-    const char *name;
-    const char *syntax; /* HELP text (aiosmtpd's @syntax); NULL: not listed */
-    unsigned flags;
-    /* The longest line this command may be; NULL: SMTP_LINE_MAX. */
-    size_t (*line_max)(const struct session *s);
-    /* The state check: replies and returns false when the command stops
-     * here; may fill call->addr/opts. NULL: always goes on. */
-    bool (*check)(struct session *s, struct verb_call *call);
-    int hook;                  /* enum hook_id, or VERB_NO_HOOK */
-    enum hook_returns returns; /* what the hook is expected to return */
-    /* Pushes the hook's arguments after (server, session, envelope);
-     * returns how many. NULL: none. */
-    int (*push)(struct session *s, lua_State *co, const struct verb_call *call);
-    /* Goes on with the result: HOOK_MISSING is the default. */
-    void (*proceed)(struct session *s, const struct hook_result *r, const struct verb_call *call);
-};
 
 static const char *const reply_ok = "250 OK";
 
@@ -126,11 +83,11 @@ static bool arg_given(const char *arg, size_t len)
     return arg && len > 0;
 }
 
-/* aiosmtpd's check_helo_needed. */
-static bool need_helo(struct session *s, const char *helo)
+/* aiosmtpd's check_helo_needed; the table names its greeting (LHLO in LMTP). */
+static bool need_helo(struct session *s)
 {
     if (s->has_host_name) return false;
-    session_replyf(s, "503 Error: send %s first", helo);
+    session_replyf(s, "503 Error: send %s first", s->verbs->hello);
     return true;
 }
 
@@ -201,6 +158,10 @@ static void helo_proceed(struct session *s, const struct hook_result *r,
         session_reply_len(s, r->status, r->len);
 }
 
+/* The most lines ehlo_lines writes: the hostname, six keywords and the
+ * table's own extensions. */
+#define EHLO_LINES_MAX 10
+
 static size_t ehlo_lines(struct session *s, char lines[][96])
 {
     size_t n = 0;
@@ -211,6 +172,8 @@ static size_t ehlo_lines(struct session *s, char lines[][96])
     if (o->enable_smtputf8) snprintf(lines[n++], 96, "250-SMTPUTF8");
     snprintf(lines[n++], 96, "250-PIPELINING");
     if (s->host->tls && !s->tls_active) snprintf(lines[n++], 96, "250-STARTTLS");
+    for (const char *const *e = s->verbs->extensions; e && *e && n < EHLO_LINES_MAX; e++)
+        snprintf(lines[n++], 96, "250-%s", *e);
     return n;
 }
 
@@ -230,7 +193,7 @@ static void ehlo_push_auth_line(struct session *s, luaL_Buffer *b)
 
 static void ehlo_reply_default(struct session *s)
 {
-    char lines[8][96];
+    char lines[EHLO_LINES_MAX][96];
     size_t n = ehlo_lines(s, lines);
     for (size_t i = 0; i < n; i++)
         session_reply(s, lines[i]);
@@ -248,10 +211,10 @@ static void ehlo_reply_default(struct session *s)
     session_reply(s, "250 HELP");
 }
 
-static bool ehlo_check(struct session *s, struct verb_call *call)
+bool verbs_extended_hello_check(struct session *s, struct verb_call *call, const char *syntax)
 {
     if (!arg_given(call->arg, call->arg_len)) {
-        session_reply(s, "501 Syntax: EHLO hostname");
+        session_reply(s, syntax);
         return false;
     }
     session_reset_envelope(s);
@@ -260,11 +223,16 @@ static bool ehlo_check(struct session *s, struct verb_call *call)
     return true;
 }
 
+static bool ehlo_check(struct session *s, struct verb_call *call)
+{
+    return verbs_extended_hello_check(s, call, "501 Syntax: EHLO hostname");
+}
+
 /* handle_EHLO(..., hostname, responses): the default lines, which its
  * returned list replaces. */
-static int ehlo_push(struct session *s, lua_State *co, const struct verb_call *call)
+int verbs_ehlo_push(struct session *s, lua_State *co, const struct verb_call *call)
 {
-    char lines[8][96];
+    char lines[EHLO_LINES_MAX][96];
     size_t n = ehlo_lines(s, lines);
     lua_pushlstring(co, call->arg, call->arg_len);
     lua_createtable(co, (int)n + 2, 0);
@@ -285,8 +253,8 @@ static int ehlo_push(struct session *s, lua_State *co, const struct verb_call *c
     return 2;
 }
 
-static void ehlo_proceed(struct session *s, const struct hook_result *r,
-                         const struct verb_call *call)
+void verbs_ehlo_proceed(struct session *s, const struct hook_result *r,
+                        const struct verb_call *call)
 {
     if (r->outcome == HOOK_MISSING) {
         lsession_set_string(s, LS_SESSION, "host_name", call->arg, call->arg_len);
@@ -370,7 +338,7 @@ static void help_proceed(struct session *s, const struct hook_result *r,
     int code = 250;
     if (arg_given(arg, len)) {
         for (int i = 0; i < t->n_rows; i++) {
-            const struct verb *v = &t->rows[i];
+            const struct verb *v = t->rows[i];
             if (strlen(v->name) == len && !strncasecmp(v->name, arg, len) &&
                 syntax_available(s, v)) {
                 bool ext = s->extended_smtp && (v->flags & VERB_HELP_PARAMS);
@@ -383,9 +351,9 @@ static void help_proceed(struct session *s, const struct hook_result *r,
     }
     char list[256] = "";
     for (int i = 0; i < t->n_rows; i++) {
-        if (!syntax_available(s, &t->rows[i])) continue;
+        if (!syntax_available(s, t->rows[i])) continue;
         if (list[0]) strcat(list, " ");
-        strcat(list, t->rows[i].name);
+        strcat(list, t->rows[i]->name);
     }
     session_replyf(s, "%d Supported commands: %s", code, list);
 }
@@ -593,7 +561,7 @@ static size_t mail_line_max(const struct session *s)
 
 static bool mail_check(struct session *s, struct verb_call *call)
 {
-    if (need_helo(s, "HELO")) return false;
+    if (need_helo(s)) return false;
     if (need_auth(s, "MAIL")) return false;
     const char *syntaxerr = s->extended_smtp
                                 ? "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"
@@ -681,7 +649,7 @@ static void mail_proceed(struct session *s, const struct hook_result *r,
 
 static bool rcpt_check(struct session *s, struct verb_call *call)
 {
-    if (need_helo(s, "HELO")) return false;
+    if (need_helo(s)) return false;
     if (need_auth(s, "RCPT")) return false;
     if (!s->has_mail_from) {
         session_reply(s, "503 Error: need MAIL command");
@@ -722,7 +690,7 @@ static void rcpt_proceed(struct session *s, const struct hook_result *r,
 
 static bool data_check(struct session *s, struct verb_call *call)
 {
-    if (need_helo(s, "HELO")) return false;
+    if (need_helo(s)) return false;
     if (need_auth(s, "DATA")) return false;
     if (s->rcpt_count == 0) {
         session_reply(s, "503 Error: need RCPT command");
@@ -740,10 +708,8 @@ static void data_proceed(struct session *s, const struct hook_result *r,
     session_begin_data(s);
 }
 
-/* The reader's verdict, and the message into the envelope for handle_DATA. */
-static bool message_check(struct session *s, struct verb_call *call)
+const char *verbs_message_refusal(struct session *s)
 {
-    (void)call;
     const char *refusal = NULL;
     switch (s->data.verdict) {
     case DATA_TOO_LONG:
@@ -763,13 +729,12 @@ static bool message_check(struct session *s, struct verb_call *call)
     case DATA_OK:
         break;
     }
-    if (refusal) {
-        log_msg(LOG_INFO, s->sid, "message refused: %s", refusal);
-        data_end(&s->data);
-        session_reset_envelope(s);
-        session_reply(s, refusal);
-        return false;
-    }
+    if (refusal) log_msg(LOG_INFO, s->sid, "message refused: %s", refusal);
+    return refusal;
+}
+
+void verbs_message_to_envelope(struct session *s)
+{
     const char *content = buf_head(&s->data.content);
     size_t n = buf_len(&s->data.content);
     lua_State *L = s->policy->vm.L;
@@ -779,7 +744,38 @@ static bool message_check(struct session *s, struct verb_call *call)
     lbind_rawsetfield(L, -3, "content");
     lbind_rawsetfield(L, -2, "original_content");
     lua_pop(L, 1);
+}
+
+/* The reader's verdict, and the message into the envelope for handle_DATA. */
+static bool message_check(struct session *s, struct verb_call *call)
+{
+    (void)call;
+    const char *refusal = verbs_message_refusal(s);
+    if (refusal) {
+        data_end(&s->data);
+        session_reset_envelope(s);
+        session_reply(s, refusal);
+        return false;
+    }
+    verbs_message_to_envelope(s);
     return true;
+}
+
+void verbs_message_log(struct session *s, size_t size, size_t n_rcpt, const char *outcome,
+                       size_t outcome_len)
+{
+    char from[300] = "";
+    lua_State *L = s->policy->vm.L;
+    lsession_push_table(s, L, LS_ENVELOPE);
+    lbind_rawgetfield(L, -1, "mail_from");
+    size_t n = 0;
+    const char *f = lua_tolstring(L, -1, &n);
+    if (f) log_escape(f, n, from, sizeof from);
+    lua_pop(L, 2);
+    char esc[400];
+    log_msg(LOG_INFO, s->sid, "message: %zu bytes from <%s> for %zu recipient%s: %s", size, from,
+            n_rcpt, n_rcpt == 1 ? "" : "s",
+            log_escape(outcome, outcome_len > 80 ? 80 : outcome_len, esc, sizeof esc));
 }
 
 static void message_proceed(struct session *s, const struct hook_result *r,
@@ -790,22 +786,10 @@ static void message_proceed(struct session *s, const struct hook_result *r,
     data_end(&s->data);
     if (r->outcome != HOOK_FAILED) {
         /* One line per message: size, sender, recipients, and the reply. */
-        char from[300] = "";
-        lua_State *L = s->policy->vm.L;
-        lsession_push_table(s, L, LS_ENVELOPE);
-        lbind_rawgetfield(L, -1, "mail_from");
-        size_t n = 0;
-        const char *f = lua_tolstring(L, -1, &n);
-        if (f) log_escape(f, n, from, sizeof from);
-        lua_pop(L, 2);
         const char *reply = r->outcome == HOOK_STATUS ? r->status : reply_ok;
-        size_t reply_len =
-            r->outcome == HOOK_STATUS ? (r->len > 80 ? 80 : r->len) : strlen(reply_ok);
-        char reply_esc[400];
+        size_t reply_len = r->outcome == HOOK_STATUS ? r->len : strlen(reply_ok);
         if (reply[0] == '2') s->messages++;
-        log_msg(LOG_INFO, s->sid, "message: %zu bytes from <%s> for %zu recipient%s: %s", size,
-                from, s->rcpt_count, s->rcpt_count == 1 ? "" : "s",
-                log_escape(reply, reply_len, reply_esc, sizeof reply_esc));
+        verbs_message_log(s, size, s->rcpt_count, reply, reply_len);
     }
     session_reset_envelope(s);
     reply_status_or(s, r, reply_ok);
@@ -819,32 +803,50 @@ static size_t auth_line_max(const struct session *s)
     return AUTH_LINE_MAX; /* RFC 4954 4 (fix) */
 }
 
-/* aiosmtpd's smtp_* methods, in its (alphabetical) order: HELP lists them so. */
-static const struct verb smtp_rows[] = {
-    {"AUTH", "AUTH <mechanism>", VERB_SECRET_ARG, auth_line_max, NULL, VERB_NO_HOOK,
-     HOOK_RETURNS_STATUS, NULL, auth_proceed},
-    {"DATA", "DATA", 0, NULL, data_check, VERB_NO_HOOK, HOOK_RETURNS_STATUS, NULL, data_proceed},
-    {"EHLO", "EHLO hostname", VERB_KEEP_ARG | VERB_BEFORE_STARTTLS, NULL, ehlo_check, HOOK_EHLO,
-     HOOK_RETURNS_LINES, ehlo_push, ehlo_proceed},
-    {"EXPN", NULL, 0, NULL, NULL, VERB_NO_HOOK, HOOK_RETURNS_STATUS, NULL, expn_proceed},
-    {"HELO", "HELO hostname", VERB_KEEP_ARG, NULL, helo_check, HOOK_HELO, HOOK_RETURNS_STATUS,
-     push_arg, helo_proceed},
-    {"HELP", "HELP [command]", 0, NULL, help_check, VERB_NO_HOOK, HOOK_RETURNS_STATUS, NULL,
-     help_proceed},
-    {"MAIL", "MAIL FROM: <address>", VERB_KEEP_PATH | VERB_HELP_PARAMS, mail_line_max, mail_check,
-     HOOK_MAIL, HOOK_RETURNS_STATUS, push_path, mail_proceed},
-    {"NOOP", "NOOP [ignored]", VERB_BEFORE_STARTTLS, NULL, NULL, HOOK_NOOP, HOOK_RETURNS_STATUS,
-     push_arg, noop_proceed},
-    {"QUIT", "QUIT", VERB_BEFORE_STARTTLS | VERB_WHEN_REFUSED, NULL, quit_check, HOOK_QUIT,
-     HOOK_RETURNS_STATUS, NULL, quit_proceed},
-    {"RCPT", "RCPT TO: <address>", VERB_KEEP_PATH | VERB_HELP_PARAMS, NULL, rcpt_check, HOOK_RCPT,
-     HOOK_RETURNS_STATUS, push_path, rcpt_proceed},
-    {"RSET", "RSET", 0, NULL, rset_check, HOOK_RSET, HOOK_RETURNS_STATUS, NULL, rset_proceed},
-    {"STARTTLS", "STARTTLS", VERB_BEFORE_STARTTLS | VERB_NEEDS_TLS, NULL, starttls_check,
-     VERB_NO_HOOK, HOOK_RETURNS_STATUS, NULL, starttls_proceed},
-    {"VRFY", "VRFY <address>", 0, NULL, vrfy_check, HOOK_VRFY, HOOK_RETURNS_STATUS, push_addr,
-     vrfy_proceed},
+/* aiosmtpd's smtp_* methods; the table lists them in its (alphabetical)
+ * order, as HELP does. */
+/* One initializer per row: clang-format would put a field per line. */
+/* clang-format off */
+const struct verb verbs_row_auth = {"AUTH", "AUTH <mechanism>", VERB_SECRET_ARG, auth_line_max,
+                                    NULL, VERB_NO_HOOK, HOOK_RETURNS_STATUS, NULL, auth_proceed};
+const struct verb verbs_row_data = {"DATA", "DATA", 0, NULL, data_check, VERB_NO_HOOK,
+                                    HOOK_RETURNS_STATUS, NULL, data_proceed};
+static const struct verb smtp_row_ehlo = {
+    "EHLO", "EHLO hostname", VERB_KEEP_ARG | VERB_BEFORE_STARTTLS, NULL, ehlo_check, HOOK_EHLO,
+    HOOK_RETURNS_LINES, verbs_ehlo_push, verbs_ehlo_proceed};
+const struct verb verbs_row_expn = {"EXPN", NULL, 0, NULL, NULL, VERB_NO_HOOK,
+                                    HOOK_RETURNS_STATUS, NULL, expn_proceed};
+static const struct verb smtp_row_helo = {"HELO", "HELO hostname", VERB_KEEP_ARG, NULL,
+                                          helo_check, HOOK_HELO, HOOK_RETURNS_STATUS, push_arg,
+                                          helo_proceed};
+const struct verb verbs_row_help = {"HELP", "HELP [command]", 0, NULL, help_check, VERB_NO_HOOK,
+                                    HOOK_RETURNS_STATUS, NULL, help_proceed};
+const struct verb verbs_row_mail = {"MAIL", "MAIL FROM: <address>",
+                                    VERB_KEEP_PATH | VERB_HELP_PARAMS, mail_line_max, mail_check,
+                                    HOOK_MAIL, HOOK_RETURNS_STATUS, push_path, mail_proceed};
+const struct verb verbs_row_noop = {"NOOP", "NOOP [ignored]", VERB_BEFORE_STARTTLS, NULL, NULL,
+                                    HOOK_NOOP, HOOK_RETURNS_STATUS, push_arg, noop_proceed};
+const struct verb verbs_row_quit = {"QUIT", "QUIT", VERB_BEFORE_STARTTLS | VERB_WHEN_REFUSED,
+                                    NULL, quit_check, HOOK_QUIT, HOOK_RETURNS_STATUS, NULL,
+                                    quit_proceed};
+const struct verb verbs_row_rcpt = {"RCPT", "RCPT TO: <address>",
+                                    VERB_KEEP_PATH | VERB_HELP_PARAMS, NULL, rcpt_check, HOOK_RCPT,
+                                    HOOK_RETURNS_STATUS, push_path, rcpt_proceed};
+const struct verb verbs_row_rset = {"RSET", "RSET", 0, NULL, rset_check, HOOK_RSET,
+                                    HOOK_RETURNS_STATUS, NULL, rset_proceed};
+const struct verb verbs_row_starttls = {"STARTTLS", "STARTTLS",
+                                        VERB_BEFORE_STARTTLS | VERB_NEEDS_TLS, NULL,
+                                        starttls_check, VERB_NO_HOOK, HOOK_RETURNS_STATUS, NULL,
+                                        starttls_proceed};
+const struct verb verbs_row_vrfy = {"VRFY", "VRFY <address>", 0, NULL, vrfy_check, HOOK_VRFY,
+                                    HOOK_RETURNS_STATUS, push_addr, vrfy_proceed};
+
+static const struct verb *const smtp_rows[] = {
+    &verbs_row_auth, &verbs_row_data, &smtp_row_ehlo, &verbs_row_expn,     &smtp_row_helo,
+    &verbs_row_help, &verbs_row_mail, &verbs_row_noop, &verbs_row_quit,    &verbs_row_rcpt,
+    &verbs_row_rset, &verbs_row_starttls, &verbs_row_vrfy,
 };
+/* clang-format on */
 
 /* The end of DATA: handle_DATA(server, session, envelope). */
 static const struct verb smtp_message = {
@@ -852,9 +854,15 @@ static const struct verb smtp_message = {
 };
 
 const struct verb_table verbs_smtp = {
-    smtp_rows,         (int)(sizeof smtp_rows / sizeof smtp_rows[0]),
-    &smtp_message,     verbs_session_init,
-    verbs_dispatch,    verbs_message,
+    .rows = smtp_rows,
+    .n_rows = (int)(sizeof smtp_rows / sizeof smtp_rows[0]),
+    .message = &smtp_message,
+    .hello = "HELO",
+    .extensions = NULL,
+    .lmtp = false,
+    .session_init = verbs_session_init,
+    .dispatch = verbs_dispatch,
+    .message_done = verbs_message,
 };
 
 /* ---------------------------------------------------------------- dispatch */
@@ -867,13 +875,13 @@ void verbs_session_init(struct session *s)
 {
     int n = s->verbs->n_rows < SESSION_COMMANDS_MAX ? s->verbs->n_rows : SESSION_COMMANDS_MAX;
     for (int i = 0; i < n; i++)
-        s->call_budget[i] = call_budget_of(options_call_limit(s->opt, s->verbs->rows[i].name));
+        s->call_budget[i] = call_budget_of(options_call_limit(s->opt, s->verbs->rows[i]->name));
 }
 
 static int find_command(const struct verb_table *t, const char *name, size_t n)
 {
     for (int i = 0; i < t->n_rows; i++)
-        if (strlen(t->rows[i].name) == n && !memcmp(t->rows[i].name, name, n)) return i;
+        if (strlen(t->rows[i]->name) == n && !memcmp(t->rows[i]->name, name, n)) return i;
     return -1;
 }
 
@@ -972,7 +980,7 @@ void verbs_dispatch(struct session *s, const char *line, size_t len)
     name[name_len] = '\0';
     const struct verb_table *t = s->verbs;
     int cmd = cmd_len < sizeof name ? find_command(t, name, cmd_len) : -1;
-    const struct verb *v = cmd >= 0 ? &t->rows[cmd] : NULL;
+    const struct verb *v = cmd >= 0 ? t->rows[cmd] : NULL;
     log_command(s, line, len, v, arg, arg_len);
 
     size_t max = v && v->line_max ? v->line_max(s) : SMTP_LINE_MAX;
