@@ -208,6 +208,8 @@ int luaopen_smtpd(lua_State *L)
     lua_setfield(L, -2, "b64encode");
     lua_pushliteral(L, LUASMTPD_VERSION);
     lua_setfield(L, -2, "_VERSION");
+    l_authdata_register(L);
+    l_crypto_register(L);
 
     lua_getfield(L, LUA_REGISTRYINDEX, MISSING_KEY);
     if (lua_isnil(L, -1)) {
