@@ -38,6 +38,11 @@ local function nonce_ok(s)
   return s ~= "" and not s:find("[^\33-\43\45-\126]")
 end
 
+-- Extensions: `,attr=value` pairs (RFC 5802 7), or nothing.
+local function extensions_ok(ext)
+  return ext:gsub(",%a=[^,]*", "") == ""
+end
+
 --- Parses a client-first message (RFC 5802 7).
 -- @treturn table|nil `{ flag, cbname, authzid, gs2, bare, login, cnonce }`
 function M.parse_client_first(msg)
@@ -58,7 +63,7 @@ function M.parse_client_first(msg)
   end
   if bare:match("^m=") then return nil end -- reserved-mext: must fail
   local user, cnonce, ext = bare:match("^n=([^,]*),r=([^,]*)(.*)$")
-  if not user or (ext ~= "" and ext:sub(1, 1) ~= ",") or not nonce_ok(cnonce) then return nil end
+  if not user or not extensions_ok(ext) or not nonce_ok(cnonce) then return nil end
   local login = mech.saslname(user)
   if not login or login == "" then return nil end
   return { flag = flag, cbname = cbname, authzid = authzid, gs2 = msg:sub(1, #msg - #bare),
@@ -71,7 +76,7 @@ function M.parse_client_final(msg)
   local without, proof = msg:match("^(.*),p=([^,]+)$")
   if not without then return nil end
   local c, r, ext = without:match("^c=([^,]*),r=([^,]*)(.*)$")
-  if not c or (ext ~= "" and ext:sub(1, 1) ~= ",") then return nil end
+  if not c or not extensions_ok(ext) then return nil end
   local cb, p = unb64(c), unb64(proof)
   if not cb or not p then return nil end
   return { without_proof = without, cbind = cb, r = r, proof = p }
