@@ -41,7 +41,7 @@ bool l_authdata_is(lua_State *L, int idx) { return class_of(L, idx) != NULL; }
 
 /* smtpd.auth_data(class, fields, verify) → a CramMD5 / Scram / OAuthToken /
  * External holding the named fields (others are ignored) and verify. */
-static int l_authdata_new(lua_State *L)
+int l_authdata_new(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -97,7 +97,7 @@ static int l_authdata_tostring(lua_State *L)
 }
 
 /* smtpd._loginpassword_verify(fn): installs LoginPassword:verify. */
-static int l_set_loginpassword_verify(lua_State *L)
+int l_loginpassword_set_verify(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     lua_pushvalue(L, 1);
@@ -117,9 +117,4 @@ void l_authdata_register(lua_State *L)
         lua_setfield(L, -2, "__metatable");
         lua_pop(L, 1);
     }
-    /* the smtpd module is on top */
-    lua_pushcfunction(L, l_authdata_new);
-    lua_setfield(L, -2, "auth_data");
-    lua_pushcfunction(L, l_set_loginpassword_verify);
-    lua_setfield(L, -2, "_loginpassword_verify");
 }

@@ -29,9 +29,12 @@ bool l_authresult_is(lua_State *L, int idx);
 void l_loginpassword_register(lua_State *L);
 int l_loginpassword_new(lua_State *L);
 
-/* lua_authdata.c: the auth_data classes of the shipped mechanisms. Adds
- * smtpd.auth_data and smtpd._loginpassword_verify to the module on top. */
+/* lua_authdata.c: the auth_data classes of the shipped mechanisms
+ * (metatables), smtpd.auth_data(class, fields, verify) and
+ * smtpd._loginpassword_verify(fn). */
 void l_authdata_register(lua_State *L);
+int l_authdata_new(lua_State *L);
+int l_loginpassword_set_verify(lua_State *L);
 /* True for a CramMD5, Scram, OAuthToken or External. */
 bool l_authdata_is(lua_State *L, int idx);
 

@@ -209,6 +209,10 @@ int luaopen_smtpd(lua_State *L)
     lua_pushliteral(L, LUASMTPD_VERSION);
     lua_setfield(L, -2, "_VERSION");
     l_authdata_register(L);
+    lua_pushcfunction(L, l_authdata_new);
+    lua_setfield(L, -2, "auth_data");
+    lua_pushcfunction(L, l_loginpassword_set_verify);
+    lua_setfield(L, -2, "_loginpassword_verify");
     l_crypto_register(L);
 
     lua_getfield(L, LUA_REGISTRYINDEX, MISSING_KEY);
