@@ -90,10 +90,14 @@ if sys.argv[1] == "cram":
     print(hmac.new(sys.argv[2].encode(), sys.argv[3].encode(), "md5").hexdigest())
 else:
     h, pw, bare, sf, gs2 = sys.argv[2:7]
+    cb = b""
+    if len(sys.argv) > 7:  # tls-server-end-point: SHA-256 of the server's certificate (RFC 5929 4.1)
+        import ssl
+        cb = hashlib.sha256(ssl.PEM_cert_to_DER_cert(open(sys.argv[7]).read())).digest()
     attrs = dict(kv.split("=", 1) for kv in sf.split(","))
     salted = hashlib.pbkdf2_hmac(h, pw.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
     ck = hmac.new(salted, b"Client Key", h).digest()
-    without = "c=" + b64(gs2.encode()) + ",r=" + attrs["r"]
+    without = "c=" + b64(gs2.encode() + cb) + ",r=" + attrs["r"]
     am = (bare + "," + sf + "," + without).encode()
     sig = hmac.new(hashlib.new(h, ck).digest(), am, h).digest()
     proof = bytes(a ^ b for a, b in zip(ck, sig))
@@ -102,9 +106,9 @@ else:
 ]]
 local client_py
 
-local function scram_final(hash, password, client_first_bare, server_first, gs2)
-  local out = u.sh(("python3 %s scram %s %s %s %s %s"):format(q(client_py), hash, q(password),
-    q(client_first_bare), q(server_first), q(gs2 or "n,,")), 30)
+local function scram_final(hash, password, client_first_bare, server_first, gs2, cert_pem_path)
+  local out = u.sh(("python3 %s scram %s %s %s %s %s %s"):format(q(client_py), hash, q(password),
+    q(client_first_bare), q(server_first), q(gs2 or "n,,"), cert_pem_path and q(cert_pem_path) or ""), 30)
   local final, sig = out:match("^(%S+)\n(%S+)\n$")
   assert(final, out)
   return final, sig
@@ -309,6 +313,28 @@ describe("hand-driven exchanges", function()
     assert.matches("^r=abcdef", challenge(c)) -- server-first: no -PLUS here, so y is fine
     assert.equal(501, (c:cmd("*")))
     c:close()
+  end)
+
+  it("SCRAM-SHA-256-PLUS with tls-server-end-point (hash of our certificate); a wrong binding gets 535", function()
+    local pem_path = dir .. "/server.pem"
+    for _, good in ipairs { true, false } do
+      local c = srv:connect()
+      c:cmd("EHLO client.test")
+      assert.equal(220, (c:starttls()))
+      c:cmd("EHLO client.test")
+      u.write_file(pem_path, good and c:peer_certificate():pem() or u.read_file(client.cert))
+      local gs2, bare = "p=tls-server-end-point,,", "n=alice,r=endpoint"
+      assert(c:send("AUTH SCRAM-SHA-256-PLUS " .. b64(gs2 .. bare) .. "\r\n"))
+      local final, sig = scram_final("sha256", "alice-pw", bare, challenge(c), gs2, pem_path)
+      if good then
+        assert(c:send(b64(final) .. "\r\n"))
+        assert.equal(sig, challenge(c))
+        assert.equal(235, (c:cmd("")))
+      else
+        assert.equal(535, (c:cmd(b64(final))))
+      end
+      c:close()
+    end
   end)
 
   it("SCRAM: a replayed client-final (an old server nonce) is refused; a fresh one succeeds", function()
