@@ -408,6 +408,24 @@ describe("hand-driven exchanges", function()
     end)
   end
 
+  it("EXTERNAL by hand: *, a malformed authzid, then = (no authzid) succeeds", function()
+    local c = srv:connect()
+    c:cmd("EHLO client.test")
+    assert.equal(220, (c:starttls{ certificate = client.cert, key = client.key }))
+    local _, text = c:cmd("EHLO client.test")
+    assert.matches("AUTH [^\n]*EXTERNAL", text)
+    assert.equal(334, (c:cmd("AUTH EXTERNAL")))
+    assert.equal(501, (c:cmd("*")))
+    local code
+    code, text = c:cmd("AUTH EXTERNAL " .. b64("a\0b"))
+    assert.equal(501, code)
+    assert.equal("5.5.2 Malformed EXTERNAL message", text)
+    assert.equal(535, (c:cmd("AUTH EXTERNAL " .. b64("someone.else"))))
+    assert.equal(235, (c:cmd("AUTH EXTERNAL =")))
+    c:close()
+    assert.matches('EXTERNAL External%(authzid=nil, %.%.%.%) %-> true', srv:stderr())
+  end)
+
   it("login_data after a SCRAM success is the login; tostring of auth_data hides the rest", function()
     local c = conn()
     local bare = "n=alice,r=n0nce"
