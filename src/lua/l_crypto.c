@@ -18,8 +18,11 @@ static enum crypto_hash check_hash(lua_State *L, int idx)
     const char *name = luaL_checkstring(L, idx);
     enum crypto_hash h = crypto_hash_parse(name);
     if (h == CRYPTO_HASH_UNKNOWN)
-        luaL_argerror(L, idx, lua_pushfstring(L, "unknown hash '%s' (expected md5, sha1, sha256, "
-                                                 "sha384 or sha512)", name));
+        luaL_argerror(L, idx,
+                      lua_pushfstring(L,
+                                      "unknown hash '%s' (expected md5, sha1, sha256, "
+                                      "sha384 or sha512)",
+                                      name));
     return h;
 }
 
@@ -59,7 +62,9 @@ static int l_crypto_pbkdf2(lua_State *L)
     lua_Integer it = luaL_checkinteger(L, 4);
     lua_Integer len = luaL_optinteger(L, 5, (lua_Integer)crypto_hash_size(h));
     if (it < 1 || it > PBKDF2_MAX_ITERATIONS)
-        return luaL_argerror(L, 4, "iterations must be 1 to " "100000");
+        return luaL_argerror(L, 4,
+                             "iterations must be 1 to "
+                             "100000");
     if (len < 1 || len > CRYPTO_MAX_DIGEST) return luaL_argerror(L, 5, "length must be 1 to 64");
     uint8_t out[CRYPTO_MAX_DIGEST];
     if (!crypto_pbkdf2(h, pw, pl, salt, sl, (unsigned long)it, out, (size_t)len))
@@ -85,10 +90,12 @@ static int l_crypto_xor(lua_State *L)
     size_t an, bn;
     const char *a = luaL_checklstring(L, 1, &an);
     const char *b = luaL_checklstring(L, 2, &bn);
-    if (an != bn) return luaL_error(L, "smtpd.crypto.xor: lengths differ (%d and %d)", (int)an, (int)bn);
+    if (an != bn)
+        return luaL_error(L, "smtpd.crypto.xor: lengths differ (%d and %d)", (int)an, (int)bn);
     luaL_Buffer buf;
     luaL_buffinit(L, &buf);
-    for (size_t i = 0; i < an; i++) luaL_addchar(&buf, (char)(a[i] ^ b[i]));
+    for (size_t i = 0; i < an; i++)
+        luaL_addchar(&buf, (char)(a[i] ^ b[i]));
     luaL_pushresult(&buf);
     return 1;
 }
@@ -105,8 +112,12 @@ static int l_crypto_random(lua_State *L)
 }
 
 static const luaL_Reg crypto_functions[] = {
-    {"hash", l_crypto_hash},     {"hmac", l_crypto_hmac},     {"pbkdf2", l_crypto_pbkdf2},
-    {"equal", l_crypto_equal},   {"xor", l_crypto_xor},       {"random", l_crypto_random},
+    {"hash", l_crypto_hash},
+    {"hmac", l_crypto_hmac},
+    {"pbkdf2", l_crypto_pbkdf2},
+    {"equal", l_crypto_equal},
+    {"xor", l_crypto_xor},
+    {"random", l_crypto_random},
     {NULL, NULL},
 };
 

@@ -37,7 +37,10 @@ static const struct authdata_class *class_of(lua_State *L, int idx)
     return NULL;
 }
 
-bool l_authdata_is(lua_State *L, int idx) { return class_of(L, idx) != NULL; }
+bool l_authdata_is(lua_State *L, int idx)
+{
+    return class_of(L, idx) != NULL;
+}
 
 /* smtpd.auth_data(class, fields, verify) → a CramMD5 / Scram / OAuthToken /
  * External holding the named fields (others are ignored) and verify. */
@@ -50,8 +53,10 @@ int l_authdata_new(lua_State *L)
     for (size_t i = 0; i < N_CLASSES; i++)
         if (!strcmp(classes[i].name, name)) c = &classes[i];
     if (!c)
-        return luaL_error(L, "auth_data: unknown class '%s' (expected CramMD5, Scram, OAuthToken "
-                             "or External)", name);
+        return luaL_error(L,
+                          "auth_data: unknown class '%s' (expected CramMD5, Scram, OAuthToken "
+                          "or External)",
+                          name);
     lua_newuserdata(L, 1);
     lua_createtable(L, 0, 6);
     for (const char *const *f = c->fields; *f; f++) {
@@ -72,7 +77,8 @@ static int l_authdata_index(lua_State *L)
     if (!c) return luaL_error(L, "expected auth_data, got %s", luaL_typename(L, 1));
     const char *key = lua_tostring(L, 2);
     bool known = key && !strcmp(key, "verify");
-    for (const char *const *f = c->fields; key && !known && *f; f++) known = !strcmp(*f, key);
+    for (const char *const *f = c->fields; key && !known && *f; f++)
+        known = !strcmp(*f, key);
     if (!known) return 0;
     lua_getfenv(L, 1);
     lua_getfield(L, -1, key);
@@ -90,7 +96,8 @@ static int l_authdata_tostring(lua_State *L)
         size_t n;
         const char *v = lua_tolstring(L, -2, &n);
         lbind_push_quoted(L, v, n);
-    } else lua_pushliteral(L, "nil");
+    } else
+        lua_pushliteral(L, "nil");
     lua_pushliteral(L, ", ...)");
     lua_concat(L, 3);
     return 1;

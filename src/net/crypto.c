@@ -25,7 +25,7 @@ enum crypto_hash crypto_hash_parse(const char *name)
         const char *a, *b;
         enum crypto_hash h;
     } names[] = {
-        {"md5", "md5", CRYPTO_MD5},          {"sha1", "sha-1", CRYPTO_SHA1},
+        {"md5", "md5", CRYPTO_MD5},           {"sha1", "sha-1", CRYPTO_SHA1},
         {"sha256", "sha-256", CRYPTO_SHA256}, {"sha384", "sha-384", CRYPTO_SHA384},
         {"sha512", "sha-512", CRYPTO_SHA512},
     };
@@ -53,8 +53,8 @@ bool crypto_hmac(enum crypto_hash h, const void *key, size_t klen, const void *d
     return md && mbedtls_md_hmac(md, key, klen, data, n, out) == 0;
 }
 
-bool crypto_pbkdf2(enum crypto_hash h, const void *pw, size_t pwlen, const void *salt,
-                   size_t slen, unsigned long iterations, uint8_t *out, size_t outlen)
+bool crypto_pbkdf2(enum crypto_hash h, const void *pw, size_t pwlen, const void *salt, size_t slen,
+                   unsigned long iterations, uint8_t *out, size_t outlen)
 {
     const mbedtls_md_info_t *md = crypto_md(h);
     if (!md || iterations == 0 || iterations > 0xffffffffUL) return false;
@@ -71,7 +71,8 @@ bool crypto_equal(const void *a, const void *b, size_t n)
 {
     const volatile unsigned char *x = a, *y = b;
     unsigned char diff = 0;
-    for (size_t i = 0; i < n; i++) diff |= x[i] ^ y[i];
+    for (size_t i = 0; i < n; i++)
+        diff |= x[i] ^ y[i];
     return diff == 0;
 }
 

@@ -10,8 +10,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum crypto_hash { CRYPTO_MD5, CRYPTO_SHA1, CRYPTO_SHA256, CRYPTO_SHA384, CRYPTO_SHA512,
-                   CRYPTO_HASH_UNKNOWN };
+enum crypto_hash {
+    CRYPTO_MD5,
+    CRYPTO_SHA1,
+    CRYPTO_SHA256,
+    CRYPTO_SHA384,
+    CRYPTO_SHA512,
+    CRYPTO_HASH_UNKNOWN
+};
 
 /* The largest digest (SHA-512). */
 #define CRYPTO_MAX_DIGEST 64
@@ -31,8 +37,8 @@ bool crypto_hmac(enum crypto_hash h, const void *key, size_t klen, const void *d
 /* out (outlen bytes) = PBKDF2-HMAC-H(pw, salt, iterations) (RFC 8018 5.2),
  * which is SCRAM's Hi() when outlen is the digest size. Slow on purpose:
  * the cost is linear in iterations. */
-bool crypto_pbkdf2(enum crypto_hash h, const void *pw, size_t pwlen, const void *salt,
-                   size_t slen, unsigned long iterations, uint8_t *out, size_t outlen);
+bool crypto_pbkdf2(enum crypto_hash h, const void *pw, size_t pwlen, const void *salt, size_t slen,
+                   unsigned long iterations, uint8_t *out, size_t outlen);
 
 /* a and b (both n bytes) are equal, in time that depends only on n. */
 bool crypto_equal(const void *a, const void *b, size_t n);
