@@ -107,6 +107,64 @@ else:
 ]]
 local client_py
 
+-- SCRAM-SHA-256-PLUS with tls-unique from Python's ssl (OpenSSL), once with
+-- a full handshake and once resuming its session: tls-unique is the
+-- client's Finished in the first, ours in the second (RFC 5929 3.1).
+local PLUS_PY = [==[
+import base64, hashlib, hmac, socket, ssl, sys
+host, port, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+b64 = lambda b: base64.b64encode(b).decode()
+
+def reply(f):
+    lines = []
+    while True:
+        l = f.readline().decode().rstrip("\r\n")
+        lines.append(l)
+        if len(l) < 4 or l[3] == " ":
+            return lines
+
+def run(session):
+    raw = socket.create_connection((host, port))
+    f = raw.makefile("rb")
+    reply(f)
+    raw.sendall(b"EHLO client.test\r\n"); reply(f)
+    raw.sendall(b"STARTTLS\r\n"); reply(f)
+    s = ctx.wrap_socket(raw, session=session)
+    f = s.makefile("rb")
+    s.sendall(b"EHLO client.test\r\n"); reply(f)
+    cb = s.get_channel_binding("tls-unique")
+    gs2 = "p=tls-unique,,"
+    bare = "n=%s,r=pynonce" % user
+    s.sendall(("AUTH SCRAM-SHA-256-PLUS %s\r\n" % b64((gs2 + bare).encode())).encode())
+    sf = base64.b64decode(reply(f)[0][4:]).decode()
+    a = dict(kv.split("=", 1) for kv in sf.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", pw.encode(), base64.b64decode(a["s"]), int(a["i"]))
+    ck = hmac.new(salted, b"Client Key", "sha256").digest()
+    without = "c=" + b64(gs2.encode() + cb) + ",r=" + a["r"]
+    am = (bare + "," + sf + "," + without).encode()
+    sig = hmac.new(hashlib.sha256(ck).digest(), am, "sha256").digest()
+    proof = bytes(x ^ y for x, y in zip(ck, sig))
+    s.sendall((b64((without + ",p=" + b64(proof)).encode()) + "\r\n").encode())
+    r = reply(f)[0]
+    if r.startswith("334 "):
+        want = "v=" + b64(hmac.new(hmac.new(salted, b"Server Key", "sha256").digest(), am, "sha256").digest())
+        assert base64.b64decode(r[4:]).decode() == want, "bad server signature"
+        s.sendall(b"\r\n")
+        r = reply(f)[0]
+    print("reused=%s %s" % (s.session_reused, r))
+    sess = s.session
+    s.sendall(b"QUIT\r\n"); reply(f)
+    s.close()
+    return sess
+
+sess = run(None)
+run(sess)
+]==]
+
 local function scram_final(hash, password, client_first_bare, server_first, gs2, cert_pem_path)
   local out = u.sh(("python3 %s scram %s %s %s %s %s %s"):format(q(client_py), hash, q(password),
     q(client_first_bare), q(server_first), q(gs2 or "n,,"), cert_pem_path and q(cert_pem_path) or ""), 30)
@@ -314,6 +372,14 @@ describe("hand-driven exchanges", function()
     assert.matches("^r=abcdef", challenge(c)) -- server-first: no -PLUS here, so y is fine
     assert.equal(501, (c:cmd("*")))
     c:close()
+  end)
+
+  it("SCRAM-SHA-256-PLUS with tls-unique from Python's ssl: a full handshake and a resumed one", function()
+    local path = dir .. "/plus.py"
+    u.write_file(path, PLUS_PY)
+    local out = u.sh(("python3 %s 127.0.0.1 %d alice alice-pw"):format(q(path), srv.port), 30)
+    assert.equal("reused=False 235 2.7.0 Authentication successful\n"
+      .. "reused=True 235 2.7.0 Authentication successful\n", out)
   end)
 
   it("SCRAM-SHA-256-PLUS with tls-server-end-point (hash of our certificate); a wrong binding gets 535", function()
