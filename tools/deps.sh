@@ -8,7 +8,7 @@ set -eu
 PACKAGES="build-essential cmake pkg-config libluajit-5.1-dev luajit libev-dev libmbedtls-dev
   lua-busted lua-socket lua-sec lua-check swaks python3-aiosmtpd curl openssl haproxy
   libssl-dev valgrind clang libclang-rt-14-dev libc-ares-dev dnsmasq-base
-  libcrypt-dev libargon2-dev libsqlite3-dev sqlite3 whois argon2 redis-server python3 ca-certificates postfix"
+  libcrypt-dev libargon2-dev libsqlite3-dev sqlite3 whois argon2 redis-server python3 ca-certificates postfix gsasl"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -83,7 +83,7 @@ function handle_NOOP(server, session, envelope, arg)
   if method then
     local h, err = smtpd.crypt.hash(pw2, method ~= "default" and method or nil)
     if not h then return "250 nil " .. err end
-    return "250 " .. show(h:match("^%%$[^$]+%%$"), smtpd.crypt.verify(pw2, h),
+    return "250 " .. show(h:match("^%%$[^$]+%%$") or h:match("^SCRAM%%-SHA%%-%%d+%%$4096:"), smtpd.crypt.verify(pw2, h),
       smtpd.crypt.verify(pw2 .. "x", h))
   end
   local n, which = arg:match("^loop (%%d+) (%%S+)$")
@@ -219,10 +219,10 @@ describe("smtpd.crypt.hash", function()
     c:close()
   end)
 
-  it("SCRAM secrets are not made yet: nil, \"unsupported method\"", function()
+  it("SCRAM secrets (mechanisms.md): 4096 iterations; verify recomputes the StoredKey", function()
     local c = srv:connect()
-    assert.equal("nil unsupported method", select(2, reply(c, "NOOP hash scram-sha-256 " .. PW)))
-    assert.equal("nil unsupported method", select(2, reply(c, "NOOP hash scram-sha-1 " .. PW)))
+    assert.equal("SCRAM-SHA-256$4096: true false", select(2, reply(c, "NOOP hash scram-sha-256 " .. PW)))
+    assert.equal("SCRAM-SHA-1$4096: true false", select(2, reply(c, "NOOP hash scram-sha-1 " .. PW)))
     c:close()
   end)
 
@@ -230,7 +230,8 @@ describe("smtpd.crypt.hash", function()
     local c = srv:connect()
     assert.equal(451, (reply(c, "NOOP hash md4 " .. PW)))
     c:close()
-    u.wait_log(srv, "unknown method 'md4' (expected yescrypt, bcrypt, sha512crypt, argon2id)")
+    u.wait_log(srv, "unknown method 'md4' (expected yescrypt, bcrypt, sha512crypt, argon2id, "
+      .. "scram-sha-256, scram-sha-1)")
   end)
 
   it("a thousand, then 10,000 cheap verifies: descriptors and RSS stay flat", function()
@@ -487,8 +488,8 @@ sys.stdout.write("exit=%d\n" % os.waitstatus_to_exitcode(status))
     assert.equal(2, status)
     assert.truthy(out:find("unknown method 'md4'", 1, true), out)
     status, out = hash_password(PW .. "\n", "scram-sha-256")
-    assert.equal(2, status)
-    assert.truthy(out:find("not supported yet", 1, true), out)
+    assert.equal(0, status)
+    assert.truthy(out:find("^SCRAM%-SHA%-256%$4096:[%w+/=]+%$[%w+/=]+:[%w+/=]+\n$"), out)
     status, out = hash_password("", "bcrypt")
     assert.equal(1, status)
     assert.truthy(out:find("no password", 1, true), out)

@@ -15,6 +15,9 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "base64.h"
+#include "crypto.h"
+
 /* yescrypt's r and p, whatever N is: Debian's default is r = 32, p = 1; a
  * larger r multiplies the memory and time of every N. */
 #define YESCRYPT_MAX_R 32
@@ -32,7 +35,7 @@
 #define HASH_ARGON2_SALT 16
 #define HASH_ARGON2_LEN 32
 
-const char passhash_method_names[] = "yescrypt, bcrypt, sha512crypt, argon2id";
+const char passhash_method_names[] = "yescrypt, bcrypt, sha512crypt, argon2id, scram-sha-256, scram-sha-1";
 
 void passhash_limits_default(struct passhash_limits *l)
 {
@@ -201,11 +204,84 @@ static enum passhash_verdict crypt_cost(const char *h, const struct passhash_lim
     return PASSHASH_OK;
 }
 
+/* A parsed SCRAM secret; the pointers are into the caller's buffers. */
+struct scram_secret {
+    enum crypto_hash h;
+    unsigned long iterations;
+    uint8_t salt[SCRAM_SALT_MAX];
+    size_t salt_len;
+    uint8_t stored_key[CRYPTO_MAX_DIGEST];
+    uint8_t server_key[CRYPTO_MAX_DIGEST];
+};
+
+/* Decodes base64 text [p, p + n) of exactly want bytes (or at most
+ * want when exact is false) into out; returns the length or -1. */
+static ssize_t scram_b64(const char *p, size_t n, uint8_t *out, size_t want, bool exact)
+{
+    if (base64_decoded_max(n) > want + 3) return -1;
+    uint8_t tmp[SCRAM_SALT_MAX + 4];
+    ssize_t got = base64_decode_strict(p, n, tmp);
+    if (got <= 0 || (size_t)got > want || (exact && (size_t)got != want)) return -1;
+    memcpy(out, tmp, (size_t)got);
+    return got;
+}
+
+/* Parses "SCRAM-SHA-256$4096:salt$stored:server"; false if it is not one. */
+static bool scram_parse(const char *s, size_t len, struct scram_secret *out)
+{
+    const char *p;
+    if (len > 14 && !strncmp(s, "SCRAM-SHA-256$", 14)) out->h = CRYPTO_SHA256, p = s + 14;
+    else if (len > 12 && !strncmp(s, "SCRAM-SHA-1$", 12)) out->h = CRYPTO_SHA1, p = s + 12;
+    else return false;
+    const char *end = s + len;
+    unsigned long it = 0;
+    if (p >= end || *p < '1' || *p > '9') return false;
+    while (p < end && *p >= '0' && *p <= '9') {
+        it = it * 10 + (unsigned long)(*p++ - '0');
+        if (it > 0xffffffffUL) return false;
+    }
+    if (p >= end || *p++ != ':') return false;
+    const char *dollar = memchr(p, '$', (size_t)(end - p));
+    if (!dollar) return false;
+    ssize_t sl = scram_b64(p, (size_t)(dollar - p), out->salt, SCRAM_SALT_MAX, false);
+    if (sl < 0) return false;
+    p = dollar + 1;
+    const char *colon = memchr(p, ':', (size_t)(end - p));
+    if (!colon) return false;
+    size_t dl = crypto_hash_size(out->h);
+    if (scram_b64(p, (size_t)(colon - p), out->stored_key, dl, true) < 0) return false;
+    if (scram_b64(colon + 1, (size_t)(end - colon - 1), out->server_key, dl, true) < 0)
+        return false;
+    out->iterations = it;
+    out->salt_len = (size_t)sl;
+    return true;
+}
+
+/* SaltedPassword -> StoredKey and ServerKey (RFC 5802 3). */
+static bool scram_keys(enum crypto_hash h, const char *pw, size_t pwlen, const uint8_t *salt,
+                       size_t slen, unsigned long it, uint8_t *stored, uint8_t *server)
+{
+    uint8_t salted[CRYPTO_MAX_DIGEST], client[CRYPTO_MAX_DIGEST];
+    size_t dl = crypto_hash_size(h);
+    bool ok = crypto_pbkdf2(h, pw, pwlen, salt, slen, it, salted, dl) &&
+              crypto_hmac(h, salted, dl, "Client Key", 10, client) &&
+              crypto_digest(h, client, dl, stored) &&
+              crypto_hmac(h, salted, dl, "Server Key", 10, server);
+    passhash_wipe(salted, sizeof salted);
+    passhash_wipe(client, sizeof client);
+    return ok;
+}
+
 enum passhash_verdict passhash_classify(const char *hash, size_t len,
                                         const struct passhash_limits *lim,
                                         enum passhash_kind *kind)
 {
     if (len == 0 || memchr(hash, '\0', len)) return PASSHASH_UNSUPPORTED;
+    struct scram_secret sc;
+    if (scram_parse(hash, len, &sc)) {
+        *kind = sc.h == CRYPTO_SHA256 ? PASSHASH_SCRAM_SHA256_SECRET : PASSHASH_SCRAM_SHA1_SECRET;
+        return (long)sc.iterations > lim->rounds ? PASSHASH_TOO_COSTLY : PASSHASH_OK;
+    }
     static const struct {
         const char *prefix;
         enum passhash_kind kind;
@@ -244,6 +320,19 @@ static bool equal_ct(const char *a, size_t alen, const char *b, size_t blen)
 int passhash_verify(enum passhash_kind kind, const char *pw, size_t pwlen, const char *hash,
                     char *err, size_t errlen)
 {
+    if (kind == PASSHASH_SCRAM_SHA256_SECRET || kind == PASSHASH_SCRAM_SHA1_SECRET) {
+        struct scram_secret sc;
+        if (!scram_parse(hash, strlen(hash), &sc)) return -1;
+        uint8_t stored[CRYPTO_MAX_DIGEST], server[CRYPTO_MAX_DIGEST];
+        if (!scram_keys(sc.h, pw, pwlen, sc.salt, sc.salt_len, sc.iterations, stored, server)) {
+            snprintf(err, errlen, "SCRAM key derivation failed");
+            return -2;
+        }
+        int r = crypto_equal(stored, sc.stored_key, crypto_hash_size(sc.h)) ? 1 : 0;
+        passhash_wipe(stored, sizeof stored);
+        passhash_wipe(server, sizeof server);
+        return r;
+    }
     if (kind != PASSHASH_CRYPT) {
         argon2_type type = kind == PASSHASH_ARGON2I   ? Argon2_i
                            : kind == PASSHASH_ARGON2D ? Argon2_d
@@ -331,6 +420,34 @@ static char *hash_argon2id(const char *pw, size_t pwlen, char *err, size_t errle
     return out;
 }
 
+static char *hash_scram(enum passhash_method m, const char *pw, size_t pwlen, char *err,
+                       size_t errlen)
+{
+    enum crypto_hash h = m == PASSHASH_SCRAM_SHA_256 ? CRYPTO_SHA256 : CRYPTO_SHA1;
+    const char *name = h == CRYPTO_SHA256 ? "SCRAM-SHA-256" : "SCRAM-SHA-1";
+    uint8_t salt[SCRAM_SALT_LEN], stored[CRYPTO_MAX_DIGEST], server[CRYPTO_MAX_DIGEST];
+    if (!crypto_random(salt, sizeof salt)) {
+        snprintf(err, errlen, "no random salt: %s", strerror(errno));
+        return NULL;
+    }
+    if (!scram_keys(h, pw, pwlen, salt, sizeof salt, SCRAM_ITERATIONS, stored, server)) {
+        snprintf(err, errlen, "SCRAM key derivation failed");
+        return NULL;
+    }
+    size_t dl = crypto_hash_size(h);
+    char salt64[64], stored64[100], server64[100];
+    base64_encode(salt, sizeof salt, salt64);
+    base64_encode(stored, dl, stored64);
+    base64_encode(server, dl, server64);
+    size_t cap = strlen(name) + strlen(salt64) + strlen(stored64) + strlen(server64) + 16;
+    char *out = malloc(cap);
+    if (!out) snprintf(err, errlen, "out of memory");
+    else snprintf(out, cap, "%s$%d:%s$%s:%s", name, SCRAM_ITERATIONS, salt64, stored64, server64);
+    passhash_wipe(stored, sizeof stored);
+    passhash_wipe(server, sizeof server);
+    return out;
+}
+
 char *passhash_hash(enum passhash_method m, const char *pw, size_t pwlen, char *err,
                     size_t errlen)
 {
@@ -343,6 +460,7 @@ char *passhash_hash(enum passhash_method m, const char *pw, size_t pwlen, char *
         return NULL;
     }
     if (m == PASSHASH_ARGON2ID_METHOD) return hash_argon2id(pw, pwlen, err, errlen);
+    if (m == PASSHASH_SCRAM_SHA_256 || m == PASSHASH_SCRAM_SHA_1) return hash_scram(m, pw, pwlen, err, errlen);
     const char *prefix = m == PASSHASH_BCRYPT ? "$2b$" : m == PASSHASH_SHA512CRYPT ? "$6$" : "$y$";
     unsigned long count = m == PASSHASH_BCRYPT ? HASH_BCRYPT_COST : 0;
     char setting[CRYPT_GENSALT_OUTPUT_SIZE];

@@ -30,7 +30,8 @@ struct passhash_limits {
 
 void passhash_limits_default(struct passhash_limits *l);
 
-enum passhash_kind { PASSHASH_CRYPT, PASSHASH_ARGON2I, PASSHASH_ARGON2D, PASSHASH_ARGON2ID };
+enum passhash_kind { PASSHASH_CRYPT, PASSHASH_ARGON2I, PASSHASH_ARGON2D, PASSHASH_ARGON2ID,
+                     PASSHASH_SCRAM_SHA256_SECRET, PASSHASH_SCRAM_SHA1_SECRET };
 enum passhash_verdict { PASSHASH_OK, PASSHASH_UNSUPPORTED, PASSHASH_TOO_COSTLY };
 
 /* Which library verifies `hash` (len bytes) and whether its cost is within
@@ -48,7 +49,7 @@ int passhash_verify(enum passhash_kind kind, const char *pw, size_t pwlen, const
 
 enum passhash_method {
     PASSHASH_YESCRYPT, PASSHASH_BCRYPT, PASSHASH_SHA512CRYPT, PASSHASH_ARGON2ID_METHOD,
-    PASSHASH_SCRAM_SHA_256, PASSHASH_SCRAM_SHA_1, /* known, not yet: "unsupported method" */
+    PASSHASH_SCRAM_SHA_256, PASSHASH_SCRAM_SHA_1, /* SCRAM secrets (mechanisms.md) */
     PASSHASH_METHOD_UNKNOWN
 };
 
@@ -58,8 +59,18 @@ enum passhash_method passhash_method_parse(const char *name);
 extern const char passhash_method_names[];
 static inline bool passhash_method_supported(enum passhash_method m)
 {
-    return m <= PASSHASH_ARGON2ID_METHOD;
+    return m < PASSHASH_METHOD_UNKNOWN;
 }
+
+/* SCRAM secrets, as PostgreSQL stores them:
+ * "SCRAM-SHA-256$<iterations>:<salt b64>$<StoredKey b64>:<ServerKey b64>"
+ * (RFC 5802 3; "SCRAM-SHA-1$..." alike). `hash` makes them with a 16-byte
+ * salt and SCRAM_ITERATIONS; verify (classified as PASSHASH_SCRAM_*_SECRET,
+ * its iterations counted against crypt_max_cost's rounds) recomputes the
+ * StoredKey from the password. */
+#define SCRAM_ITERATIONS 4096
+#define SCRAM_SALT_LEN 16
+#define SCRAM_SALT_MAX 128
 
 /* Hashes pw with a fresh salt from the OS; returns the encoded hash
  * (malloc'd, the caller frees) or NULL with err. Slow on purpose. */

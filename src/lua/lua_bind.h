@@ -11,6 +11,11 @@
 #define AUTHRESULT_MT "smtpd.AuthResult"
 #define LOGINPASSWORD_MT "smtpd.LoginPassword"
 #define SERVER_MT "smtpd.server"
+#define CRAMMD5_MT "smtpd.CramMD5"
+#define SCRAM_MT "smtpd.Scram"
+#define OAUTHTOKEN_MT "smtpd.OAuthToken"
+#define EXTERNAL_MT "smtpd.External"
+#define LOGINPASSWORD_VERIFY_KEY "smtpd.LoginPassword.verify"
 #define TIMER_MT "smtpd.timer" /* a handle of smtpd.timer.at/every (l_timer.c) */
 #define SOCKET_MT "smtpd.socket.tcp"
 #define SOCKET_SESSION_MT "smtpd.socket.session"
@@ -26,6 +31,19 @@ bool l_authresult_is(lua_State *L, int idx);
 /* lua_loginpassword.c */
 void l_loginpassword_register(lua_State *L);
 int l_loginpassword_new(lua_State *L);
+
+/* lua_authdata.c: the auth_data classes of the shipped mechanisms
+ * (metatables), smtpd.auth_data(class, fields, verify) and
+ * smtpd._loginpassword_verify(fn). */
+void l_authdata_register(lua_State *L);
+int l_authdata_new(lua_State *L);
+int l_loginpassword_set_verify(lua_State *L);
+/* True for a CramMD5, Scram, OAuthToken or External. */
+bool l_authdata_is(lua_State *L, int idx);
+
+/* l_crypto.c: smtpd.crypto (hashes, HMAC, PBKDF2, constant-time compare,
+ * OS random bytes), set on the module on top. */
+void l_crypto_register(lua_State *L);
 
 /* lua_smtpd.c */
 int luaopen_smtpd(lua_State *L);

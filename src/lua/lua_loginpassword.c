@@ -38,6 +38,11 @@ int l_loginpassword_new(lua_State *L)
 static int l_loginpassword_index(lua_State *L)
 {
     check_loginpassword(L, 1);
+    /* verify: the class-wide method the mechanisms module installed. */
+    if (lua_type(L, 2) == LUA_TSTRING && !strcmp(lua_tostring(L, 2), "verify")) {
+        lua_getfield(L, LUA_REGISTRYINDEX, LOGINPASSWORD_VERIFY_KEY);
+        return 1;
+    }
     lua_getfenv(L, 1);
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);

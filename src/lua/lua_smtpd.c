@@ -254,6 +254,12 @@ int luaopen_smtpd(lua_State *L)
     lua_setfield(L, -2, "b64encode");
     lua_pushliteral(L, LUASMTPD_VERSION);
     lua_setfield(L, -2, "_VERSION");
+    l_authdata_register(L);
+    lua_pushcfunction(L, l_authdata_new);
+    lua_setfield(L, -2, "auth_data");
+    lua_pushcfunction(L, l_loginpassword_set_verify);
+    lua_setfield(L, -2, "_loginpassword_verify");
+    l_crypto_register(L);
 
     push_sentinel(L, MISSING_KEY, "MISSING", l_missing_tostring);
     lua_setfield(L, -2, "MISSING");

@@ -23,6 +23,7 @@
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
+#include <mbedtls/md.h>
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/pem.h>
 #include <mbedtls/pk.h>
@@ -448,6 +449,35 @@ const char *tls_error(const struct conn *c)
     if (t->err[0]) return t->err;
     if (!t->established && !c->hs.active) return "handshake did not complete";
     return "";
+}
+
+size_t tls_channel_binding(const struct conn *c, enum tls_binding type, unsigned char *out,
+                           size_t cap)
+{
+    if (!conn_is_tls(c) || cap < TLS_BINDING_MAX) return 0;
+    const struct tls_conn *t = c->tp_state;
+    if (type == TLS_BINDING_UNIQUE) {
+#if defined(MBEDTLS_SSL_RENEGOTIATION)
+        /* mbedTLS keeps both Finished messages for renegotiation (RFC 5746);
+         * renegotiation itself is disabled, so they stay the first ones. */
+        if (t->ssl.minor_ver != MBEDTLS_SSL_MINOR_VERSION_3) return 0;
+        size_t n = t->ssl.verify_data_len;
+        if (n == 0 || n > cap) return 0;
+        memcpy(out, t->resumed ? t->ssl.own_verify_data : t->ssl.peer_verify_data, n);
+        return n;
+#else
+        return 0;
+#endif
+    }
+    if (type != TLS_BINDING_SERVER_END_POINT) return 0;
+    const mbedtls_x509_crt *crt = &t->cfg->chain;
+    mbedtls_md_type_t md = crt->sig_md;
+    if (md == MBEDTLS_MD_MD5 || md == MBEDTLS_MD_SHA1 || md == MBEDTLS_MD_NONE)
+        md = MBEDTLS_MD_SHA256;
+    const mbedtls_md_info_t *info = mbedtls_md_info_from_type(md);
+    if (!info || mbedtls_md_get_size(info) > cap) return 0;
+    if (mbedtls_md(info, crt->raw.p, crt->raw.len, out) != 0) return 0;
+    return mbedtls_md_get_size(info);
 }
 
 /* The verified client certificate as PEM, or NULL. */

@@ -1,7 +1,7 @@
 /* tls.h — TLS for a conn: server certificates (struct tls_config) and the TLS
  * transport behind struct transport, with mbedTLS in non-blocking mode.
- * Owns every mbedTLS call: no file but tls*.c includes an mbedTLS header. Must not
- * know SMTP: the caller decides when to start TLS and what to say around it. */
+ * Owns every mbedTLS call but the hash primitives of crypto.c: no other file
+ * includes an mbedTLS header. Must not know SMTP: the caller decides when to start TLS and what to say around it. */
 #ifndef LUASMTPD_TLS_H
 #define LUASMTPD_TLS_H
 
@@ -72,6 +72,24 @@ bool tls_resumed(const struct conn *c);
  * seconds per ticket key period (tickets from this period and the previous
  * one open; 0 = no tickets) and the session cache's entries (0 = none). */
 void tls_set_resumption(long ticket_lifetime, long cache_size);
+
+/* Channel bindings (RFC 5929) for SCRAM's -PLUS mechanisms. */
+enum tls_binding {
+    TLS_BINDING_UNIQUE,           /* "tls-unique": the first Finished message (TLS 1.2) */
+    TLS_BINDING_SERVER_END_POINT, /* "tls-server-end-point": hash of our certificate */
+};
+#define TLS_BINDING_MAX 64
+
+/* Writes the binding data of type for the completed handshake on c into out
+ * (cap >= TLS_BINDING_MAX) and returns its length, or 0 when there is none
+ * (no TLS, the handshake not done, or a TLS version without tls-unique:
+ * mbedTLS 2.28 here negotiates TLS 1.2 only, whose Finished messages it
+ * keeps). tls-unique is the client's Finished after a full handshake and the
+ * server's after a resumption (RFC 5929 3.1). tls-server-end-point hashes
+ * the leaf certificate we sent with its signature's hash, SHA-256 for MD5
+ * and SHA-1 (RFC 5929 4.1). */
+size_t tls_channel_binding(const struct conn *c, enum tls_binding type, unsigned char *out,
+                           size_t cap);
 
 /* True once a TLS handshake on c has completed successfully. */
 bool conn_is_tls(const struct conn *c);

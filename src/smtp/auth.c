@@ -19,12 +19,37 @@
 #include "session.h"
 #include "smtp_limits.h"
 #include "status_line.h"
+#include "tls.h"
 
 static const char *const reply_success = "235 2.7.0 Authentication successful";
 static const char *const reply_invalid = "535 5.7.8 Authentication credentials invalid";
 
 static void auth_run_mechanism(struct session *s);
 static void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long);
+
+size_t auth_channel_binding(const struct session *s, const char *type, unsigned char *out)
+{
+    if (!s->tls_active || !s->conn) return 0;
+    if (!strcmp(type, "tls-unique"))
+        return tls_channel_binding(s->conn, TLS_BINDING_UNIQUE, out, TLS_BINDING_MAX);
+    if (!strcmp(type, "tls-server-end-point"))
+        return tls_channel_binding(s->conn, TLS_BINDING_SERVER_END_POINT, out, TLS_BINDING_MAX);
+    return 0;
+}
+
+bool auth_mechanism_available(const struct session *s, const struct mechanism *m)
+{
+    unsigned char cb[TLS_BINDING_MAX];
+    switch (m->needs) {
+    case MECH_NEEDS_NOTHING: return true;
+    case MECH_NEEDS_BINDING:
+        /* Offered only when at least one binding is really there to check. */
+        return auth_channel_binding(s, "tls-unique", cb) > 0 ||
+               auth_channel_binding(s, "tls-server-end-point", cb) > 0;
+    case MECH_NEEDS_PEERCERT: return s->tls_active && s->tls_peer_verified;
+    }
+    return false;
+}
 
 /* Ends one AUTH attempt: count a failure, enforce auth_failure_limit. */
 void auth_forget(struct session *s)
@@ -97,7 +122,8 @@ static bool auth_succeeded(struct session *s, lua_State *co, int idx)
     /* login_data: the deprecated alias, auth_data.login when there is one.
      * Only tables and LoginPassword are indexed, and protected: a table's
      * __index may raise. */
-    if (lua_type(co, idx) == LUA_TTABLE || lbind_is_udata(co, idx, LOGINPASSWORD_MT)) {
+    if (lua_type(co, idx) == LUA_TTABLE || lbind_is_udata(co, idx, LOGINPASSWORD_MT) ||
+        l_authdata_is(co, idx)) {
         static const char *const login_key[] = {"login"};
         if (lbind_getfields(co, idx, login_key, 1) != 0) {
             const char *e = lua_tostring(co, -1);
@@ -303,7 +329,7 @@ void auth_command(struct session *s, const char *arg, size_t len)
         return;
     }
     int mech = policy_find_mechanism(s->policy, words[0], lens[0]);
-    if (mech < 0) {
+    if (mech < 0 || !auth_mechanism_available(s, &s->policy->mechs[mech])) {
         session_reply(s, "504 5.5.4 Unrecognized authentication type");
         return;
     }

@@ -12,6 +12,8 @@
 struct session;
 
 /* Handles "AUTH <arg>" (arg NULL or empty when absent). May resume Lua. */
+struct mechanism;
+
 void auth_command(struct session *s, const char *arg, size_t len);
 
 /* Sends "334 " + base64(challenge) (raw when !encode) and makes the
@@ -19,6 +21,16 @@ void auth_command(struct session *s, const char *arg, size_t len);
  * Called by server:challenge_auth() after hook_wait_begin, before it yields. */
 void auth_send_challenge(struct session *s, const char *challenge, size_t n, bool encode,
                          bool log_response);
+
+/* True if mechanism m may be offered and used on s now (mechanisms.md 2):
+ * -PLUS only on TLS with a channel binding we check, EXTERNAL only with a
+ * verified client certificate. */
+bool auth_mechanism_available(const struct session *s, const struct mechanism *m);
+
+/* Channel-binding data for SCRAM -PLUS (type "tls-unique" or
+ * "tls-server-end-point"): its length written to out (TLS_BINDING_MAX
+ * bytes), or 0 when s has none of that type. */
+size_t auth_channel_binding(const struct session *s, const char *type, unsigned char *out);
 
 /* Wipes and frees what an AUTH attempt remembered (session teardown). */
 void auth_forget(struct session *s);

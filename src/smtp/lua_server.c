@@ -18,6 +18,7 @@
 #include "proxy.h"
 #include "session.h"
 #include "status_line.h"
+#include "tls.h"
 
 struct server_box {
     struct session *s; /* NULL once the session is gone */
@@ -77,6 +78,34 @@ static int l_server_challenge_auth(lua_State *L)
     return lua_yield(L, 0);
 }
 
+/* server:channel_binding(type) → the binding data of this TLS session for
+ * "tls-unique" or "tls-server-end-point" (RFC 5929), or nil. */
+static int l_server_channel_binding(lua_State *L)
+{
+    struct session *s = check_server(L);
+    const char *type = luaL_checkstring(L, 2);
+    if (strcmp(type, "tls-unique") && strcmp(type, "tls-server-end-point"))
+        return luaL_argerror(L, 2, lua_pushfstring(L, "unknown channel binding '%s' (expected "
+                                                      "tls-unique or tls-server-end-point)", type));
+    unsigned char cb[TLS_BINDING_MAX];
+    size_t n = auth_channel_binding(s, type, cb);
+    if (n == 0) lua_pushnil(L);
+    else lua_pushlstring(L, (const char *)cb, n);
+    return 1;
+}
+
+/* server.mechanisms: the names offered on this session now, in EHLO's order. */
+static void push_offered_mechanisms(lua_State *L, struct session *s)
+{
+    lua_createtable(L, (int)s->policy->n_mechs, 0);
+    int k = 1;
+    for (size_t i = 0; i < s->policy->n_mechs; i++) {
+        if (!auth_mechanism_available(s, &s->policy->mechs[i])) continue;
+        lua_pushstring(L, s->policy->mechs[i].name);
+        lua_rawseti(L, -2, k++);
+    }
+}
+
 static int l_server_index(lua_State *L)
 {
     struct session *s = check_server(L);
@@ -88,6 +117,19 @@ static int l_server_index(lua_State *L)
     else if (!strcmp(key, "hostname")) lua_pushstring(L, s->opt->hostname);
     else if (!strcmp(key, "auth_allow_authzid")) lua_pushboolean(L, s->opt->auth_allow_authzid);
     else if (!strcmp(key, "tls")) lua_pushboolean(L, s->tls_active);
+    else if (!strcmp(key, "channel_binding")) lua_pushcfunction(L, l_server_channel_binding);
+    else if (!strcmp(key, "mechanisms")) push_offered_mechanisms(L, s);
+    else if (!strcmp(key, "auth_login_prompts")) {
+        const struct login_prompts *lp = &s->opt->auth_login_prompts;
+        if (!lp->text[0] || !lp->text[1]) lua_pushnil(L);
+        else {
+            lua_createtable(L, 2, 0);
+            for (int i = 0; i < 2; i++) {
+                lua_pushlstring(L, lp->text[i], lp->len[i]);
+                lua_rawseti(L, -2, i + 1);
+            }
+        }
+    }
     else if (!strcmp(key, "authenticator")) {
         if (policy_has_hook(s->policy, HOOK_AUTHENTICATOR))
             lua_rawgeti(L, LUA_REGISTRYINDEX, s->policy->hook_ref[HOOK_AUTHENTICATOR]);

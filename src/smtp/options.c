@@ -64,12 +64,14 @@
 #define DEFAULT_THREAD_POOL_QUEUE ((long)POOL_DEFAULT_QUEUE)
 #define MAX_THREAD_POOL_QUEUE 1000000L
 
-enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST, T_CALL_LIMIT, T_BARE_NEWLINE,
+enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST /* struct name_list */, T_CALL_LIMIT,
+                T_BARE_NEWLINE,
                 T_NUMBER0 /* 0 allowed: "no limit" */, T_SIZE /* bytes, or "64m" */,
                 T_SHARED_DICT /* { name = size, ... } or "name:size,..." */,
                 T_RESOLVER /* "ip[:port],..." */,
                 T_CRYPT_COST /* "bcrypt=12,argon2_memory=256m" or a table */,
-                T_MODE /* file permission bits as an octal string ("0660") */ };
+                T_MODE /* file permission bits as an octal string ("0660") */,
+                T_PROMPTS /* two strings: { "Username:", "Password:" } or "Username:,Password:" */ };
 
 /* One row per option: its name, type and the field it sets. A new option is
  * one row here, one field in struct options and, if it has one, its
@@ -96,6 +98,8 @@ static const struct opt_def opt_defs[] = {
     OPT("auth_required", T_BOOL, auth_required),
     OPT("auth_require_tls", T_BOOL, auth_require_tls),
     OPT("auth_exclude_mechanism", T_LIST, auth_exclude_mechanism),
+    OPT("auth_mechanisms", T_LIST, auth_mechanisms),
+    OPT("auth_login_prompts", T_PROMPTS, auth_login_prompts),
     OPT("command_call_limit", T_CALL_LIMIT, call_limits),
     OPT("auth_failure_limit", T_INT, auth_failure_limit),
     OPT("auth_allow_authzid", T_BOOL, auth_allow_authzid),
@@ -137,6 +141,7 @@ static const char *const type_names[] = {
     /* One literal: clang warns about concatenation in an array of strings. */
     "a table or a string of costs (\"bcrypt=12,scrypt=16,rounds=500000,argon2_memory=256m\")",
     "an octal string of permission bits from \"0000\" to \"0777\" (e.g. \"0660\")",
+    "a list of two strings (the user name and password prompts, e.g. { \"Username:\", \"Password:\" })",
 };
 
 void options_init_defaults(struct options *o)
@@ -178,8 +183,16 @@ bool options_copy(struct options *dst, const struct options *src)
     dst->hostname = dup_or_null(src->hostname);
     dst->ident = dup_or_null(src->ident);
     dst->resolver = dup_or_null(src->resolver);
-    for (size_t i = 0; i < src->n_auth_exclude_mechanism; i++)
-        dst->auth_exclude_mechanism[i] = dup_or_null(src->auth_exclude_mechanism[i]);
+    for (size_t i = 0; i < src->auth_exclude_mechanism.n; i++)
+        dst->auth_exclude_mechanism.names[i] = dup_or_null(src->auth_exclude_mechanism.names[i]);
+    for (size_t i = 0; i < src->auth_mechanisms.n; i++)
+        dst->auth_mechanisms.names[i] = dup_or_null(src->auth_mechanisms.names[i]);
+    for (int i = 0; i < 2; i++) {
+        const char *t = src->auth_login_prompts.text[i];
+        dst->auth_login_prompts.text[i] = NULL;
+        if (t && (dst->auth_login_prompts.text[i] = malloc(src->auth_login_prompts.len[i] + 1)))
+            memcpy(dst->auth_login_prompts.text[i], t, src->auth_login_prompts.len[i] + 1);
+    }
     return true;
 }
 
@@ -188,7 +201,9 @@ void options_free(struct options *o)
     free(o->hostname);
     free(o->ident);
     free(o->resolver);
-    for (size_t i = 0; i < o->n_auth_exclude_mechanism; i++) free(o->auth_exclude_mechanism[i]);
+    for (size_t i = 0; i < o->auth_exclude_mechanism.n; i++) free(o->auth_exclude_mechanism.names[i]);
+    for (size_t i = 0; i < o->auth_mechanisms.n; i++) free(o->auth_mechanisms.names[i]);
+    for (int i = 0; i < 2; i++) free(o->auth_login_prompts.text[i]);
     memset(o, 0, sizeof *o);
 }
 
@@ -230,24 +245,42 @@ static void set_string(char **slot, const char *v)
     *slot = strdup(v);
 }
 
-static void clear_excluded(struct options *o)
+#define LIST_FIELD(o, d) ((struct name_list *)opt_field(o, d))
+
+static void clear_list(struct name_list *l)
 {
-    for (size_t i = 0; i < o->n_auth_exclude_mechanism; i++) free(o->auth_exclude_mechanism[i]);
-    o->n_auth_exclude_mechanism = 0;
+    for (size_t i = 0; i < l->n; i++) free(l->names[i]);
+    l->n = 0;
+    l->given = true;
 }
 
-static bool add_excluded(struct options *o, const char *name, size_t len, char *err,
-                         size_t errlen)
+static bool add_to_list(struct name_list *l, const char *option, const char *name, size_t len,
+                        char *err, size_t errlen)
 {
     if (len == 0) return true;
-    if (o->n_auth_exclude_mechanism == OPTIONS_MAX_EXCLUDED) {
-        snprintf(err, errlen, "option 'auth_exclude_mechanism' lists too many names");
+    if (l->n == OPTIONS_MAX_EXCLUDED) {
+        snprintf(err, errlen, "option '%s' lists too many names", option);
         return false;
     }
     char *s = strndup(name, len);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
     for (char *p = s; *p; p++) *p = (char)toupper((unsigned char)*p);
-    o->auth_exclude_mechanism[o->n_auth_exclude_mechanism++] = s;
+    l->names[l->n++] = s;
     return true;
+}
+
+static void set_prompt(struct login_prompts *lp, int i, const char *v, size_t n)
+{
+    free(lp->text[i]);
+    lp->text[i] = malloc(n + 1);
+    lp->len[i] = 0;
+    if (!lp->text[i]) return;
+    memcpy(lp->text[i], v, n);
+    lp->text[i][n] = '\0';
+    lp->len[i] = n;
 }
 
 static bool add_call_limit(struct options *o, const char *cmd, size_t len, long n, char *err,
@@ -443,14 +476,22 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
         return true;
     }
     case T_LIST:
-        clear_excluded(o);
+        clear_list(LIST_FIELD(o, d));
         for (const char *p = v; *p;) {
             size_t len = strcspn(p, ", ");
-            if (!add_excluded(o, p, len, err, errlen)) return false;
+            if (!add_to_list(LIST_FIELD(o, d), d->name, p, len, err, errlen)) return false;
             p += len;
             p += strspn(p, ", ");
         }
         return true;
+    case T_PROMPTS: {
+        const char *comma = strchr(v, ',');
+        if (!comma || strchr(comma + 1, ',')) return wrong_type(d, err, errlen);
+        struct login_prompts *lp = opt_field(o, d);
+        set_prompt(lp, 0, v, (size_t)(comma - v));
+        set_prompt(lp, 1, comma + 1, strlen(comma + 1));
+        return true;
+    }
     case T_CALL_LIMIT:
         o->call_limit_enforced = true;
         o->n_call_limits = 0;
@@ -566,7 +607,7 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
     case T_LIST:
         if (t == LUA_TSTRING) return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
         if (t != LUA_TTABLE) return wrong_type(d, err, errlen);
-        clear_excluded(o);
+        clear_list(LIST_FIELD(o, d));
         for (int i = 1;; i++) {
             lua_rawgeti(L, idx, i);
             if (lua_isnil(L, -1)) {
@@ -579,7 +620,7 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
             }
             size_t len;
             const char *s = lua_tolstring(L, -1, &len);
-            bool ok = add_excluded(o, s, len, err, errlen);
+            bool ok = add_to_list(LIST_FIELD(o, d), d->name, s, len, err, errlen);
             lua_pop(L, 1);
             if (!ok) return false;
         }
@@ -640,6 +681,19 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         }
         sort_shared_dicts(o);
         return true;
+    case T_PROMPTS: {
+        if (t != LUA_TTABLE || lua_objlen(L, idx) != 2) return wrong_type(d, err, errlen);
+        struct login_prompts *lp = opt_field(o, d);
+        for (int i = 0; i < 2; i++) {
+            lua_rawgeti(L, idx, i + 1);
+            size_t n;
+            const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+            if (v) set_prompt(lp, i, v, n);
+            lua_pop(L, 1);
+            if (!v) return wrong_type(d, err, errlen);
+        }
+        return true;
+    }
     case T_CRYPT_COST: {
         if (t == LUA_TSTRING) return options_set_string(o, name, lua_tostring(L, idx), err, errlen);
         if (t != LUA_TTABLE) return wrong_type(d, err, errlen);
@@ -678,8 +732,8 @@ long options_call_limit(const struct options *o, const char *command)
 
 bool options_mechanism_excluded(const struct options *o, const char *name)
 {
-    for (size_t i = 0; i < o->n_auth_exclude_mechanism; i++)
-        if (!strcasecmp(o->auth_exclude_mechanism[i], name)) return true;
+    for (size_t i = 0; i < o->auth_exclude_mechanism.n; i++)
+        if (!strcasecmp(o->auth_exclude_mechanism.names[i], name)) return true;
     return false;
 }
 

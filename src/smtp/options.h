@@ -14,11 +14,24 @@
 
 struct lua_State;
 
-#define OPTIONS_MAX_EXCLUDED 16
+#define OPTIONS_MAX_EXCLUDED 16 /* names in a mechanism list option */
 #define OPTIONS_MAX_CALL_LIMITS 24
 #define OPTIONS_NAME_MAX 32
 
 enum bare_newline_mode { BARE_NEWLINE_REJECT, BARE_NEWLINE_NORMALIZE, BARE_NEWLINE_KEEP };
+
+/* A list of mechanism names (upper-cased), in the order given. */
+struct name_list {
+    char *names[OPTIONS_MAX_EXCLUDED];
+    size_t n;
+    bool given; /* set by the script or -o (an empty list is a choice too) */
+};
+
+/* LOGIN's two prompts (auth_login_prompts); NULL: aiosmtpd's bytes. */
+struct login_prompts {
+    char *text[2];
+    size_t len[2];
+};
 
 struct call_limit {
     char command[OPTIONS_NAME_MAX];
@@ -35,8 +48,9 @@ struct options {
     double timeout;            /* idle seconds before 421 and close */
     bool auth_required;
     bool auth_require_tls;
-    char *auth_exclude_mechanism[OPTIONS_MAX_EXCLUDED];
-    size_t n_auth_exclude_mechanism;
+    struct name_list auth_exclude_mechanism;
+    struct name_list auth_mechanisms; /* what EHLO offers, in order (mechanisms.md 2) */
+    struct login_prompts auth_login_prompts;
     bool call_limit_enforced;  /* command_call_limit given */
     long call_limit_default;   /* "*" (20 if a table omits it) */
     struct call_limit call_limits[OPTIONS_MAX_CALL_LIMITS];

@@ -126,6 +126,7 @@ static bool add_mechanism(struct policy *p, const char *name, bool builtin)
             luaL_unref(L, LUA_REGISTRYINDEX, p->mechs[i].ref);
             p->mechs[i].ref = luaL_ref(L, LUA_REGISTRYINDEX);
             p->mechs[i].builtin = builtin;
+            p->mechs[i].needs = MECH_NEEDS_NOTHING;
             snprintf(p->mechs[i].label, sizeof p->mechs[i].label, "mechanism %s%s", name,
                      builtin ? " (built-in)" : "");
             return true;
@@ -141,6 +142,7 @@ static bool add_mechanism(struct policy *p, const char *name, bool builtin)
     snprintf(m->name, sizeof m->name, "%s", name);
     m->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     m->builtin = builtin;
+    m->needs = MECH_NEEDS_NOTHING;
     snprintf(m->label, sizeof m->label, "mechanism %s%s", name, builtin ? " (built-in)" : "");
     return true;
 }
@@ -262,6 +264,101 @@ static bool read_handler(struct policy *p, char *err, size_t errlen)
         lua_pop(L, 1);
     }
     return true;
+}
+
+/* The mechanisms of lua/smtpd/mechanisms/, offered only when
+ * auth_mechanisms names them (mechanisms.md 2). */
+static const struct shipped_mechanism {
+    const char *name, *module;
+    enum mechanism_needs needs;
+} shipped_mechanisms[] = {
+    {"CRAM-MD5", "smtpd.mechanisms.cram_md5", MECH_NEEDS_NOTHING},
+    {"SCRAM-SHA-1", "smtpd.mechanisms.scram", MECH_NEEDS_NOTHING},
+    {"SCRAM-SHA-1-PLUS", "smtpd.mechanisms.scram", MECH_NEEDS_BINDING},
+    {"SCRAM-SHA-256", "smtpd.mechanisms.scram", MECH_NEEDS_NOTHING},
+    {"SCRAM-SHA-256-PLUS", "smtpd.mechanisms.scram", MECH_NEEDS_BINDING},
+    {"XOAUTH2", "smtpd.mechanisms.oauth", MECH_NEEDS_NOTHING},
+    {"OAUTHBEARER", "smtpd.mechanisms.oauth", MECH_NEEDS_NOTHING},
+    {"EXTERNAL", "smtpd.mechanisms.external", MECH_NEEDS_PEERCERT},
+};
+
+static const struct shipped_mechanism *find_shipped(const char *name)
+{
+    for (size_t i = 0; i < sizeof shipped_mechanisms / sizeof shipped_mechanisms[0]; i++)
+        if (!strcmp(shipped_mechanisms[i].name, name)) return &shipped_mechanisms[i];
+    return NULL;
+}
+
+/* Pushes module[name] of a shipped mechanism; false with err on failure. */
+static bool push_shipped(struct policy *p, const struct shipped_mechanism *sm, char *err,
+                         size_t errlen)
+{
+    lua_State *L = p->vm.L;
+    lua_pushcfunction(L, traceback);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, sm->module);
+    if (lua_pcall(L, 1, 1, -3)) {
+        fail(err, errlen, sm->module, "%s", lua_tostring(L, -1));
+        return false;
+    }
+    lua_getfield(L, -1, sm->name);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TFUNCTION) {
+        fail(err, errlen, sm->module, "has no mechanism %s", sm->name);
+        return false;
+    }
+    return true;
+}
+
+/* auth_mechanisms given: exactly those names, in its order, each the
+ * script's auth_NAME, else built-in PLAIN/LOGIN, else a shipped module. */
+static bool select_mechanisms(struct policy *p, char *err, size_t errlen)
+{
+    const struct name_list *want = &p->opt.auth_mechanisms;
+    lua_State *L = p->vm.L;
+    struct mechanism *out = calloc(want->n + 1, sizeof *out);
+    if (!out) {
+        fail(err, errlen, p->script_name, "out of memory");
+        return false;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < want->n; i++) {
+        const char *name = want->names[i];
+        bool dup = false;
+        for (size_t k = 0; k < n; k++) dup = dup || !strcmp(out[k].name, name);
+        if (dup || options_mechanism_excluded(&p->opt, name)) continue;
+        size_t j = 0;
+        while (j < p->n_mechs && strcmp(p->mechs[j].name, name)) j++;
+        if (j < p->n_mechs) {
+            out[n++] = p->mechs[j];
+            p->mechs[j].ref = LUA_NOREF; /* moved */
+            continue;
+        }
+        const struct shipped_mechanism *sm = find_shipped(name);
+        if (!sm) {
+            fail(err, errlen, p->script_name,
+                 "option 'auth_mechanisms': unknown mechanism '%s' (neither shipped with luasmtpd "
+                 "nor defined by the script)", name);
+            goto failed;
+        }
+        if (!push_shipped(p, sm, err, errlen)) goto failed;
+        struct mechanism *m = &out[n++];
+        snprintf(m->name, sizeof m->name, "%s", name);
+        m->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        m->builtin = true;
+        m->needs = sm->needs;
+        snprintf(m->label, sizeof m->label, "mechanism %s (built-in)", name);
+    }
+    for (size_t j = 0; j < p->n_mechs; j++) luaL_unref(L, LUA_REGISTRYINDEX, p->mechs[j].ref);
+    free(p->mechs);
+    p->mechs = out;
+    p->n_mechs = n;
+    return true;
+failed:
+    for (size_t k = 0; k < n; k++) luaL_unref(L, LUA_REGISTRYINDEX, out[k].ref);
+    free(out);
+    return false;
 }
 
 static void apply_exclusions_and_sort(struct policy *p)
@@ -461,7 +558,9 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     p->vm.thread_pool.queue = (int)p->opt.thread_pool_queue;
     p->vm.crypt_max_cost = p->opt.crypt_max_cost;
     p->vm.socket_line_max = (size_t)p->opt.socket_line_max;
-    apply_exclusions_and_sort(p);
+    if (p->opt.auth_mechanisms.given) {
+        if (!select_mechanisms(p, err, errlen)) goto failed;
+    } else apply_exclusions_and_sort(p);
     p->generation = next_generation++; /* refused loads don't use up numbers */
     return p;
 

@@ -37,10 +37,18 @@ extern const char *const policy_hook_names[HOOK_COUNT];
 
 #define MECHANISM_NAME_MAX 64
 
+/* When a shipped mechanism may be offered (mechanisms.md 2). */
+enum mechanism_needs {
+    MECH_NEEDS_NOTHING,
+    MECH_NEEDS_BINDING,  /* -PLUS: a TLS session whose channel binding we check */
+    MECH_NEEDS_PEERCERT, /* EXTERNAL: a verified client certificate */
+};
+
 struct mechanism {
     char name[MECHANISM_NAME_MAX]; /* upper case, [A-Z0-9_-]+ */
     int ref;                       /* the Lua function, in the registry */
-    bool builtin;
+    bool builtin;                  /* shipped with luasmtpd (PLAIN, LOGIN, lua/smtpd/mechanisms/) */
+    enum mechanism_needs needs;
     char label[MECHANISM_NAME_MAX + 24]; /* for logs: "mechanism PLAIN (built-in)" */
 };
 
@@ -57,7 +65,9 @@ struct policy {
     unsigned generation;
     char *script_name;         /* path, or "(default handler)" */
     int hook_ref[HOOK_COUNT];  /* LUA_NOREF when the script does not define it */
-    struct mechanism *mechs;   /* sorted by name, exclusions applied */
+    /* Sorted by name, exclusions applied; in the order of auth_mechanisms
+     * when that option is given. */
+    struct mechanism *mechs;
     size_t n_mechs;
     struct options opt;
     /* Set when a reload replaced this generation (ev time); 0 while current. */

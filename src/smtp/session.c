@@ -657,6 +657,7 @@ static void session_on_tls_done(struct conn *c, void *owner, bool ok)
     log_msg(LOG_INFO, s->sid, "TLS established: %s %s%s%s", version, cipher,
             resumed ? ", resumed" : "", pem ? ", client certificate verified" : "");
     s->tls_active = true;
+    s->tls_peer_verified = pem != NULL;
     session_set_state(s, SESSION_COMMAND, "TLS established");
     if (!implicit) {
         /* RFC 3207 4.2: forget everything learnt before TLS (but not what

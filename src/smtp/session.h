@@ -114,6 +114,7 @@ struct session {
     bool authenticated;
     bool has_mail_from;    /* a mail transaction is open */
     bool tls_active;
+    bool tls_peer_verified; /* the client's certificate verified against --tls-client-ca */
     bool greeted;          /* the 220 greeting went out */
     bool ip_counted;       /* holds an ip_acquire() count */
     bool tls_refused;      /* handle_STARTTLS said no */

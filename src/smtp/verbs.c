@@ -179,13 +179,17 @@ static size_t ehlo_lines(struct session *s, char lines[][96])
 
 static bool auth_offered(struct session *s)
 {
-    return (!s->opt->auth_require_tls || s->tls_active) && s->policy->n_mechs > 0;
+    if (s->opt->auth_require_tls && !s->tls_active) return false;
+    for (size_t i = 0; i < s->policy->n_mechs; i++)
+        if (auth_mechanism_available(s, &s->policy->mechs[i])) return true;
+    return false;
 }
 
 static void ehlo_push_auth_line(struct session *s, luaL_Buffer *b)
 {
     luaL_addstring(b, "250-AUTH");
     for (size_t i = 0; i < s->policy->n_mechs; i++) {
+        if (!auth_mechanism_available(s, &s->policy->mechs[i])) continue;
         luaL_addchar(b, ' ');
         luaL_addstring(b, s->policy->mechs[i].name);
     }
