@@ -150,6 +150,9 @@ describe("smtpd.crypt.verify", function()
       HASHES.argon2id:gsub("m=4096", "m=2097152"),                  -- 2 GiB > 1 GiB
       HASHES.argon2i:gsub("t=2", "t=17"),                           -- > 16 passes
       (HASHES.argon2d:gsub("p=1", "p=17")),                         -- > 16 lanes
+      -- SunMD5's rounds after "$" as well as after "," (found by fuzz_passhash)
+      "$md5,rounds=2000000$saltsalt$abcdefghijklmnopqrstuv",
+      "$md5$rounds=2000000$saltsalt$abcdefghijklmnopqrstuv",
     }
     local c = srv:connect()
     for _, hash in ipairs(over) do

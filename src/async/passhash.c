@@ -186,7 +186,8 @@ static enum passhash_verdict crypt_cost(const char *h, const struct passhash_lim
         if (!parse_count(h + 6, '$', &n)) return PASSHASH_UNSUPPORTED;
         return rounds_cost(n, lim);
     }
-    if (!strncmp(h, "$md5,rounds=", 12)) {
+    /* SunMD5 takes its rounds after "," or "$" (libxcrypt reads both). */
+    if (!strncmp(h, "$md5,rounds=", 12) || !strncmp(h, "$md5$rounds=", 12)) {
         if (!parse_count(h + 12, '$', &n) && !parse_count(h + 12, ',', &n))
             return PASSHASH_UNSUPPORTED;
         return rounds_cost(n, lim);
