@@ -3,7 +3,7 @@
 # Idempotent; needs root (or sudo). Only Debian packages are used.
 set -eu
 PACKAGES="build-essential cmake pkg-config libluajit-5.1-dev luajit libev-dev libmbedtls-dev
-  lua-busted lua-socket lua-sec lua-check swaks python3-aiosmtpd curl openssl haproxy
+  lua-busted lua-socket lua-sec lua-check lua-cjson swaks python3-aiosmtpd curl openssl haproxy
   libssl-dev valgrind clang libclang-rt-14-dev libc-ares-dev dnsmasq-base
   libcrypt-dev libargon2-dev libsqlite3-dev sqlite3 whois argon2 redis-server python3 ca-certificates"
 missing=""
