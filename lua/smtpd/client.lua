@@ -242,6 +242,7 @@ end
 -- @return code, message; or `nil, err`
 function Conn:mail(from, opts)
   check_conn(self, "mail")
+  if from == "<>" then from = "" end
   check_address("c:mail", from)
   check_opts("c:mail", opts)
   self.n_rcpt = 0
@@ -625,6 +626,7 @@ function M.send(opts)
   check_connect_options(opts, "send")
   local from, to, data = opts.from, opts.to, opts.data
   if type(from) ~= "string" then error("smtpd.client.send: from is required (a string)", 2) end
+  if from == "<>" then from = "" end -- the null sender, as envelope.mail_from has it
   if type(to) == "string" then to = { to } end
   if type(to) ~= "table" or #to == 0 then error("smtpd.client.send: to must be a non-empty array", 2) end
   if type(data) ~= "string" then error("smtpd.client.send: data is required (the message bytes)", 2) end

@@ -71,6 +71,11 @@ struct cli {
     const char *script_args[MAX_SCRIPT_ARGS];
     int n_script_args;
     bool hash_password;        /* --hash-password [METHOD] */
+    /* -c NAME [ARGS...]: a shipped handler (delivery.md 3). It runs as the
+     * embedded default script with `...` = "-c", NAME, ARGS, which hands
+     * over to lua/smtpd/handlers/NAME.lua; so workers, reloads and -t need
+     * nothing of their own. */
+    const char *builtin;
 };
 
 static struct server srv;
@@ -122,6 +127,9 @@ static void usage(FILE *out)
             "      --hash-password [METHOD]  read a password from standard input, print its\n"
             "                              hash and exit (yescrypt, bcrypt, sha512crypt,\n"
             "                              argon2id; default yescrypt)\n"
+            "  -c, --class NAME [ARG...]   a shipped handler instead of --handler (last on the\n"
+            "                              line): sink, debugging, relay HOST [PORT],\n"
+            "                              maildir DIR, mbox PATH, lmtp unix:/PATH|HOST:PORT\n"
             "  -- ARG...                   arguments for the handler script (its `...`)\n"
             "  -d, --debug                 more logging (repeat for even more)\n"
             "  -v, --version               print the version\n"
@@ -284,6 +292,7 @@ static void parse_args(int argc, char **argv)
         {"shdict-fd", required_argument, 0, OPT_SHDICT_FD},
         {"script-arg", required_argument, 0, OPT_SCRIPT_ARG},
         {"hash-password", no_argument, 0, OPT_HASH_PASSWORD},
+        {"class", required_argument, 0, 'c'},
         {"worker-count", required_argument, 0, OPT_WORKER_COUNT}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
@@ -298,14 +307,14 @@ static void parse_args(int argc, char **argv)
     int longindex;
     /* "+": stop at the first non-option, so only `--` starts the handler's
      * arguments and a stray word before it is still an error. */
-    while ((c = getopt_long(argc, argv, "+l:o:s:utndvh", longopts, &longindex)) != -1) {
+    while ((c = getopt_long(argc, argv, "+l:o:s:utndvhc:", longopts, &longindex)) != -1) {
         /* Workers get every option but addresses and the master's own. */
         bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
                            c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD ||
                            c == OPT_SCRIPT_FD || c == OPT_SHDICT_FD || c == OPT_SCRIPT_ARG ||
                            c == 't' || c == 'v' || c == 'h' || c == '?' ||
-                           c == OPT_HASH_PASSWORD || c == OPT_WORKER_COUNT;
+                           c == OPT_HASH_PASSWORD || c == OPT_WORKER_COUNT || c == 'c';
         if (!master_only) {
             if (c < 256) {
                 char shortopt[3] = {'-', (char)c, 0};
@@ -399,11 +408,37 @@ static void parse_args(int argc, char **argv)
             cli.listen_smtps[cli.n_listen_smtps++] = optarg;
             break;
         case 't': cli.check = true; break;
+        case 'c': cli.builtin = optarg; break;
         case 'd': log_max_level++; break;
         case 'v': printf("luasmtpd %s\n", LUASMTPD_VERSION); exit(0);
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
+    }
+    if (cli.builtin) {
+        /* Everything after -c NAME is the handler's (a `--` first is
+         * skipped); the default script dispatches on the "-c" marker. */
+        if (cli.handler) {
+            fprintf(stderr, "luasmtpd: --handler and -c are exclusive\n");
+            exit(2);
+        }
+        if (cli.n_script_args) {
+            fprintf(stderr, "luasmtpd: -c takes its arguments after NAME, not after --\n");
+            exit(2);
+        }
+        if (optind < argc && !strcmp(argv[optind], "--") &&
+            (optind == 1 || strcmp(argv[optind - 1], "--")))
+            optind++;
+        const char *head[] = {"-c", cli.builtin};
+        for (int i = 0; i < 2; i++) {
+            add_script_arg(head[i]);
+            pass("--script-arg", head[i]);
+        }
+        for (int i = optind; i < argc; i++) {
+            add_script_arg(argv[i]);
+            pass("--script-arg", argv[i]);
+        }
+        optind = argc;
     }
     if (optind > 1 && optind <= argc && !strcmp(argv[optind - 1], "--")) {
         for (int i = optind; i < argc; i++) {
