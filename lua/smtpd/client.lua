@@ -431,7 +431,7 @@ local function check_connect_options(opts, what)
   end
   if opts.timeouts then
     for k, v in pairs(opts.timeouts) do
-      if not M.TIMEOUTS[k] or type(v) ~= "number" or not (v > 0) then
+      if not M.TIMEOUTS[k] or type(v) ~= "number" or v ~= v or v <= 0 then
         error(format("smtpd.client.%s: timeouts.%s must be a number of seconds > 0", what, tostring(k)), 3)
       end
     end

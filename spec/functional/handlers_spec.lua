@@ -8,7 +8,6 @@
 -- and locking, and smtpd.fs waiting on the thread pool like every
 -- yielding binding (another client served, disconnect, hook_timeout,
 -- reload, flat descriptors). Order of events, never elapsed time.
-local testing = require "smtpd.testing"
 local hu = require "spec.functional.hostile_util"
 local u = require "spec.functional.reload_util"
 local up = require "spec.functional.upstream_util"

@@ -13,7 +13,7 @@ end
 return function(opts)
   local out = opts and opts.out or io.stdout
   local handler = {}
-  function handler.handle_DATA(server, session, envelope)
+  function handler.handle_DATA(_, session, envelope)
     out:write("---------- MESSAGE FOLLOWS ----------\n")
     if #envelope.mail_options > 0 then
       out:write("mail options: ", python_list(envelope.mail_options), "\n\n")

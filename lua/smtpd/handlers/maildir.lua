@@ -14,7 +14,7 @@ return function(opts)
   end
   local dir = opts.path
   local handler = { path = dir }
-  function handler.handle_DATA(server, session, envelope)
+  function handler.handle_DATA(_, _, envelope)
     local data = envelope.original_content
     if opts.return_path then data = "Return-Path: <" .. (envelope.mail_from or "") .. ">\r\n" .. data end
     local name, err = smtpd.fs.deliver_maildir(dir, data)

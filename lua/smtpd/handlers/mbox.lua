@@ -31,7 +31,7 @@ return setmetatable(M, {
     end
     local path = opts.path
     local handler = { path = path }
-    function handler.handle_DATA(server, session, envelope)
+    function handler.handle_DATA(_, _, envelope)
       local ok, err = smtpd.fs.append(path, M.format(envelope.mail_from, envelope.original_content,
         smtpd.now and smtpd.now() or os.time()))
       if not ok then

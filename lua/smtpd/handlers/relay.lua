@@ -75,7 +75,7 @@ local function new(opts)
     return o
   end
 
-  function handler.handle_RCPT(server, session, envelope, address, rcpt_options)
+  function handler.handle_RCPT(server, _, envelope, address, rcpt_options)
     if verify then
       local c, err, partial = client.connect(with({}, server))
       if not c then
@@ -100,7 +100,7 @@ local function new(opts)
     return "250 OK"
   end
 
-  function handler.handle_DATA(server, session, envelope)
+  function handler.handle_DATA(server, _, envelope)
     local res, err, partial = client.send(with({
       from = envelope.mail_from or "", to = envelope.rcpt_tos, data = envelope.original_content,
       mail_options = envelope.mail_options, require_all = not conn.lmtp, keepalive = true,

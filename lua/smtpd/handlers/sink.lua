@@ -3,7 +3,7 @@
 -- @usage return require("smtpd.handlers.sink")()
 return function()
   local handler = {}
-  function handler.handle_DATA(server, session, envelope)
+  function handler.handle_DATA()
     return "250 OK"
   end
   return handler
