@@ -26,6 +26,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--port-file", required=True)
 ap.add_argument("--log", required=True)
 ap.add_argument("--unix")
+ap.add_argument("--host", default="127.0.0.1")
+ap.add_argument("--port", type=int, default=0)
 ap.add_argument("--auth")
 ap.add_argument("--tls", nargs=2)
 ap.add_argument("--refuse")
@@ -197,7 +199,7 @@ async def main():
         server = await loop.create_unix_server(factory, args.unix)
         port = 0
     else:
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        server = await loop.create_server(factory, args.host, args.port)
         port = server.sockets[0].getsockname()[1]
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:

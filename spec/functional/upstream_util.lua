@@ -12,7 +12,8 @@ local SCRIPT = "spec/functional/upstream.py"
 
 --- Starts an upstream. opts: `auth = "user:pass"`, `tls = {cert =, key =}`,
 -- `refuse`, `tempfail_rcpt`, `data_reply`, `size`, `smtputf8`,
--- `pipelining`, `lmtp`, `lmtp_fail`, `unix` (true: listen on a UNIX socket).
+-- `pipelining`, `lmtp`, `lmtp_fail`, `unix` (true: listen on a UNIX socket),
+-- `host` and `port` (default 127.0.0.1, a free port).
 -- Returns { port =, path = (UNIX), log =, pid =, dir = }.
 function M.start(opts)
   opts = opts or {}
@@ -24,6 +25,8 @@ function M.start(opts)
     u.path = dir .. "/upstream.sock"
     add("--unix", u.path)
   end
+  if opts.host then add("--host", opts.host) end
+  if opts.port then add("--port", opts.port) end
   if opts.auth then add("--auth", opts.auth) end
   if opts.tls then add("--tls", opts.tls.cert, opts.tls.key) end
   if opts.refuse then add("--refuse", opts.refuse) end
