@@ -2,7 +2,7 @@
 -- LMTP socket. As `smtpd.handlers.relay` with `lmtp = true`: each RCPT is
 -- verified with the LMTP server first; after DATA the LMTP server's
 -- per-recipient replies are handle_DATA's per-recipient table when this
--- server speaks LMTP itself (`server.lmtp`), else one verdict: 250 when any
+-- server speaks LMTP itself (`session.lmtp`, `--lmtp`), else one verdict: 250 when any
 -- recipient got the message (those that did not are logged), else the
 -- first recipient's failure.
 -- @usage return require("smtpd.handlers.lmtp"){ path = "/run/dovecot/lmtp" }

@@ -100,7 +100,7 @@ local function new(opts)
     return "250 OK"
   end
 
-  function handler.handle_DATA(server, _, envelope)
+  function handler.handle_DATA(server, session, envelope)
     local res, err, partial = client.send(with({
       from = envelope.mail_from or "", to = envelope.rcpt_tos, data = envelope.original_content,
       mail_options = envelope.mail_options, require_all = not conn.lmtp, keepalive = true,
@@ -108,19 +108,20 @@ local function new(opts)
     if not res then
       smtpd.log("warn", ("relay: upstream at %s: %s (stage %s)"):format(conn.path or conn.host,
         tostring(err), partial.stage))
-      if conn.lmtp and partial.lmtp then return handler.lmtp_verdict(server, envelope, partial) end
+      if conn.lmtp and partial.lmtp then return handler.lmtp_verdict(session, envelope, partial) end
       return failure(err, partial)
     end
-    if conn.lmtp then return handler.lmtp_verdict(server, envelope, res) end
+    if conn.lmtp then return handler.lmtp_verdict(session, envelope, res) end
     return status(res.code, res.message)
   end
 
-  -- LMTP: one reply per recipient. A server in LMTP mode passes them on as
+  -- LMTP: one reply per recipient. An LMTP session (session.lmtp, --lmtp)
+  -- passes them on as
   -- handle_DATA's per-recipient table; an SMTP server has one reply for the
   -- message: 250 if any recipient got it (a 451 would deliver it twice to
   -- those on retry), else the first recipient's failure; the recipients
   -- that failed are logged.
-  function handler.lmtp_verdict(server, envelope, res)
+  function handler.lmtp_verdict(session, envelope, res)
     local per, ok, first_fail = {}, 0, nil
     for _, rcpt in ipairs(envelope.rcpt_tos) do
       local r = res.lmtp[rcpt] or (res.rejected and res.rejected[rcpt])
@@ -128,7 +129,7 @@ local function new(opts)
       per[rcpt] = s
       if r and r[1] >= 200 and r[1] < 300 then ok = ok + 1 elseif not first_fail then first_fail = s end
     end
-    if server.lmtp then return per end
+    if session.lmtp then return per end
     if ok == #envelope.rcpt_tos then return "250 OK" end
     if ok == 0 then return first_fail end
     for rcpt, s in pairs(per) do
