@@ -83,9 +83,10 @@ describe("-c NAME ARGS", function()
   end)
 
   it("-c sink accepts and discards; -c debugging prints", function()
-    with_c({ args = { "-c", "sink" } }, function(_, c)
+    with_c({ args = { "-c", "sink" } }, function(srv, c)
       local r = transaction(c, "a@example.org", { "b@example.net" }, "Subject: x\r\n\r\ny\r\n")
       assert.equal(250, r.data[1])
+      hu.wait_log(srv, "handler -c sink loaded (policy generation 1)")
     end)
     local srv = hu.with_server({ args = { "-c", "debugging" } }, function(srv)
       local c = srv:connect()
@@ -259,6 +260,31 @@ describe("lmtp handler", function()
       r = transaction(c, "a@example.org", { "full@example.net" }, MESSAGE)
       assert.same({ 452, "4.2.2 <full@example.net> Mailbox full" }, { r.data[1], r.data[2] })
     end)
+  end)
+
+  it("in an LMTP server (--lmtp), each recipient's reply is passed through", function()
+    upstream = up.start{ lmtp = true, unix = true, lmtp_fail = "full" }
+    local started, srv = pcall(require("smtpd.testing").start,
+      { args = { "--lmtp", "-c", "lmtp", "unix:" .. upstream.path } })
+    if not started then
+      pending("this build has no LMTP server mode (--lmtp)")
+      return
+    end
+    local ok, err = pcall(function()
+      local c = srv:connect()
+      assert.equal(250, (c:cmd("LHLO client.test")))
+      assert.equal(250, (c:cmd("MAIL FROM:<a@example.org>")))
+      assert.equal(250, (c:cmd("RCPT TO:<a@example.net>")))
+      assert.equal(250, (c:cmd("RCPT TO:<full@example.net>")))
+      local code, text = c:data(MESSAGE)
+      assert.same({ 250, "2.0.0 <a@example.net> delivered" }, { code, text })
+      code, text = c:reply(10)
+      assert.same({ 452, "4.2.2 <full@example.net> Mailbox full" }, { code, text })
+      assert.equal(MESSAGE, up.events(upstream, "message")[1].data)
+      c:close()
+    end)
+    srv:stop()
+    if not ok then error(err, 0) end
   end)
 
   it("-c lmtp HOST:PORT", function()

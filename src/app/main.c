@@ -492,6 +492,18 @@ static void swap_tls(struct tls_config *tls, struct tls_config *smtps)
     srv.smtps_tls = smtps;
 }
 
+/* The handler as the log names it: the script, or "-c NAME" for a shipped
+ * handler (workers know it from the "-c" marker in the script arguments). */
+static const char *handler_label(const struct policy *p)
+{
+    static char label[96];
+    if (!cli.handler && cli.n_script_args >= 2 && !strcmp(cli.script_args[0], "-c")) {
+        snprintf(label, sizeof label, "-c %s", cli.script_args[1]);
+        return label;
+    }
+    return p->script_name;
+}
+
 /* Start-up facts an operator needs: mechanisms, and why AUTH may be off. */
 static void log_policy(const struct policy *p)
 {
@@ -503,7 +515,7 @@ static void log_policy(const struct policy *p)
         o += (size_t)snprintf(names + o, sizeof names - o, "%s%s%s", i ? " " : "",
                               p->mechs[i].name, p->mechs[i].builtin ? "(builtin)" : "");
     log_msg(LOG_INFO, NULL, "handler %s loaded (policy generation %u); AUTH mechanisms: %s",
-            p->script_name, p->generation, p->n_mechs ? names : "(none)");
+            handler_label(p), p->generation, p->n_mechs ? names : "(none)");
     if (p->opt.proxy_protocol_timeout > 0 && !policy_has_hook(p, HOOK_PROXY))
         log_msg(LOG_WARN, NULL, "PROXY protocol is on but the script has no handle_PROXY: every "
                                 "connection will be closed (as in aiosmtpd); define handle_PROXY "
