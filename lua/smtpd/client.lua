@@ -607,6 +607,20 @@ local function has_option(list, prefix)
   return false
 end
 
+--- How many times `send` takes another connection when a pooled one
+-- turns out to be dead at its first command.
+M.STALE_RETRIES = 2
+
+-- A failure at the first command: on a pooled connection the upstream may
+-- have closed it while idle (nothing was sent to a live server), so the
+-- caller may try again; returns the failure with that as a fourth value.
+local function stale(c, ...)
+  local res, err, partial = ...
+  return res, err, partial, c.reused == true
+end
+
+local send_once
+
 --- Delivers one message (delivery.md 1).
 -- @param opts the options of `connect`, and `from` (string), `to` (an array
 --   of addresses, or one), `data` (the message bytes), `mail_options`,
@@ -634,7 +648,17 @@ function M.send(opts)
   for _, t in ipairs(to) do check_address("send: to", t) end
   check_opts("send: mail_options", opts.mail_options)
   check_opts("send: rcpt_options", opts.rcpt_options)
+  -- A pooled connection the upstream dropped while it was idle fails at
+  -- the first command: then once more on another connection (each failed
+  -- one is closed, so the pool runs out of stale ones).
+  for _ = 1, M.STALE_RETRIES do
+    local res, err, partial, was_stale = send_once(opts, from, to, data)
+    if not was_stale then return res, err, partial end
+  end
+  return send_once(opts, from, to, data)
+end
 
+send_once = function(opts, from, to, data)
   local c, err, partial = open(opts, "send")
   if not c then return nil, err, partial end
   -- The connection's end on a path that read every reply: pooled (after
@@ -691,10 +715,10 @@ function M.send(opts)
     local ok, serr = sock:send(buf)
     if not ok then
       broken(c, serr)
-      return fail("mail", serr)
+      return stale(c, fail("mail", serr))
     end
     mcode, mmsg = read_reply(c)
-    if not mcode then return fail("mail", mmsg) end
+    if not mcode then return stale(c, fail("mail", mmsg)) end
     for i = 1, #to do
       local rc, rm = read_reply(c)
       if not rc then return fail("rcpt", rm, nil, nil, res) end
@@ -704,7 +728,7 @@ function M.send(opts)
     if not dcode then return fail("data", dmsg, nil, nil, res) end
   else
     mcode, mmsg = command(c, with_options("MAIL FROM:<", from .. ">", mail_options))
-    if not mcode then return fail("mail", mmsg) end
+    if not mcode then return stale(c, fail("mail", mmsg)) end
     if mcode >= 200 and mcode < 300 then
       for i, t in ipairs(to) do
         local rc, rm = command(c, with_options("RCPT TO:<", t .. ">", rcpt_opts))

@@ -550,6 +550,31 @@ describe("smtpd.client waiting in hooks", function()
     l:close()
   end)
 
+  it("a pooled connection that turns out dead at MAIL: the message goes on a new one", function()
+    local l, port = hand_upstream()
+    with_client(opts(port), function(_, a)
+      assert(a:send("NOOP twice\r\n"))
+      local session = {}
+      for i = 1, 12 do session[i] = SMTP_SESSION[i] end -- up to the 250 after the message
+      session[#session + 1] = { expect = "^RSET" }
+      session[#session + 1] = { send = "250 OK\r\n" }
+      local conn1 = assert(l:accept())
+      play(conn1, session)
+      -- The second message takes conn1 from the pool: it dies at MAIL.
+      play(conn1, { { expect = "^MAIL FROM:<a@example.org>" } })
+      conn1:close()
+      local conn2 = assert(l:accept())
+      play(conn2, session)
+      local code, text = a:reply(10)
+      assert.equal(250, code)
+      local r = decode(text)
+      assert.equal(250, r[1][1].code)
+      assert.equal(250, r[2][1].code, tostring(r[2][2]))
+      conn2:close()
+    end)
+    l:close()
+  end)
+
   it("a client that disconnects mid-send: the upstream connection is closed", function()
     local l, port = hand_upstream()
     with_client(opts(port), function(srv, a)

@@ -77,16 +77,22 @@ local function new(opts)
 
   function handler.handle_RCPT(server, _, envelope, address, rcpt_options)
     if verify then
-      local c, err, partial = client.connect(with({}, server))
-      if not c then
-        smtpd.log("warn", ("relay: upstream at %s: %s (stage %s)"):format(conn.path or conn.host,
-          tostring(err), partial.stage))
-        return failure(err, partial)
+      local c, code, msg
+      -- A pooled connection the upstream dropped while idle fails at MAIL:
+      -- then another one (the dead one is closed).
+      for attempt = 1, 3 do
+        local err, partial
+        c, err, partial = client.connect(with({}, server))
+        if not c then
+          smtpd.log("warn", ("relay: upstream at %s: %s (stage %s)"):format(conn.path or conn.host,
+            tostring(err), partial.stage))
+          return failure(err, partial)
+        end
+        local reused = c:getreusedtimes() > 0
+        code, msg = c:mail(envelope.mail_from or "", envelope.mail_options)
+        if code or not reused or attempt == 3 then break end
       end
-      local code, msg = c:mail(envelope.mail_from or "", envelope.mail_options)
-      if not code then
-        return UNAVAILABLE
-      end
+      if not code then return UNAVAILABLE end
       if code < 200 or code >= 300 then
         c:setkeepalive()
         return status(code, msg)
