@@ -6,7 +6,7 @@ set -eu
 # queue and data directories, loopback ports only); the package also
 # enables Debian's system MTA, which the specs never use.
 PACKAGES="build-essential cmake pkg-config libluajit-5.1-dev luajit libev-dev libmbedtls-dev
-  lua-busted lua-socket lua-sec lua-check swaks python3-aiosmtpd curl openssl haproxy
+  lua-busted lua-socket lua-sec lua-check lua-cjson swaks python3-aiosmtpd curl openssl haproxy
   libssl-dev valgrind clang libclang-rt-14-dev libc-ares-dev dnsmasq-base
   libcrypt-dev libargon2-dev libsqlite3-dev sqlite3 whois argon2 redis-server python3 ca-certificates postfix gsasl"
 missing=""

@@ -814,9 +814,10 @@ function M.start(opts)
     if self.ready_fd < 0 or self.exit_fd < 0 then
       error("cannot open FIFOs in " .. dir .. " (errno " .. ffi.errno() .. ")", 0)
     end
-    local argv = { shell_quote(binary_of(opts)) }
+    -- --ready-fd first: `args` may end with `-c NAME ARGS...`, which takes
+    -- every word after it.
+    local argv = { shell_quote(binary_of(opts)), "--ready-fd 3" }
     for _, a in ipairs(build_args(opts, dir)) do argv[#argv + 1] = shell_quote(a) end
-    argv[#argv + 1] = "--ready-fd 3"
     self.command = env_prefix(opts.env) .. table.concat(argv, " ") .. script_args_suffix(opts.script_args)
     -- A watcher subshell starts the server, prints its pid, then waits for
     -- it and writes its exit status to the exit FIFO.

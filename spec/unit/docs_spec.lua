@@ -107,6 +107,12 @@ local function code_smtpd()
     if not name:match("^__") then names[name] = true end -- metatable fields of MISSING etc.
   end
   assert(names.AuthResult, "smtpd functions not parsed")
+  -- The Lua library modules reached as fields that are not one file
+  -- lua/smtpd/NAME.lua (those are checked as modules): smtpd.handlers.
+  local lazy = read("src/lua/lua_smtpd.c"):match("lazy_modules%[%] = (%b{})")
+  for name in (lazy or ""):gmatch('"([%w_]+)"') do
+    if not exists("lua/smtpd/" .. name .. ".lua") then names[name] = true end
+  end
   -- Wait kinds add theirs in their own file (src/l_<kind>.c, l_<kind>_register).
   for _, path in ipairs(ls("src/lua/l_*.c")) do
     local reg = read(path):match("void l_[%w_]+_register%(lua_State %*L%)\n(%b{})")

@@ -71,6 +71,11 @@ struct cli {
     const char *script_args[MAX_SCRIPT_ARGS];
     int n_script_args;
     bool hash_password;        /* --hash-password [METHOD] */
+    /* -c NAME [ARGS...]: a shipped handler (delivery.md 3). It runs as the
+     * embedded default script with `...` = "-c", NAME, ARGS, which hands
+     * over to lua/smtpd/handlers/NAME.lua; so workers, reloads and -t need
+     * nothing of their own. */
+    const char *builtin;
 };
 
 static struct server srv;
@@ -126,6 +131,9 @@ static void usage(FILE *out)
             "      --hash-password [METHOD]  read a password from standard input, print its\n"
             "                              hash and exit (yescrypt, bcrypt, sha512crypt,\n"
             "                              argon2id; default yescrypt)\n"
+            "  -c, --class NAME [ARG...]   a shipped handler instead of --handler (last on the\n"
+            "                              line): sink, debugging, relay HOST [PORT],\n"
+            "                              maildir DIR, mbox PATH, lmtp unix:/PATH|HOST:PORT\n"
             "  -- ARG...                   arguments for the handler script (its `...`)\n"
             "  -d, --debug                 more logging (repeat for even more)\n"
             "  -v, --version               print the version\n"
@@ -289,7 +297,8 @@ static void parse_args(int argc, char **argv)
         {"script-arg", required_argument, 0, OPT_SCRIPT_ARG},
         {"hash-password", no_argument, 0, OPT_HASH_PASSWORD},
         {"worker-count", required_argument, 0, OPT_WORKER_COUNT},
-        {"lmtp", no_argument, 0, OPT_LMTP}, {0, 0, 0, 0},
+        {"lmtp", no_argument, 0, OPT_LMTP},
+        {"class", required_argument, 0, 'c'}, {0, 0, 0, 0},
     };
     cli.ready_fd = -1;
     cli.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
@@ -303,14 +312,14 @@ static void parse_args(int argc, char **argv)
     int longindex;
     /* "+": stop at the first non-option, so only `--` starts the handler's
      * arguments and a stray word before it is still an error. */
-    while ((c = getopt_long(argc, argv, "+l:o:s:utndvh", longopts, &longindex)) != -1) {
+    while ((c = getopt_long(argc, argv, "+l:o:s:utndvhc:", longopts, &longindex)) != -1) {
         /* Workers get every option but addresses and the master's own. */
         bool master_only = c == 'l' || c == OPT_LISTEN_SMTPS || c == OPT_READY_FD ||
                            c == OPT_WORKERS || c == OPT_WATCHDOG || c == OPT_WATCH ||
                            c == OPT_WORKER_SLOT || c == OPT_WORKER_STATUS_FD ||
                            c == OPT_SCRIPT_FD || c == OPT_SHDICT_FD || c == OPT_SCRIPT_ARG ||
                            c == 't' || c == 'v' || c == 'h' || c == '?' ||
-                           c == OPT_HASH_PASSWORD || c == OPT_WORKER_COUNT;
+                           c == OPT_HASH_PASSWORD || c == OPT_WORKER_COUNT || c == 'c';
         if (!master_only) {
             if (c < 256) {
                 char shortopt[3] = {'-', (char)c, 0};
@@ -406,11 +415,37 @@ static void parse_args(int argc, char **argv)
             cli.listen_smtps[cli.n_listen_smtps++] = optarg;
             break;
         case 't': cli.check = true; break;
+        case 'c': cli.builtin = optarg; break;
         case 'd': log_max_level++; break;
         case 'v': printf("luasmtpd %s\n", LUASMTPD_VERSION); exit(0);
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
+    }
+    if (cli.builtin) {
+        /* Everything after -c NAME is the handler's (a `--` first is
+         * skipped); the default script dispatches on the "-c" marker. */
+        if (cli.handler) {
+            fprintf(stderr, "luasmtpd: --handler and -c are exclusive\n");
+            exit(2);
+        }
+        if (cli.n_script_args) {
+            fprintf(stderr, "luasmtpd: -c takes its arguments after NAME, not after --\n");
+            exit(2);
+        }
+        if (optind < argc && !strcmp(argv[optind], "--") &&
+            (optind == 1 || strcmp(argv[optind - 1], "--")))
+            optind++;
+        const char *head[] = {"-c", cli.builtin};
+        for (int i = 0; i < 2; i++) {
+            add_script_arg(head[i]);
+            pass("--script-arg", head[i]);
+        }
+        for (int i = optind; i < argc; i++) {
+            add_script_arg(argv[i]);
+            pass("--script-arg", argv[i]);
+        }
+        optind = argc;
     }
     if (optind > 1 && optind <= argc && !strcmp(argv[optind - 1], "--")) {
         for (int i = optind; i < argc; i++) {
@@ -464,6 +499,18 @@ static void swap_tls(struct tls_config *tls, struct tls_config *smtps)
     srv.smtps_tls = smtps;
 }
 
+/* The handler as the log names it: the script, or "-c NAME" for a shipped
+ * handler (workers know it from the "-c" marker in the script arguments). */
+static const char *handler_label(const struct policy *p)
+{
+    static char label[96];
+    if (!cli.handler && cli.n_script_args >= 2 && !strcmp(cli.script_args[0], "-c")) {
+        snprintf(label, sizeof label, "-c %s", cli.script_args[1]);
+        return label;
+    }
+    return p->script_name;
+}
+
 /* Start-up facts an operator needs: mechanisms, and why AUTH may be off. */
 static void log_policy(const struct policy *p)
 {
@@ -475,7 +522,7 @@ static void log_policy(const struct policy *p)
         o += (size_t)snprintf(names + o, sizeof names - o, "%s%s%s", i ? " " : "",
                               p->mechs[i].name, p->mechs[i].builtin ? "(builtin)" : "");
     log_msg(LOG_INFO, NULL, "handler %s loaded (policy generation %u); AUTH mechanisms: %s",
-            p->script_name, p->generation, p->n_mechs ? names : "(none)");
+            handler_label(p), p->generation, p->n_mechs ? names : "(none)");
     if (p->opt.proxy_protocol_timeout > 0 && !policy_has_hook(p, HOOK_PROXY))
         log_msg(LOG_WARN, NULL, "PROXY protocol is on but the script has no handle_PROXY: every "
                                 "connection will be closed (as in aiosmtpd); define handle_PROXY "

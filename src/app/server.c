@@ -24,6 +24,7 @@
 #include "l_sleep.h"
 #include "l_timer.h"
 #include "l_crypt.h"
+#include "l_fs.h"
 #include "l_sqlite.h"
 #include "l_socket.h"
 #include "log.h"
@@ -467,4 +468,5 @@ void server_register_lua_classes(lua_State *L)
     l_crypt_register(L);
     l_sqlite_register(L);
     l_socket_register(L);
+    l_fs_register(L);
 }

@@ -1,6 +1,7 @@
 /* lua_smtpd.c — the `smtpd` module handler scripts require: AuthResult,
  * LoginPassword, auth_mechanism, MISSING, null, strict base64 helpers, and
- * the Lua library modules reached as fields (smtpd.redis). Built
+ * the Lua library modules reached as fields (smtpd.redis, smtpd.client,
+ * smtpd.handlers). Built
  * into the server and, on its own, as the Lua C module smtpd.so that the
  * binding specs load into LuaJIT. Must not know sessions or policies. */
 #include <ctype.h>
@@ -218,7 +219,7 @@ static void push_sentinel(lua_State *L, const char *key, const char *name, lua_C
 /* Fields of the module that are Lua library modules (lua/smtpd/NAME.lua,
  * embedded in the binary), loaded with require on first use so a script
  * that never touches them pays nothing. */
-static const char *const lazy_modules[] = {"redis", NULL};
+static const char *const lazy_modules[] = {"redis", "client", "handlers", NULL};
 
 static int l_smtpd_index(lua_State *L)
 {
