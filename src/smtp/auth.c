@@ -62,6 +62,26 @@ void auth_forget(struct session *s)
     session_clear_secrets(s);
 }
 
+/* The one line a failed AUTH logs (mechanisms.md 3), which fail2ban's
+ * filter (contrib/fail2ban) reads: the mechanism, the client address and
+ * the login escaped; never a password or an AUTH argument. */
+static void auth_log_failure(struct session *s)
+{
+    /* log_escape, and a quote as \x22 so the quoted login has one end. */
+    char esc[AUTH_LOGIN_LOG_MAX * 4 + 4], login[sizeof esc * 4];
+    log_escape(s->auth_login, s->auth_login_len, esc, sizeof esc);
+    size_t o = 0;
+    for (const char *p = esc; *p && o + 5 < sizeof login; p++) {
+        if (*p == '"') {
+            memcpy(login + o, "\\x22", 4);
+            o += 4;
+        } else login[o++] = *p;
+    }
+    login[o] = '\0';
+    log_msg(LOG_INFO, s->sid, "AUTH failed: mechanism=%s client=[%s] login=\"%s\"",
+            s->policy->mechs[s->auth_mech_index].name, s->peer_host, login);
+}
+
 /* Ends an AUTH command with its outcome. The outcome is the one writer of
  * session.authenticated: whatever a hook wrote into the table on the way,
  * the C mirror and the table say the same from here on (a mechanism that
@@ -81,8 +101,7 @@ static void auth_finish(struct session *s, bool authenticated)
         return;
     }
     s->auth_failures++;
-    log_msg(LOG_INFO, s->sid, "AUTH %s failed (%ld in this session)",
-            s->policy->mechs[s->auth_mech_index].name, s->auth_failures);
+    auth_log_failure(s);
     long limit = s->opt->auth_failure_limit;
     if (limit > 0 && s->auth_failures >= limit) {
         session_replyf(s, "421 4.7.0 %s Error: too many failed authentication attempts",
@@ -336,6 +355,7 @@ void auth_command(struct session *s, const char *arg, size_t len)
     s->auth_mech_index = mech;
     s->auth_in_progress = true;
     s->auth_final_sent = false;
+    s->auth_login_len = 0;
     /* Copied: a suspended handle_AUTH outlives the command line's buffer. */
     s->auth_initial = NULL;
     s->auth_initial_len = 0;

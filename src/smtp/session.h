@@ -150,6 +150,10 @@ struct session {
     int auth_mech_index;    /* mechanism chosen for this AUTH */
     char *auth_initial;     /* copy of the initial response (a secret), or NULL */
     size_t auth_initial_len;
+    /* The login the running AUTH's mechanism handed its authenticator
+     * (server:_auth_login), for the failure log line; never the password. */
+    char auth_login[AUTH_LOGIN_LOG_MAX];
+    size_t auth_login_len;
     /* Strings that must never reach a log line (AUTH initial response and
      * the like), scrubbed from hook error messages. */
     char *secrets[SESSION_SECRETS_MAX];
