@@ -1,11 +1,13 @@
 -- Brute-force defence for AUTH (mechanisms.md 3): the one failure log line
 -- and the shipped fail2ban filter, tested with fail2ban-regex against the
 -- server's real log output from IPv4 and IPv6 clients.
+local socket = require "socket"
 local testing = require "smtpd.testing"
 local h = require "spec.functional.common"
+local u = require "spec.functional.reload_util"
 
 local FILTER = "contrib/fail2ban/filter.d/luasmtpd.conf"
--- Penalty delays off where a case is not about them (step 1 has none yet).
+-- Penalties off where a case is not about them (testing.start's default).
 local PENALTY_OFF = nil
 
 -- alice / s3cret is the one valid login; penalties off unless a case asks.
@@ -118,5 +120,103 @@ describe("AUTH failure log line", function()
     -- and nothing else in the log matches (connection lines, the success)
     local _, only = fail2ban_regex(log:gsub("[^\n]*AUTH failed:[^\n]*\n", ""))
     assert.equal(0, only)
+  end)
+end)
+
+-- Penalties at full scale: the first failure holds the next AUTH 2 s less
+-- the (up to 1 s) pause before its 535, so at least 1 s remains for the
+-- other client's exchange.
+local PENALTY = { auth_fail_penalty = true, auth_fail_penalty_scale = 1 }
+
+describe("auth_fail_penalty", function()
+  it("holds the next AUTH of an address that failed; another client is answered meanwhile", function()
+    local srv = with_server({ source = source(), options = PENALTY }, function(srv)
+      local a = srv:connect()
+      a:cmd("EHLO client.test")
+      assert.equal(535, (a:auth_plain("alice", "wrong")))
+      assert(a:send("AUTH PLAIN " .. h.ALICE_PLAIN .. "\r\n"))
+      u.wait_log(srv, "[s1] AUTH penalty: holding AUTH")
+      local b = srv:connect()
+      assert.equal(250, (b:cmd("NOOP")))
+      assert.is_nil((a:reply(0.05)), "the held AUTH answered before the other client")
+      local code, text = a:reply(20)
+      assert.equal(235, code, text)
+      -- the success forgave the address: b's failure is the first again
+      b:cmd("EHLO client.test")
+      assert.equal(535, (b:auth_plain("alice", "wrong")))
+      a:close()
+      b:close()
+    end)
+    local err = srv:stderr()
+    local held = {}
+    for line in err:gmatch("[^\n]+") do
+      if line:find("AUTH penalty: holding AUTH", 1, true) then held[#held + 1] = line end
+    end
+    assert.equal(1, #held, err)
+    assert.truthy(held[1]:find("%[s1%] AUTH penalty: holding AUTH [%d.]+ s %(earlier failures from 127%.0%.0%.1%)$"))
+    -- the log order: failure, hold, b's connection, then a's success
+    local f = err:find("AUTH failed", 1, true)
+    local p = err:find("AUTH penalty", 1, true)
+    local c2 = err:find("[s2] connection from", 1, true)
+    local ok = err:find("[s1] authenticated with PLAIN", 1, true)
+    assert.truthy(f and p and c2 and ok, err)
+    assert.truthy(f < p and p < c2 and c2 < ok, err)
+  end)
+
+  it("pipelined commands after a failed AUTH wait for its 535 and keep their order", function()
+    with_server({ source = source(), options = PENALTY }, function(srv)
+      local c = srv:connect()
+      c:cmd("EHLO client.test")
+      assert(c:send("AUTH PLAIN " .. h.plain("alice", "wrong") .. "\r\nNOOP\r\nAUTH PLAIN "
+        .. h.ALICE_PLAIN .. "\r\nNOOP\r\n"))
+      local replies = {}
+      for _ = 1, 4 do
+        local code = c:reply(20)
+        replies[#replies + 1] = code
+      end
+      assert.same({ 535, 250, 235, 250 }, replies)
+      c:close()
+    end)
+  end)
+
+  it("a client that disconnects while held leaves the server serving (the hold is cancelled)", function()
+    local srv = with_server({ source = source(), options = PENALTY }, function(srv)
+      local a = srv:connect()
+      a:cmd("EHLO client.test")
+      assert.equal(535, (a:auth_plain("alice", "wrong")))
+      assert(a:send("AUTH PLAIN " .. h.ALICE_PLAIN .. "\r\n"))
+      u.wait_log(srv, "[s1] AUTH penalty: holding AUTH")
+      local b = srv:connect()
+      a:close()
+      local deadline = socket.gettime() + 10
+      while not srv:stderr():find("[s1] closed", 1, true) and socket.gettime() < deadline do
+        assert.equal(250, (b:cmd("NOOP")))
+      end
+      -- past the penalty: nothing happens on the closed session
+      assert.equal(250, (b:cmd("NOOP")))
+      b:close()
+    end)
+    local err = srv:stderr()
+    assert.truthy(err:find("[s1] AUTH penalty: holding AUTH", 1, true), err)
+    assert.truthy(err:find("[s1] closed: client closed the connection", 1, true)
+      or err:find("[s1] closed: connection lost", 1, true), err)
+    assert.is_nil(err:find("[s1] authenticated", 1, true), err)
+  end)
+
+  it("auth_fail_penalty = false holds nothing", function()
+    local srv = with_server({ source = source(), options = { auth_fail_penalty = false } }, function(srv)
+      local c = srv:connect()
+      c:cmd("EHLO client.test")
+      for _ = 1, 3 do assert.equal(535, (c:auth_plain("alice", "wrong"))) end
+      assert.equal(235, (c:auth_plain("alice", "s3cret")))
+      c:close()
+    end)
+    assert.is_nil(srv:stderr():find("AUTH penalty", 1, true))
+  end)
+
+  it("rejects a bad auth_fail_penalty_scale", function()
+    local status, out = testing.check{ source = source(), args = { "-o", "auth_fail_penalty_scale=0" } }
+    assert.is_not.equal(0, status)
+    assert.truthy(out:find("option 'auth_fail_penalty_scale' must be a positive number", 1, true), out)
   end)
 end)

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth_limit.h"
 #include "base64.h"
 #include "conn.h"
 #include "log.h"
@@ -25,6 +26,8 @@ static const char *const reply_success = "235 2.7.0 Authentication successful";
 static const char *const reply_invalid = "535 5.7.8 Authentication credentials invalid";
 
 static void auth_run_mechanism(struct session *s);
+static void auth_start(struct session *s);
+static void auth_check_failure_limit(struct session *s);
 static void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long);
 
 size_t auth_channel_binding(const struct session *s, const char *type, unsigned char *out)
@@ -49,6 +52,69 @@ bool auth_mechanism_available(const struct session *s, const struct mechanism *m
     case MECH_NEEDS_PEERCERT: return s->tls_active && s->tls_peer_verified;
     }
     return false;
+}
+
+/* ---------------------------------------------------- auth_fail_penalty
+ * Holding a session: its input waits (session_pump stops while
+ * auth_holding) on one ev_timer, so every other session goes on. Two holds:
+ * before an AUTH from an address that failed (Dovecot's penalty), and
+ * before a failed AUTH's 535 (OpenSMTPD's pause). */
+
+static bool auth_penalised(const struct session *s, char *key)
+{
+    return s->opt->auth_fail_penalty && !s->peer_unix && auth_limit_key(s->peer_host, key);
+}
+
+static void auth_hold_fired(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct session *s = w->data;
+    s->auth_holding = false;
+    void (*then)(struct session *) = s->auth_hold_then;
+    s->auth_hold_then = NULL;
+    then(s);
+    if (s->state == SESSION_CLOSING) conn_flush(s->conn);
+    else session_pump(s); /* the input that waited, and the replies */
+}
+
+static void auth_hold(struct session *s, double secs, void (*then)(struct session *s))
+{
+    s->auth_holding = true;
+    s->auth_hold_then = then;
+    ev_timer_init(&s->auth_hold, auth_hold_fired, secs, 0);
+    s->auth_hold.data = s;
+    ev_timer_start(s->host->loop, &s->auth_hold);
+}
+
+void auth_cancel_hold(struct session *s)
+{
+    if (s->auth_holding) ev_timer_stop(s->host->loop, &s->auth_hold);
+    s->auth_holding = false;
+    s->auth_hold_then = NULL;
+    free(s->auth_held_reply);
+    s->auth_held_reply = NULL;
+}
+
+/* A failure's final reply: a 535 is held back for the pause (it goes out
+ * when auth_finish's hold ends); anything else now. */
+static void auth_reply_failure(struct session *s, const char *line, size_t len)
+{
+    char key[AUTH_LIMIT_KEY_MAX];
+    if (len >= 3 && !memcmp(line, "535", 3) && auth_penalised(s, key) && !s->auth_held_reply &&
+        (s->auth_held_reply = malloc(len))) {
+        memcpy(s->auth_held_reply, line, len);
+        s->auth_held_len = len;
+        return;
+    }
+    session_reply_len(s, line, len);
+}
+
+static void auth_release_reply(struct session *s)
+{
+    session_reply_len(s, s->auth_held_reply, s->auth_held_len);
+    free(s->auth_held_reply);
+    s->auth_held_reply = NULL;
+    auth_check_failure_limit(s);
 }
 
 /* Ends one AUTH attempt: count a failure, enforce auth_failure_limit. */
@@ -98,10 +164,23 @@ static void auth_finish(struct session *s, bool authenticated)
     if (s->authenticated) {
         log_msg(LOG_INFO, s->sid, "authenticated with %s",
                 s->policy->mechs[s->auth_mech_index].name);
+        char key[AUTH_LIMIT_KEY_MAX];
+        if (auth_penalised(s, key)) auth_penalty_succeeded(key);
         return;
     }
     s->auth_failures++;
     auth_log_failure(s);
+    char key[AUTH_LIMIT_KEY_MAX];
+    if (auth_penalised(s, key)) auth_penalty_failed(key, ev_now(s->host->loop));
+    if (s->auth_held_reply) {
+        auth_hold(s, auth_fail_pause() * s->opt->auth_fail_penalty_scale, auth_release_reply);
+        return;
+    }
+    auth_check_failure_limit(s);
+}
+
+static void auth_check_failure_limit(struct session *s)
+{
     long limit = s->opt->auth_failure_limit;
     if (limit > 0 && s->auth_failures >= limit) {
         session_replyf(s, "421 4.7.0 %s Error: too many failed authentication attempts",
@@ -175,7 +254,7 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
     int t = nres >= 1 ? lua_type(co, 1) : LUA_TNIL;
     if (t == LUA_TNIL) {
         /* The mechanism sent its own final reply, or forgot to (fix). */
-        if (!s->auth_final_sent) session_reply(s, reply_invalid);
+        if (!s->auth_final_sent) auth_reply_failure(s, reply_invalid, strlen(reply_invalid));
         auth_finish(s, false);
         return;
     }
@@ -189,7 +268,7 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
             session_reply(s, reply_success);
             auth_finish(s, true);
         } else {
-            session_reply(s, reply_invalid);
+            auth_reply_failure(s, reply_invalid, strlen(reply_invalid));
             auth_finish(s, false);
         }
         return;
@@ -234,9 +313,9 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
         if (message) session_reply_len(s, message, mlen);
         else session_reply(s, reply_success);
     } else if (handled) {
-        if (!s->auth_final_sent) session_reply(s, reply_invalid); /* fix: never leave a hang */
-    } else if (message) session_reply_len(s, message, mlen);
-    else session_reply(s, reply_invalid);
+        if (!s->auth_final_sent) auth_reply_failure(s, reply_invalid, strlen(reply_invalid)); /* fix: never leave a hang */
+    } else if (message) auth_reply_failure(s, message, mlen);
+    else auth_reply_failure(s, reply_invalid, strlen(reply_invalid));
     auth_finish(s, success);
 }
 
@@ -286,14 +365,15 @@ static void auth_handle_auth_done(void *owner, bool ok, lua_State *co, int nres)
             auth_bad_value(s, co, "returned a string that is not one reply line");
             return;
         }
-        session_reply_len(s, status, n);
+        if (status[0] == '2') session_reply_len(s, status, n);
+        else auth_reply_failure(s, status, n);
         /* handle_AUTH decided: authenticated if it said so and replied 2xx. */
         auth_finish(s, s->authenticated && status[0] == '2');
         return;
     }
     if (t == LUA_TNIL) {
         bool replied = s->auth_final_sent;
-        if (!replied) session_reply(s, reply_invalid); /* fix */
+        if (!replied) auth_reply_failure(s, reply_invalid, strlen(reply_invalid)); /* fix */
         auth_finish(s, replied && s->authenticated);
         return;
     }
@@ -375,6 +455,24 @@ void auth_command(struct session *s, const char *arg, size_t len)
         }
     }
 
+    /* Dovecot's penalty: an address that failed waits before it may try
+     * again (the timer holds this session only). */
+    char key[AUTH_LIMIT_KEY_MAX];
+    if (auth_penalised(s, key)) {
+        double wait = auth_penalty_delay(key, ev_now(s->host->loop)) * s->opt->auth_fail_penalty_scale;
+        if (wait > 0) {
+            log_msg(LOG_INFO, s->sid, "AUTH penalty: holding AUTH %.3f s (earlier failures from %s)",
+                    wait, key);
+            auth_hold(s, wait, auth_start);
+            return;
+        }
+    }
+    auth_start(s);
+}
+
+/* The policy step of AUTH: handle_AUTH, else the mechanism. */
+static void auth_start(struct session *s)
+{
     if (!policy_has_hook(s->policy, HOOK_AUTH)) {
         auth_run_mechanism(s);
         return;

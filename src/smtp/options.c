@@ -25,6 +25,8 @@
 #define DEFAULT_TIMEOUT 300.0
 #define DEFAULT_CALL_LIMIT 20L
 #define DEFAULT_AUTH_FAILURE_LIMIT 5L
+/* auth_fail_penalty's delays as Dovecot and OpenSMTPD have them. */
+#define DEFAULT_AUTH_FAIL_PENALTY_SCALE 1.0
 /* Ours: how long a suspended hook may wait, and the Lua heap of a generation. */
 #define DEFAULT_HOOK_TIMEOUT 60.0
 /* smtpd.timer.at/every pending at once in one generation (OpenResty's
@@ -103,6 +105,8 @@ static const struct opt_def opt_defs[] = {
     OPT("command_call_limit", T_CALL_LIMIT, call_limits),
     OPT("auth_failure_limit", T_INT, auth_failure_limit),
     OPT("auth_allow_authzid", T_BOOL, auth_allow_authzid),
+    OPT("auth_fail_penalty", T_BOOL, auth_fail_penalty),
+    OPT("auth_fail_penalty_scale", T_NUMBER, auth_fail_penalty_scale),
     OPT("bare_newline", T_BARE_NEWLINE, bare_newline),
     OPT("proxy_protocol_timeout", T_NUMBER, proxy_protocol_timeout),
     OPT("hook_timeout", T_NUMBER, hook_timeout),
@@ -152,6 +156,8 @@ void options_init_defaults(struct options *o)
     o->auth_require_tls = true;
     o->call_limit_default = DEFAULT_CALL_LIMIT;
     o->auth_failure_limit = DEFAULT_AUTH_FAILURE_LIMIT;
+    o->auth_fail_penalty = true; /* mechanisms.md 3: default on */
+    o->auth_fail_penalty_scale = DEFAULT_AUTH_FAIL_PENALTY_SCALE;
     o->bare_newline = BARE_NEWLINE_REJECT;
     o->hook_timeout = DEFAULT_HOOK_TIMEOUT;
     o->lua_memory_limit = DEFAULT_LUA_MEMORY_LIMIT;

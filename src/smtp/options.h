@@ -57,6 +57,8 @@ struct options {
     size_t n_call_limits;
     long auth_failure_limit;   /* 0 = unlimited */
     bool auth_allow_authzid;
+    bool auth_fail_penalty;       /* delay AUTH after failures, pause before 535 */
+    double auth_fail_penalty_scale; /* multiplies those delays (tests: 0.01) */
     enum bare_newline_mode bare_newline;
     double proxy_protocol_timeout; /* 0 = PROXY protocol off */
     double hook_timeout;       /* seconds a hook may stay suspended on an event */
