@@ -220,3 +220,128 @@ describe("auth_fail_penalty", function()
     assert.truthy(out:find("option 'auth_fail_penalty_scale' must be a positive number", 1, true), out)
   end)
 end)
+
+local REFUSED = "454 4.7.0 Too many failed attempts, try again later"
+
+-- alice / s3cret, and NOOP names the worker's pid.
+local function limit_source(limit)
+  return [[
+local ffi = require "ffi"
+pcall(ffi.cdef, "int getpid(void);")
+function handle_NOOP() return "250 pid " .. ffi.C.getpid() end
+options = { auth_require_tls = false, auth_fail_limit_per_client = ]] .. limit .. [[ }
+]] .. h.ALICE
+end
+
+local function pid_of(c)
+  local code, text = c:cmd("NOOP")
+  assert.equal(250, code)
+  return tonumber(text:match("pid (%d+)$"))
+end
+
+-- The whole reply line of a command.
+local function line_of(c, cmd)
+  local _, _, lines = c:cmd(cmd)
+  return lines[#lines]
+end
+
+describe("auth_fail_limit_per_client", function()
+  it("past count failures, AUTH from the address gets 454 for the window, on every connection", function()
+    local srv = with_server({ source = limit_source("{ count = 2, window = 600 }") }, function(srv)
+      local a = srv:connect()
+      a:cmd("EHLO client.test")
+      assert.equal(535, (a:auth_plain("alice", "wrong")))
+      assert.equal(535, (a:auth_login("alice", "wrong")))
+      -- right credentials, but the address spent its failures
+      assert.equal(REFUSED, line_of(a, "AUTH PLAIN " .. h.ALICE_PLAIN))
+      local b = srv:connect()
+      b:cmd("EHLO client.test")
+      assert.equal(REFUSED, line_of(b, "AUTH LOGIN"))
+      assert.equal(250, (b:cmd("NOOP"))) -- the session goes on
+      a:close()
+      b:close()
+    end)
+    local err = srv:stderr()
+    assert.equal(2, #failure_lines(err)) -- a refusal is no failure line (nor a new failure)
+    local _, refusals = err:gsub("AUTH refused: too many failed attempts from 127%.0%.0%.1 %(auth_fail_limit_per_client%)", "")
+    assert.equal(2, refusals)
+  end)
+
+  it("the count ends with the window", function()
+    with_server({ source = limit_source("{ count = 1, window = 0.5 }") }, function(srv)
+      local c = srv:connect()
+      c:cmd("EHLO client.test")
+      assert.equal(535, (c:auth_plain("alice", "wrong")))
+      assert.equal(REFUSED, line_of(c, "AUTH PLAIN " .. h.ALICE_PLAIN))
+      c:close()
+      -- bounded: the 0.5 s window ends well within 10 s (a new connection
+      -- each time: refusals count to error_limit)
+      local deadline, last = socket.gettime() + 10, nil
+      repeat
+        socket.sleep(0.05)
+        local d = srv:connect()
+        d:cmd("EHLO client.test")
+        last = line_of(d, "AUTH PLAIN " .. h.ALICE_PLAIN)
+        d:close()
+      until last ~= REFUSED or socket.gettime() > deadline
+      assert.equal(h.AUTH_OK, last)
+    end)
+  end)
+
+  it("is one count for all workers (--workers 2)", function()
+    local srv = with_server({ source = limit_source("{ count = 6, window = 600 }"),
+      args = { "--workers", "2" } }, function(srv)
+      -- one open connection on each worker
+      local by_pid, conns = {}, {}
+      for _ = 1, 200 do
+        local c = srv:connect()
+        local pid = pid_of(c)
+        if by_pid[pid] then c:close() else
+          by_pid[pid] = c
+          conns[#conns + 1] = c
+        end
+        if #conns == 2 then break end
+      end
+      assert.equal(2, #conns, "connections never reached two workers")
+      local a, b = conns[1], conns[2]
+      a:cmd("EHLO client.test")
+      b:cmd("EHLO client.test")
+      -- three failures through each worker: neither saw six itself
+      for _ = 1, 3 do
+        assert.equal(535, (a:auth_plain("alice", "wrong")))
+        assert.equal(535, (b:auth_plain("alice", "wrong")))
+      end
+      assert.equal(REFUSED, line_of(a, "AUTH PLAIN " .. h.ALICE_PLAIN))
+      assert.equal(REFUSED, line_of(b, "AUTH PLAIN " .. h.ALICE_PLAIN))
+      a:close()
+      b:close()
+    end)
+    local lines = failure_lines(srv:stderr())
+    assert.equal(6, #lines)
+    local tags = {}
+    for _, line in ipairs(lines) do
+      local tag = line:match(" (w%d+) %[s%d+%] AUTH failed")
+      tags[tag or "?"] = (tags[tag or "?"] or 0) + 1
+    end
+    assert.same({ w0 = 3, w1 = 3 }, tags)
+    -- and fail2ban reads the worker-tagged lines too
+    local out, total = fail2ban_regex(srv:stderr())
+    assert.equal(6, total, out)
+  end)
+
+  it("rejects bad values with a readable message", function()
+    for _, case in ipairs{
+      { "count=0,window=600", "count must be a positive integer" },
+      { "count=3,window=-1", "window must be a positive number of seconds" },
+      { "count=3,size=1", "unknown field 'size' (count, window)" },
+      { "lots", "must be false or a table { count = N, window = SECONDS }" },
+    } do
+      local status, out = testing.check{ source = source(), args = { "-o", "auth_fail_limit_per_client=" .. case[1] } }
+      assert.is_not.equal(0, status)
+      assert.truthy(out:find(case[2], 1, true), out)
+    end
+    local status, out = testing.check{ source = "options = { auth_fail_limit_per_client = { count = 1.5 } }\n" }
+    assert.is_not.equal(0, status)
+    assert.truthy(out:find("count must be a positive integer", 1, true), out)
+  end)
+end)

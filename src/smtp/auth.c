@@ -18,6 +18,7 @@
 #include "lua_session.h"
 #include "policy.h"
 #include "session.h"
+#include "shdict.h"
 #include "smtp_limits.h"
 #include "status_line.h"
 #include "tls.h"
@@ -117,6 +118,48 @@ static void auth_release_reply(struct session *s)
     auth_check_failure_limit(s);
 }
 
+/* ------------------------------------------- auth_fail_limit_per_client
+ * Failures per address group in the shared dictionary every worker maps
+ * (options_finalize declares it): one counter per group, created with the
+ * window as its TTL, so the count ends when the window does. */
+
+static struct shdict *auth_fail_dict(void)
+{
+    static struct shdict *d;
+    if (!d && shdict_process_region())
+        d = shdict_region_find(shdict_process_region(), OPTIONS_AUTH_FAIL_DICT,
+                               strlen(OPTIONS_AUTH_FAIL_DICT));
+    return d;
+}
+
+static bool auth_limited(const struct session *s, char *key)
+{
+    return s->opt->auth_fail_limit_per_client.enabled && !s->peer_unix &&
+           auth_limit_key(s->peer_host, key) && auth_fail_dict();
+}
+
+/* True when key has spent its failures for this window. */
+static bool auth_over_limit(const struct session *s, const char *key)
+{
+    struct shdict_value v;
+    struct shdict_buf buf = {NULL, 0};
+    enum shdict_status st = shdict_get(auth_fail_dict(), key, strlen(key), &v, &buf);
+    free(buf.data);
+    return st == SHDICT_OK && v.type == SHDICT_NUMBER &&
+           v.number >= (double)s->opt->auth_fail_limit_per_client.count;
+}
+
+static void auth_count_failure(struct session *s, const char *key)
+{
+    static const double zero = 0;
+    double now_count;
+    enum shdict_status st =
+        shdict_incr(auth_fail_dict(), key, strlen(key), 1, &zero,
+                    s->opt->auth_fail_limit_per_client.window, &now_count);
+    if (st != SHDICT_OK && st != SHDICT_EVICTED)
+        log_msg(LOG_WARN, s->sid, "auth_fail_limit_per_client: cannot count a failure for %s", key);
+}
+
 /* Ends one AUTH attempt: count a failure, enforce auth_failure_limit. */
 void auth_forget(struct session *s)
 {
@@ -172,6 +215,7 @@ static void auth_finish(struct session *s, bool authenticated)
     auth_log_failure(s);
     char key[AUTH_LIMIT_KEY_MAX];
     if (auth_penalised(s, key)) auth_penalty_failed(key, ev_now(s->host->loop));
+    if (auth_limited(s, key)) auth_count_failure(s, key);
     if (s->auth_held_reply) {
         auth_hold(s, auth_fail_pause() * s->opt->auth_fail_penalty_scale, auth_release_reply);
         return;
@@ -432,6 +476,15 @@ void auth_command(struct session *s, const char *arg, size_t len)
         session_reply(s, "504 5.5.4 Unrecognized authentication type");
         return;
     }
+    /* mechanisms.md 3: an address past its failures for the window is
+     * refused before anything runs (not counted: the window does not grow). */
+    char key[AUTH_LIMIT_KEY_MAX];
+    if (auth_limited(s, key) && auth_over_limit(s, key)) {
+        log_msg(LOG_INFO, s->sid, "AUTH refused: too many failed attempts from %s "
+                                  "(auth_fail_limit_per_client)", key);
+        session_reply(s, "454 4.7.0 Too many failed attempts, try again later");
+        return;
+    }
     s->auth_mech_index = mech;
     s->auth_in_progress = true;
     s->auth_final_sent = false;
@@ -457,7 +510,6 @@ void auth_command(struct session *s, const char *arg, size_t len)
 
     /* Dovecot's penalty: an address that failed waits before it may try
      * again (the timer holds this session only). */
-    char key[AUTH_LIMIT_KEY_MAX];
     if (auth_penalised(s, key)) {
         double wait = auth_penalty_delay(key, ev_now(s->host->loop)) * s->opt->auth_fail_penalty_scale;
         if (wait > 0) {
