@@ -345,3 +345,64 @@ describe("auth_fail_limit_per_client", function()
     assert.truthy(out:find("count must be a positive integer", 1, true), out)
   end)
 end)
+
+describe("auth_fail_penalty holds and the session's life", function()
+  local hu = require "spec.functional.hostile_util"
+
+  it("a reload (SIGHUP) during a hold: the held AUTH completes on its old generation", function()
+    local srv = u.start{ source = source(), options = PENALTY }
+    local ok, err = pcall(function()
+      local a = srv:connect()
+      a:cmd("EHLO client.test")
+      assert.equal(535, (a:auth_plain("alice", "wrong")))
+      assert(a:send("AUTH PLAIN " .. h.ALICE_PLAIN .. "\r\n"))
+      u.wait_log(srv, "[s1] AUTH penalty: holding AUTH")
+      -- generation 2 accepts nobody
+      u.reload(srv, "options = { auth_require_tls = false }\n"
+        .. "function authenticator() return false end\n", 2)
+      assert.is_nil((a:reply(0.05)), "the held AUTH answered before the reload finished")
+      local code, text = a:reply(20)
+      assert.equal(235, code, text)
+      a:close()
+      local b = srv:connect()
+      b:cmd("EHLO client.test")
+      assert.equal(535, (b:auth_plain("alice", "s3cret"))) -- a new session: generation 2
+      b:close()
+    end)
+    u.stop(srv)
+    if not ok then error(err, 0) end
+  end)
+
+  it("descriptors and RSS stay flat over thousands of holds (pause, penalty, 421 after a held 535)", function()
+    -- 0.0001: the holds are sub-millisecond timers; each session fails five
+    -- times (auth_failure_limit), the fifth 535 held, then 421 and close
+    local srv = testing.start{ source = source(),
+      options = { auth_fail_penalty = true, auth_fail_penalty_scale = 0.0001 } }
+    local ok, err = pcall(function()
+      local bad = "AUTH PLAIN " .. h.plain("alice", "wrong") .. "\r\n"
+      local function sessions(n)
+        for _ = 1, n do
+          local c = srv:connect()
+          assert(c:send("EHLO client.test\r\n" .. bad:rep(5)))
+          assert.equal(250, (c:reply(10)))
+          for _ = 1, 5 do assert.equal(535, (c:reply(10))) end
+          assert.equal(421, (c:reply(10)))
+          c:close()
+        end
+      end
+      sessions(50)
+      local fds, rss = hu.fd_count(srv.pid), hu.rss_kib(srv.pid)
+      sessions(1000) -- 5,000 failures, about 10,000 holds
+      u.wait_log(srv, "[s1050] closed", 1, 10)
+      local fds2, rss2 = hu.fd_count(srv.pid), hu.rss_kib(srv.pid)
+      io.stdout:write(("\nauth holds: 5,000 failures; fds %d -> %d; VmRSS %d -> %d KiB\n")
+        :format(fds, fds2, rss, rss2))
+      assert.equal(fds, fds2)
+      assert(hu.sanitized(srv.pid) or rss2 - rss < 2048, ("RSS grew by %d KiB"):format(rss2 - rss))
+    end)
+    srv:stop()
+    if not ok then error(err, 0) end
+    local _, holds = srv:stderr():gsub("AUTH penalty: holding", "")
+    assert.truthy(holds >= 4000, "only " .. holds .. " penalty holds")
+  end)
+end)
