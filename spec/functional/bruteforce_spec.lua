@@ -263,7 +263,8 @@ describe("auth_fail_limit_per_client", function()
     end)
     local err = srv:stderr()
     assert.equal(2, #failure_lines(err)) -- a refusal is no failure line (nor a new failure)
-    local _, refusals = err:gsub("AUTH refused: too many failed attempts from 127%.0%.0%.1 %(auth_fail_limit_per_client%)", "")
+    local _, refusals = err:gsub(
+      "AUTH refused: too many failed attempts from 127%.0%.0%.1 %(auth_fail_limit_per_client%)", "")
     assert.equal(2, refusals)
   end)
 
@@ -276,7 +277,7 @@ describe("auth_fail_limit_per_client", function()
       c:close()
       -- bounded: the 0.5 s window ends well within 10 s (a new connection
       -- each time: refusals count to error_limit)
-      local deadline, last = socket.gettime() + 10, nil
+      local deadline, last = socket.gettime() + 10
       repeat
         socket.sleep(0.05)
         local d = srv:connect()
