@@ -374,6 +374,26 @@ describe("auth_fail_penalty holds and the session's life", function()
     if not ok then error(err, 0) end
   end)
 
+  it("SIGTERM during a hold: the held AUTH is answered, then 421, and the server stops", function()
+    local srv = testing.start{ source = source(), options = PENALTY }
+    local ok, err = pcall(function()
+      local a = srv:connect()
+      a:cmd("EHLO client.test")
+      assert.equal(535, (a:auth_plain("alice", "wrong")))
+      assert(a:send("AUTH PLAIN " .. h.ALICE_PLAIN .. "\r\nNOOP\r\n"))
+      u.wait_log(srv, "[s1] AUTH penalty: holding AUTH")
+      srv:signal("TERM")
+      u.wait_log(srv, "SIGTERM received")
+      assert.equal(235, (a:reply(20)))
+      local code, text = a:reply(20)
+      assert.equal(421, code)
+      assert.equal("4.3.2 mx.test Error: server shutting down, try again later", text)
+      a:close()
+    end)
+    srv:stop()
+    if not ok then error(err, 0) end
+  end)
+
   it("descriptors and RSS stay flat over thousands of holds (pause, penalty, 421 after a held 535)", function()
     -- 0.0001: the holds are sub-millisecond timers; each session fails five
     -- times (auth_failure_limit), the fifth 535 held, then 421 and close
