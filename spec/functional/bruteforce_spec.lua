@@ -427,3 +427,109 @@ describe("auth_fail_penalty holds and the session's life", function()
     assert.truthy(holds >= 4000, "only " .. holds .. " penalty holds")
   end)
 end)
+
+describe("auth_fail_store (Redis): one count across hosts", function()
+  local ru = require "spec.bindings.redis_util"
+  local hu = require "spec.functional.hostile_util"
+  local rsrv
+  setup(function() rsrv = ru.start_redis() end)
+  teardown(function() if rsrv then rsrv:stop() end end)
+
+  local function store_source(url, count)
+    return limit_source(("{ count = %d, window = 600 }, auth_fail_store = %q"):format(count, url))
+  end
+
+  it("two servers sharing one Redis refuse an address past its failures on either", function()
+    local url = ("redis://127.0.0.1:%d/3"):format(rsrv.port)
+    local one = testing.start{ source = store_source(url, 3) }
+    local two = testing.start{ source = store_source(url, 3) }
+    local ok, err = pcall(function()
+      local a, b = one:connect(), two:connect()
+      a:cmd("EHLO client.test")
+      b:cmd("EHLO client.test")
+      assert.equal(535, (a:auth_plain("alice", "wrong")))
+      assert.equal(535, (a:auth_plain("alice", "wrong")))
+      -- neither server saw three failures itself
+      assert.equal(535, (b:auth_plain("alice", "wrong")))
+      assert.equal(REFUSED, line_of(a, "AUTH PLAIN " .. h.ALICE_PLAIN))
+      assert.equal(REFUSED, line_of(b, "AUTH PLAIN " .. h.ALICE_PLAIN))
+      -- the counter in Redis: db 3, with the window as its expiry
+      local p = assert(io.popen(("timeout 10 redis-cli -p %d -n 3 GET luasmtpd:auth_fail:127.0.0.1; "
+        .. "timeout 10 redis-cli -p %d -n 3 TTL luasmtpd:auth_fail:127.0.0.1"):format(rsrv.port, rsrv.port)))
+      local got = p:read("*a")
+      p:close()
+      local count, ttl = got:match("^(%d+)\n(%d+)\n$")
+      assert.equal("3", count, got)
+      assert.truthy(tonumber(ttl) > 500 and tonumber(ttl) <= 600, got)
+      a:close()
+      b:close()
+    end)
+    one:stop()
+    two:stop()
+    if not ok then error(err, 0) end
+    assert.equal(2, #failure_lines(one:stderr()))
+    assert.equal(1, #failure_lines(two:stderr()))
+  end)
+
+  it("another client is served while AUTH waits on a Redis that never answers; a disconnect or "
+    .. "hook_timeout mid-wait", function()
+    -- a listener that never accepts: connect completes, GET is never answered
+    local silent = assert(socket.bind("127.0.0.1", 0))
+    local _, sport = silent:getsockname()
+    local url = ("redis://127.0.0.1:%d"):format(sport)
+    local srv = with_server({ source = store_source(url, 1), options = { hook_timeout = 1 } }, function(srv)
+      local a = srv:connect()
+      a:cmd("EHLO client.test")
+      assert(a:send("AUTH PLAIN " .. h.ALICE_PLAIN .. "\r\n"))
+      local b = srv:connect()
+      assert.equal(250, (b:cmd("NOOP")))
+      assert.is_nil((a:reply(0.05)), "AUTH answered before the other client")
+      -- hook_timeout ends the wait; the store fails open and AUTH goes on
+      assert.equal(235, (a:reply(20)))
+      a:close()
+      -- a client that leaves while AUTH waits on the store
+      b:cmd("EHLO client.test")
+      assert(b:send("AUTH PLAIN " .. h.ALICE_PLAIN .. "\r\n"))
+      u.wait_log(srv, "[s2] connection")
+      b:close()
+      u.wait_log(srv, "[s2] closed")
+      local c = srv:connect()
+      assert.equal(250, (c:cmd("NOOP")))
+      c:close()
+    end)
+    silent:close()
+    local err = srv:stderr()
+    assert.truthy(err:find("[s1] hook auth_fail_store failed: auth_fail_store still waiting for sock:receive "
+      .. "after hook_timeout (1 s)", 1, true), err)
+    assert.truthy(err:find("[s1] authenticated with PLAIN", 1, true), err)
+    assert.truthy(err:find("[s2] abandoning suspended hook auth_fail_store", 1, true), err)
+  end)
+
+  it("a Redis that is down fails open (AUTH goes on, a warning is logged)", function()
+    local url = ("redis://127.0.0.1:%d"):format(hu.free_port()) -- nobody listens
+    local srv = with_server({ source = store_source(url, 1) }, function(srv)
+      local c = srv:connect()
+      c:cmd("EHLO client.test")
+      assert.equal(535, (c:auth_plain("alice", "wrong")))
+      assert.equal(535, (c:auth_plain("alice", "wrong"))) -- not counted: no 454
+      assert.equal(235, (c:auth_plain("alice", "s3cret")))
+      c:close()
+    end)
+    local err = srv:stderr()
+    assert.truthy(err:find("auth_fail_store: [^\n]*; not counting"), err)
+  end)
+
+  it("rejects a bad auth_fail_store", function()
+    local status, out = testing.check{ source = source(), args = { "-o", "auth_fail_store=redis://127.0.0.1:6379" } }
+    assert.is_not.equal(0, status)
+    assert.truthy(out:find("option 'auth_fail_store' needs auth_fail_limit_per_client", 1, true), out)
+    status, out = testing.check{ source = source(), args = { "-o", "auth_fail_store=memcached://x",
+      "-o", "auth_fail_limit_per_client=count=3" } }
+    assert.is_not.equal(0, status)
+    assert.truthy(out:find("option 'auth_fail_store' must be \"redis://host:port[/db]\"", 1, true), out)
+    status, out = testing.check{ source = source(), args = { "-o", "auth_fail_store=redis://nohost",
+      "-o", "auth_fail_limit_per_client=count=3" } }
+    assert.is_not.equal(0, status)
+    assert.truthy(out:find("option 'auth_fail_store': expected redis://host:port[/db]", 1, true), out)
+  end)
+end)

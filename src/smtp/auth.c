@@ -28,6 +28,9 @@ static const char *const reply_invalid = "535 5.7.8 Authentication credentials i
 
 static void auth_run_mechanism(struct session *s);
 static void auth_start(struct session *s);
+static void auth_after_limit(struct session *s);
+static void auth_after_failure(struct session *s);
+static void auth_store_over_done(void *owner, bool ok, lua_State *co, int nres);
 static void auth_check_failure_limit(struct session *s);
 static void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long);
 
@@ -149,6 +152,53 @@ static bool auth_over_limit(const struct session *s, const char *key)
            v.number >= (double)s->opt->auth_fail_limit_per_client.count;
 }
 
+static void auth_refuse(struct session *s, const char *key)
+{
+    log_msg(LOG_INFO, s->sid, "AUTH refused: too many failed attempts from %s "
+                              "(auth_fail_limit_per_client)", key);
+    session_reply(s, "454 4.7.0 Too many failed attempts, try again later");
+}
+
+/* auth_fail_store: the same address groups, counted in Redis. */
+static bool auth_store_limited(const struct session *s, char *key)
+{
+    return s->opt->auth_fail_store && s->policy->fail_store_over_ref != LUA_NOREF &&
+           !s->peer_unix && auth_limit_key(s->peer_host, key);
+}
+
+/* A store that cannot answer lets the AUTH go on (fails open): a Redis
+ * outage must not lock every user out. */
+static void auth_store_error(struct session *s, bool ok, lua_State *co, int nres)
+{
+    if (!ok) session_log_hook_error(s, co, "auth_fail_store", NULL);
+    else {
+        const char *e = nres >= 2 ? lua_tostring(co, 2) : NULL;
+        log_msg(LOG_WARN, s->sid, "auth_fail_store: %s; not counting", e ? e : "no answer");
+    }
+}
+
+static void auth_store_over_done(void *owner, bool ok, lua_State *co, int nres)
+{
+    struct session *s = owner;
+    if (!ok || nres < 1 || lua_isnil(co, 1)) auth_store_error(s, ok, co, nres);
+    else if (lua_toboolean(co, 1)) {
+        char key[AUTH_LIMIT_KEY_MAX];
+        auth_limit_key(s->peer_host, key);
+        auth_forget(s);
+        s->auth_in_progress = false;
+        auth_refuse(s, key);
+        return;
+    }
+    auth_after_limit(s);
+}
+
+static void auth_store_failed_done(void *owner, bool ok, lua_State *co, int nres)
+{
+    struct session *s = owner;
+    if (!ok || nres < 1 || lua_isnil(co, 1)) auth_store_error(s, ok, co, nres);
+    auth_after_failure(s);
+}
+
 static void auth_count_failure(struct session *s, const char *key)
 {
     static const double zero = 0;
@@ -215,7 +265,21 @@ static void auth_finish(struct session *s, bool authenticated)
     auth_log_failure(s);
     char key[AUTH_LIMIT_KEY_MAX];
     if (auth_penalised(s, key)) auth_penalty_failed(key, ev_now(s->host->loop));
-    if (auth_limited(s, key)) auth_count_failure(s, key);
+    if (!s->opt->auth_fail_store && auth_limited(s, key)) auth_count_failure(s, key);
+    if (auth_store_limited(s, key)) {
+        lua_State *co = hook_begin(&s->hook, s->policy->fail_store_failed_ref, "auth_fail_store");
+        lua_pushstring(co, s->opt->auth_fail_store);
+        lua_pushstring(co, key);
+        lua_pushnumber(co, s->opt->auth_fail_limit_per_client.window);
+        hook_run(&s->hook, 3, auth_store_failed_done, s, HOOK_MAY_WAIT);
+        return;
+    }
+    auth_after_failure(s);
+}
+
+/* After a failure was counted: the held 535's pause, or the session limit. */
+static void auth_after_failure(struct session *s)
+{
     if (s->auth_held_reply) {
         auth_hold(s, auth_fail_pause() * s->opt->auth_fail_penalty_scale, auth_release_reply);
         return;
@@ -479,10 +543,8 @@ void auth_command(struct session *s, const char *arg, size_t len)
     /* mechanisms.md 3: an address past its failures for the window is
      * refused before anything runs (not counted: the window does not grow). */
     char key[AUTH_LIMIT_KEY_MAX];
-    if (auth_limited(s, key) && auth_over_limit(s, key)) {
-        log_msg(LOG_INFO, s->sid, "AUTH refused: too many failed attempts from %s "
-                                  "(auth_fail_limit_per_client)", key);
-        session_reply(s, "454 4.7.0 Too many failed attempts, try again later");
+    if (!s->opt->auth_fail_store && auth_limited(s, key) && auth_over_limit(s, key)) {
+        auth_refuse(s, key);
         return;
     }
     s->auth_mech_index = mech;
@@ -507,7 +569,22 @@ void auth_command(struct session *s, const char *arg, size_t len)
             memset(decoded, 0, (size_t)got);
         }
     }
+    if (s->opt->auth_fail_store && auth_store_limited(s, key)) {
+        /* The count is in Redis: ask it first (a hook on the cosockets). */
+        lua_State *co = hook_begin(&s->hook, s->policy->fail_store_over_ref, "auth_fail_store");
+        lua_pushstring(co, s->opt->auth_fail_store);
+        lua_pushstring(co, key);
+        lua_pushnumber(co, (double)s->opt->auth_fail_limit_per_client.count);
+        hook_run(&s->hook, 3, auth_store_over_done, s, HOOK_MAY_WAIT);
+        return;
+    }
+    auth_after_limit(s);
+}
 
+/* The limit passed: Dovecot's penalty, then the policy step. */
+static void auth_after_limit(struct session *s)
+{
+    char key[AUTH_LIMIT_KEY_MAX];
     /* Dovecot's penalty: an address that failed waits before it may try
      * again (the timer holds this session only). */
     if (auth_penalised(s, key)) {

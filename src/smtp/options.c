@@ -112,6 +112,7 @@ static const struct opt_def opt_defs[] = {
     OPT("auth_fail_penalty", T_BOOL, auth_fail_penalty),
     OPT("auth_fail_penalty_scale", T_NUMBER, auth_fail_penalty_scale),
     OPT("auth_fail_limit_per_client", T_FAIL_LIMIT, auth_fail_limit_per_client),
+    OPT("auth_fail_store", T_STRING, auth_fail_store),
     OPT("bare_newline", T_BARE_NEWLINE, bare_newline),
     OPT("proxy_protocol_timeout", T_NUMBER, proxy_protocol_timeout),
     OPT("hook_timeout", T_NUMBER, hook_timeout),
@@ -195,6 +196,7 @@ bool options_copy(struct options *dst, const struct options *src)
     dst->hostname = dup_or_null(src->hostname);
     dst->ident = dup_or_null(src->ident);
     dst->resolver = dup_or_null(src->resolver);
+    dst->auth_fail_store = dup_or_null(src->auth_fail_store);
     for (size_t i = 0; i < src->auth_exclude_mechanism.n; i++)
         dst->auth_exclude_mechanism.names[i] = dup_or_null(src->auth_exclude_mechanism.names[i]);
     for (size_t i = 0; i < src->auth_mechanisms.n; i++)
@@ -213,6 +215,7 @@ void options_free(struct options *o)
     free(o->hostname);
     free(o->ident);
     free(o->resolver);
+    free(o->auth_fail_store);
     for (size_t i = 0; i < o->auth_exclude_mechanism.n; i++) free(o->auth_exclude_mechanism.names[i]);
     for (size_t i = 0; i < o->auth_mechanisms.n; i++) free(o->auth_mechanisms.names[i]);
     for (int i = 0; i < 2; i++) free(o->auth_login_prompts.text[i]);
@@ -876,7 +879,17 @@ bool options_finalize(struct options *o, char *err, size_t errlen)
     }
     /* auth_fail_limit_per_client counts in a shared dictionary of its own
      * (or one the script declared under that name). */
-    if (o->auth_fail_limit_per_client.enabled) {
+    if (o->auth_fail_store) {
+        if (strncmp(o->auth_fail_store, "redis://", 8)) {
+            snprintf(err, errlen, "option 'auth_fail_store' must be \"redis://host:port[/db]\"");
+            return false;
+        }
+        if (!o->auth_fail_limit_per_client.enabled) {
+            snprintf(err, errlen, "option 'auth_fail_store' needs auth_fail_limit_per_client");
+            return false;
+        }
+    }
+    if (o->auth_fail_limit_per_client.enabled && !o->auth_fail_store) {
         bool declared = false;
         for (size_t i = 0; i < o->n_shared_dict; i++)
             declared = declared || !strcmp(o->shared_dict[i].name, OPTIONS_AUTH_FAIL_DICT);

@@ -72,6 +72,7 @@ struct options {
     bool auth_fail_penalty;       /* delay AUTH after failures, pause before 535 */
     double auth_fail_penalty_scale; /* multiplies those delays (tests: 0.01) */
     struct fail_limit auth_fail_limit_per_client;
+    char *auth_fail_store;     /* "redis://host:port[/db]": count there, not in _auth_fail */
     enum bare_newline_mode bare_newline;
     double proxy_protocol_timeout; /* 0 = PROXY protocol off */
     double hook_timeout;       /* seconds a hook may stay suspended on an event */
