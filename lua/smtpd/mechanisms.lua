@@ -57,6 +57,11 @@ local valid_result = { userdata = true, table = true, boolean = true }
 -- Errors are re-raised prefixed with "authenticator: " so the log names the
 -- hook that failed (LuaJIT's pcall lets the authenticator still suspend).
 local function authenticate(server, mechanism, credentials)
+  -- The login goes into the failure log line (mechanisms.md 3); read
+  -- protected, a script's auth_data may have a strict __index.
+  local got, login = pcall(function() return credentials.login end)
+  local note = server._auth_login -- nil on a test's stand-in server
+  if got and type(login) == "string" and note then note(server, login) end
   local authenticator = server.authenticator
   if authenticator == nil then return invalid() end
   local ok, result = pcall(authenticator, server, server.session, server.envelope,
@@ -195,6 +200,8 @@ function M.PLAIN(server, args)
   -- Acting as someone else is refused unless the operator allows it; the
   -- authenticator then sees credentials.authzid and decides (fix).
   if authzid ~= "" and authzid ~= login and not server.auth_allow_authzid then
+    local note = server._auth_login
+    if note then note(server, login) end
     return invalid()
   end
   return authenticate(server, "PLAIN", LoginPassword(login, password, authzid))

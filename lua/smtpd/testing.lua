@@ -10,6 +10,12 @@
 -- and stop give up after a few seconds. Waiting on the FIFOs uses LuaJIT's
 -- built-in FFI (`poll(2)`), so the helper runs on Linux under LuaJIT only.
 --
+-- Failed AUTHs: `start` passes `-o auth_fail_penalty=false` (every client
+-- of a test is 127.0.0.1, and the penalty would make each failure wait
+-- seconds) unless `options.auth_fail_penalty` is given; the command line
+-- wins over a script's `options`, so turn it on with
+-- `start{ options = { auth_fail_penalty = true } }`.
+--
 -- TLS: `start{ tls = "starttls" | "implicit" | "both" }` gives the server a
 -- throw-away certificate (made with the `openssl` command at test time, or
 -- your own with `cert = { cert = PATH, key = PATH }`); the client speaks TLS
@@ -677,6 +683,13 @@ local function build_args(opts, dir)
   if opts.hostname ~= false then
     args[#args + 1] = "--hostname"
     args[#args + 1] = opts.hostname or "mx.test"
+  end
+  -- auth_fail_penalty would make a test's failed AUTHs wait seconds each
+  -- (all clients are 127.0.0.1): off, unless the test gives the option.
+  -- Given first, so `options` or `args` naming it win.
+  if not (opts.options and opts.options.auth_fail_penalty ~= nil) then
+    args[#args + 1] = "-o"
+    args[#args + 1] = "auth_fail_penalty=false"
   end
   local names = {}
   for name in pairs(opts.options or {}) do names[#names + 1] = name end

@@ -80,7 +80,7 @@ describe("session.authenticated has one writer", function()
         { "NOOP auth", "250 auth=nil" },
         { "MAIL FROM:<a@example.org>", h.AUTH_REQUIRED },
       },
-      stderr_has = { "AUTH FLIP failed" },
+      stderr_has = { "AUTH failed: mechanism=FLIP client=[127.0.0.1]" },
       stderr_lacks = { "authenticated with" } },
   }
 end)

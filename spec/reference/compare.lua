@@ -195,8 +195,10 @@ function M.start_server(kind, config)
     redirect = " >" .. shell_quote(fifo) .. " 2>" .. shell_quote(logfile)
   else
     local bin = bin_path()
+    -- auth_fail_penalty off: aiosmtpd has none, and the comparison is of
+    -- replies (the penalty only delays them).
     argv = { bin, "--handler", M.dir .. "/handlers/" .. handler .. ".lua",
-             "-l", "127.0.0.1:0", "--ready-fd", "3" }
+             "-l", "127.0.0.1:0", "--ready-fd", "3", "-o", "auth_fail_penalty=false" }
     redirect = " 3>" .. shell_quote(fifo) .. " >" .. shell_quote(logfile) .. " 2>&1"
   end
   for _, a in ipairs(common_args(config)) do

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth_limit.h"
 #include "base64.h"
 #include "conn.h"
 #include "log.h"
@@ -17,6 +18,7 @@
 #include "lua_session.h"
 #include "policy.h"
 #include "session.h"
+#include "shdict.h"
 #include "smtp_limits.h"
 #include "status_line.h"
 #include "tls.h"
@@ -25,6 +27,11 @@ static const char *const reply_success = "235 2.7.0 Authentication successful";
 static const char *const reply_invalid = "535 5.7.8 Authentication credentials invalid";
 
 static void auth_run_mechanism(struct session *s);
+static void auth_start(struct session *s);
+static void auth_after_limit(struct session *s);
+static void auth_after_failure(struct session *s);
+static void auth_store_over_done(void *owner, bool ok, lua_State *co, int nres);
+static void auth_check_failure_limit(struct session *s);
 static void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long);
 
 size_t auth_channel_binding(const struct session *s, const char *type, unsigned char *out)
@@ -51,6 +58,158 @@ bool auth_mechanism_available(const struct session *s, const struct mechanism *m
     return false;
 }
 
+/* ---------------------------------------------------- auth_fail_penalty
+ * Holding a session: its input waits (session_pump stops while
+ * auth_holding) on one ev_timer, so every other session goes on. Two holds:
+ * before an AUTH from an address that failed (Dovecot's penalty), and
+ * before a failed AUTH's 535 (OpenSMTPD's pause). */
+
+static bool auth_penalised(const struct session *s, char *key)
+{
+    return s->opt->auth_fail_penalty && !s->peer_unix && auth_limit_key(s->peer_host, key);
+}
+
+static void auth_hold_fired(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct session *s = w->data;
+    s->auth_holding = false;
+    void (*then)(struct session *) = s->auth_hold_then;
+    s->auth_hold_then = NULL;
+    then(s);
+    if (s->state == SESSION_CLOSING) conn_flush(s->conn);
+    else session_pump(s); /* the input that waited, and the replies */
+}
+
+static void auth_hold(struct session *s, double secs, void (*then)(struct session *s))
+{
+    s->auth_holding = true;
+    s->auth_hold_then = then;
+    ev_timer_init(&s->auth_hold, auth_hold_fired, secs, 0);
+    s->auth_hold.data = s;
+    ev_timer_start(s->host->loop, &s->auth_hold);
+}
+
+void auth_cancel_hold(struct session *s)
+{
+    if (s->auth_holding) ev_timer_stop(s->host->loop, &s->auth_hold);
+    s->auth_holding = false;
+    s->auth_hold_then = NULL;
+    free(s->auth_held_reply);
+    s->auth_held_reply = NULL;
+}
+
+/* A failure's final reply: a 535 is held back for the pause (it goes out
+ * when auth_finish's hold ends); anything else now. */
+static void auth_reply_failure(struct session *s, const char *line, size_t len)
+{
+    char key[AUTH_LIMIT_KEY_MAX];
+    if (len >= 3 && !memcmp(line, "535", 3) && auth_penalised(s, key) && !s->auth_held_reply &&
+        (s->auth_held_reply = malloc(len))) {
+        memcpy(s->auth_held_reply, line, len);
+        s->auth_held_len = len;
+        return;
+    }
+    session_reply_len(s, line, len);
+}
+
+static void auth_release_reply(struct session *s)
+{
+    session_reply_len(s, s->auth_held_reply, s->auth_held_len);
+    free(s->auth_held_reply);
+    s->auth_held_reply = NULL;
+    auth_check_failure_limit(s);
+}
+
+/* ------------------------------------------- auth_fail_limit_per_client
+ * Failures per address group in the shared dictionary every worker maps
+ * (options_finalize declares it): one counter per group, created with the
+ * window as its TTL, so the count ends when the window does. */
+
+static struct shdict *auth_fail_dict(void)
+{
+    static struct shdict *d;
+    if (!d && shdict_process_region())
+        d = shdict_region_find(shdict_process_region(), OPTIONS_AUTH_FAIL_DICT,
+                               strlen(OPTIONS_AUTH_FAIL_DICT));
+    return d;
+}
+
+static bool auth_limited(const struct session *s, char *key)
+{
+    return s->opt->auth_fail_limit_per_client.enabled && !s->peer_unix &&
+           auth_limit_key(s->peer_host, key) && auth_fail_dict();
+}
+
+/* True when key has spent its failures for this window. */
+static bool auth_over_limit(const struct session *s, const char *key)
+{
+    struct shdict_value v;
+    struct shdict_buf buf = {NULL, 0};
+    enum shdict_status st = shdict_get(auth_fail_dict(), key, strlen(key), &v, &buf);
+    free(buf.data);
+    return st == SHDICT_OK && v.type == SHDICT_NUMBER &&
+           v.number >= (double)s->opt->auth_fail_limit_per_client.count;
+}
+
+static void auth_refuse(struct session *s, const char *key)
+{
+    log_msg(LOG_INFO, s->sid, "AUTH refused: too many failed attempts from %s "
+                              "(auth_fail_limit_per_client)", key);
+    session_reply(s, "454 4.7.0 Too many failed attempts, try again later");
+}
+
+/* auth_fail_store: the same address groups, counted in Redis. */
+static bool auth_store_limited(const struct session *s, char *key)
+{
+    return s->opt->auth_fail_store && s->policy->fail_store_over_ref != LUA_NOREF &&
+           !s->peer_unix && auth_limit_key(s->peer_host, key);
+}
+
+/* A store that cannot answer lets the AUTH go on (fails open): a Redis
+ * outage must not lock every user out. */
+static void auth_store_error(struct session *s, bool ok, lua_State *co, int nres)
+{
+    if (!ok) session_log_hook_error(s, co, "auth_fail_store", NULL);
+    else {
+        const char *e = nres >= 2 ? lua_tostring(co, 2) : NULL;
+        log_msg(LOG_WARN, s->sid, "auth_fail_store: %s; not counting", e ? e : "no answer");
+    }
+}
+
+static void auth_store_over_done(void *owner, bool ok, lua_State *co, int nres)
+{
+    struct session *s = owner;
+    if (!ok || nres < 1 || lua_isnil(co, 1)) auth_store_error(s, ok, co, nres);
+    else if (lua_toboolean(co, 1)) {
+        char key[AUTH_LIMIT_KEY_MAX];
+        auth_limit_key(s->peer_host, key);
+        auth_forget(s);
+        s->auth_in_progress = false;
+        auth_refuse(s, key);
+        return;
+    }
+    auth_after_limit(s);
+}
+
+static void auth_store_failed_done(void *owner, bool ok, lua_State *co, int nres)
+{
+    struct session *s = owner;
+    if (!ok || nres < 1 || lua_isnil(co, 1)) auth_store_error(s, ok, co, nres);
+    auth_after_failure(s);
+}
+
+static void auth_count_failure(struct session *s, const char *key)
+{
+    static const double zero = 0;
+    double now_count;
+    enum shdict_status st =
+        shdict_incr(auth_fail_dict(), key, strlen(key), 1, &zero,
+                    s->opt->auth_fail_limit_per_client.window, &now_count);
+    if (st != SHDICT_OK && st != SHDICT_EVICTED)
+        log_msg(LOG_WARN, s->sid, "auth_fail_limit_per_client: cannot count a failure for %s", key);
+}
+
 /* Ends one AUTH attempt: count a failure, enforce auth_failure_limit. */
 void auth_forget(struct session *s)
 {
@@ -60,6 +219,26 @@ void auth_forget(struct session *s)
         s->auth_initial = NULL;
     }
     session_clear_secrets(s);
+}
+
+/* The one line a failed AUTH logs (mechanisms.md 3), which fail2ban's
+ * filter (contrib/fail2ban) reads: the mechanism, the client address and
+ * the login escaped; never a password or an AUTH argument. */
+static void auth_log_failure(struct session *s)
+{
+    /* log_escape, and a quote as \x22 so the quoted login has one end. */
+    char esc[AUTH_LOGIN_LOG_MAX * 4 + 4], login[sizeof esc * 4];
+    log_escape(s->auth_login, s->auth_login_len, esc, sizeof esc);
+    size_t o = 0;
+    for (const char *p = esc; *p && o + 5 < sizeof login; p++) {
+        if (*p == '"') {
+            memcpy(login + o, "\\x22", 4);
+            o += 4;
+        } else login[o++] = *p;
+    }
+    login[o] = '\0';
+    log_msg(LOG_INFO, s->sid, "AUTH failed: mechanism=%s client=[%s] login=\"%s\"",
+            s->policy->mechs[s->auth_mech_index].name, s->peer_host, login);
 }
 
 /* Ends an AUTH command with its outcome. The outcome is the one writer of
@@ -78,11 +257,38 @@ static void auth_finish(struct session *s, bool authenticated)
     if (s->authenticated) {
         log_msg(LOG_INFO, s->sid, "authenticated with %s",
                 s->policy->mechs[s->auth_mech_index].name);
+        char key[AUTH_LIMIT_KEY_MAX];
+        if (auth_penalised(s, key)) auth_penalty_succeeded(key);
         return;
     }
     s->auth_failures++;
-    log_msg(LOG_INFO, s->sid, "AUTH %s failed (%ld in this session)",
-            s->policy->mechs[s->auth_mech_index].name, s->auth_failures);
+    auth_log_failure(s);
+    char key[AUTH_LIMIT_KEY_MAX];
+    if (auth_penalised(s, key)) auth_penalty_failed(key, ev_now(s->host->loop));
+    if (!s->opt->auth_fail_store && auth_limited(s, key)) auth_count_failure(s, key);
+    if (auth_store_limited(s, key)) {
+        lua_State *co = hook_begin(&s->hook, s->policy->fail_store_failed_ref, "auth_fail_store");
+        lua_pushstring(co, s->opt->auth_fail_store);
+        lua_pushstring(co, key);
+        lua_pushnumber(co, s->opt->auth_fail_limit_per_client.window);
+        hook_run(&s->hook, 3, auth_store_failed_done, s, HOOK_MAY_WAIT);
+        return;
+    }
+    auth_after_failure(s);
+}
+
+/* After a failure was counted: the held 535's pause, or the session limit. */
+static void auth_after_failure(struct session *s)
+{
+    if (s->auth_held_reply) {
+        auth_hold(s, auth_fail_pause() * s->opt->auth_fail_penalty_scale, auth_release_reply);
+        return;
+    }
+    auth_check_failure_limit(s);
+}
+
+static void auth_check_failure_limit(struct session *s)
+{
     long limit = s->opt->auth_failure_limit;
     if (limit > 0 && s->auth_failures >= limit) {
         session_replyf(s, "421 4.7.0 %s Error: too many failed authentication attempts",
@@ -156,7 +362,7 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
     int t = nres >= 1 ? lua_type(co, 1) : LUA_TNIL;
     if (t == LUA_TNIL) {
         /* The mechanism sent its own final reply, or forgot to (fix). */
-        if (!s->auth_final_sent) session_reply(s, reply_invalid);
+        if (!s->auth_final_sent) auth_reply_failure(s, reply_invalid, strlen(reply_invalid));
         auth_finish(s, false);
         return;
     }
@@ -170,7 +376,7 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
             session_reply(s, reply_success);
             auth_finish(s, true);
         } else {
-            session_reply(s, reply_invalid);
+            auth_reply_failure(s, reply_invalid, strlen(reply_invalid));
             auth_finish(s, false);
         }
         return;
@@ -215,9 +421,9 @@ static void auth_mechanism_done(void *owner, bool ok, lua_State *co, int nres)
         if (message) session_reply_len(s, message, mlen);
         else session_reply(s, reply_success);
     } else if (handled) {
-        if (!s->auth_final_sent) session_reply(s, reply_invalid); /* fix: never leave a hang */
-    } else if (message) session_reply_len(s, message, mlen);
-    else session_reply(s, reply_invalid);
+        if (!s->auth_final_sent) auth_reply_failure(s, reply_invalid, strlen(reply_invalid)); /* fix: never leave a hang */
+    } else if (message) auth_reply_failure(s, message, mlen);
+    else auth_reply_failure(s, reply_invalid, strlen(reply_invalid));
     auth_finish(s, success);
 }
 
@@ -267,14 +473,15 @@ static void auth_handle_auth_done(void *owner, bool ok, lua_State *co, int nres)
             auth_bad_value(s, co, "returned a string that is not one reply line");
             return;
         }
-        session_reply_len(s, status, n);
+        if (status[0] == '2') session_reply_len(s, status, n);
+        else auth_reply_failure(s, status, n);
         /* handle_AUTH decided: authenticated if it said so and replied 2xx. */
         auth_finish(s, s->authenticated && status[0] == '2');
         return;
     }
     if (t == LUA_TNIL) {
         bool replied = s->auth_final_sent;
-        if (!replied) session_reply(s, reply_invalid); /* fix */
+        if (!replied) auth_reply_failure(s, reply_invalid, strlen(reply_invalid)); /* fix */
         auth_finish(s, replied && s->authenticated);
         return;
     }
@@ -333,9 +540,17 @@ void auth_command(struct session *s, const char *arg, size_t len)
         session_reply(s, "504 5.5.4 Unrecognized authentication type");
         return;
     }
+    /* mechanisms.md 3: an address past its failures for the window is
+     * refused before anything runs (not counted: the window does not grow). */
+    char key[AUTH_LIMIT_KEY_MAX];
+    if (!s->opt->auth_fail_store && auth_limited(s, key) && auth_over_limit(s, key)) {
+        auth_refuse(s, key);
+        return;
+    }
     s->auth_mech_index = mech;
     s->auth_in_progress = true;
     s->auth_final_sent = false;
+    s->auth_login_len = 0;
     /* Copied: a suspended handle_AUTH outlives the command line's buffer. */
     s->auth_initial = NULL;
     s->auth_initial_len = 0;
@@ -354,7 +569,39 @@ void auth_command(struct session *s, const char *arg, size_t len)
             memset(decoded, 0, (size_t)got);
         }
     }
+    if (s->opt->auth_fail_store && auth_store_limited(s, key)) {
+        /* The count is in Redis: ask it first (a hook on the cosockets). */
+        lua_State *co = hook_begin(&s->hook, s->policy->fail_store_over_ref, "auth_fail_store");
+        lua_pushstring(co, s->opt->auth_fail_store);
+        lua_pushstring(co, key);
+        lua_pushnumber(co, (double)s->opt->auth_fail_limit_per_client.count);
+        hook_run(&s->hook, 3, auth_store_over_done, s, HOOK_MAY_WAIT);
+        return;
+    }
+    auth_after_limit(s);
+}
 
+/* The limit passed: Dovecot's penalty, then the policy step. */
+static void auth_after_limit(struct session *s)
+{
+    char key[AUTH_LIMIT_KEY_MAX];
+    /* Dovecot's penalty: an address that failed waits before it may try
+     * again (the timer holds this session only). */
+    if (auth_penalised(s, key)) {
+        double wait = auth_penalty_delay(key, ev_now(s->host->loop)) * s->opt->auth_fail_penalty_scale;
+        if (wait > 0) {
+            log_msg(LOG_INFO, s->sid, "AUTH penalty: holding AUTH %.3f s (earlier failures from %s)",
+                    wait, key);
+            auth_hold(s, wait, auth_start);
+            return;
+        }
+    }
+    auth_start(s);
+}
+
+/* The policy step of AUTH: handle_AUTH, else the mechanism. */
+static void auth_start(struct session *s)
+{
     if (!policy_has_hook(s->policy, HOOK_AUTH)) {
         auth_run_mechanism(s);
         return;

@@ -32,6 +32,9 @@ bool auth_mechanism_available(const struct session *s, const struct mechanism *m
  * bytes), or 0 when s has none of that type. */
 size_t auth_channel_binding(const struct session *s, const char *type, unsigned char *out);
 
+/* Stops an auth_fail_penalty hold and drops its held reply (close). */
+void auth_cancel_hold(struct session *s);
+
 /* Wipes and frees what an AUTH attempt remembered (session teardown). */
 void auth_forget(struct session *s);
 

@@ -94,6 +94,21 @@ static int l_server_channel_binding(lua_State *L)
     return 1;
 }
 
+/* server:_auth_login(login) — the shipped mechanisms name the login they
+ * hand the authenticator, for the failure log line (mechanisms.md 3). A
+ * no-op outside AUTH; keeps at most AUTH_LOGIN_LOG_MAX bytes. */
+static int l_server_auth_login(lua_State *L)
+{
+    struct session *s = check_server(L);
+    size_t n;
+    const char *login = luaL_checklstring(L, 2, &n);
+    if (!s->auth_in_progress) return 0;
+    if (n > sizeof s->auth_login) n = sizeof s->auth_login;
+    memcpy(s->auth_login, login, n);
+    s->auth_login_len = n;
+    return 0;
+}
+
 /* server.mechanisms: the names offered on this session now, in EHLO's order. */
 static void push_offered_mechanisms(lua_State *L, struct session *s)
 {
@@ -119,6 +134,7 @@ static int l_server_index(lua_State *L)
     else if (!strcmp(key, "tls")) lua_pushboolean(L, s->tls_active);
     else if (!strcmp(key, "channel_binding")) lua_pushcfunction(L, l_server_channel_binding);
     else if (!strcmp(key, "mechanisms")) push_offered_mechanisms(L, s);
+    else if (!strcmp(key, "_auth_login")) lua_pushcfunction(L, l_server_auth_login);
     else if (!strcmp(key, "auth_login_prompts")) {
         const struct login_prompts *lp = &s->opt->auth_login_prompts;
         if (!lp->text[0] || !lp->text[1]) lua_pushnil(L);

@@ -25,6 +25,11 @@
 #define DEFAULT_TIMEOUT 300.0
 #define DEFAULT_CALL_LIMIT 20L
 #define DEFAULT_AUTH_FAILURE_LIMIT 5L
+/* auth_fail_penalty's delays as Dovecot and OpenSMTPD have them. */
+#define DEFAULT_AUTH_FAIL_PENALTY_SCALE 1.0
+/* auth_fail_limit_per_client's fields when a table leaves one out. */
+#define DEFAULT_AUTH_FAIL_LIMIT_COUNT 10L
+#define DEFAULT_AUTH_FAIL_LIMIT_WINDOW 600.0
 /* Ours: how long a suspended hook may wait, and the Lua heap of a generation. */
 #define DEFAULT_HOOK_TIMEOUT 60.0
 /* smtpd.timer.at/every pending at once in one generation (OpenResty's
@@ -71,7 +76,8 @@ enum opt_type { T_BOOL, T_INT, T_NUMBER, T_STRING, T_LIST /* struct name_list */
                 T_RESOLVER /* "ip[:port],..." */,
                 T_CRYPT_COST /* "bcrypt=12,argon2_memory=256m" or a table */,
                 T_MODE /* file permission bits as an octal string ("0660") */,
-                T_PROMPTS /* two strings: { "Username:", "Password:" } or "Username:,Password:" */ };
+                T_PROMPTS /* two strings: { "Username:", "Password:" } or "Username:,Password:" */,
+                T_FAIL_LIMIT /* { count = 10, window = 600 }, "count=10,window=600", false */ };
 
 /* One row per option: its name, type and the field it sets. A new option is
  * one row here, one field in struct options and, if it has one, its
@@ -103,6 +109,10 @@ static const struct opt_def opt_defs[] = {
     OPT("command_call_limit", T_CALL_LIMIT, call_limits),
     OPT("auth_failure_limit", T_INT, auth_failure_limit),
     OPT("auth_allow_authzid", T_BOOL, auth_allow_authzid),
+    OPT("auth_fail_penalty", T_BOOL, auth_fail_penalty),
+    OPT("auth_fail_penalty_scale", T_NUMBER, auth_fail_penalty_scale),
+    OPT("auth_fail_limit_per_client", T_FAIL_LIMIT, auth_fail_limit_per_client),
+    OPT("auth_fail_store", T_STRING, auth_fail_store),
     OPT("bare_newline", T_BARE_NEWLINE, bare_newline),
     OPT("proxy_protocol_timeout", T_NUMBER, proxy_protocol_timeout),
     OPT("hook_timeout", T_NUMBER, hook_timeout),
@@ -142,6 +152,7 @@ static const char *const type_names[] = {
     "a table or a string of costs (\"bcrypt=12,scrypt=16,rounds=500000,argon2_memory=256m\")",
     "an octal string of permission bits from \"0000\" to \"0777\" (e.g. \"0660\")",
     "a list of two strings (the user name and password prompts, e.g. { \"Username:\", \"Password:\" })",
+    "false or a table { count = N, window = SECONDS } (on the command line \"count=10,window=600\")",
 };
 
 void options_init_defaults(struct options *o)
@@ -152,6 +163,8 @@ void options_init_defaults(struct options *o)
     o->auth_require_tls = true;
     o->call_limit_default = DEFAULT_CALL_LIMIT;
     o->auth_failure_limit = DEFAULT_AUTH_FAILURE_LIMIT;
+    o->auth_fail_penalty = true; /* mechanisms.md 3: default on */
+    o->auth_fail_penalty_scale = DEFAULT_AUTH_FAIL_PENALTY_SCALE;
     o->bare_newline = BARE_NEWLINE_REJECT;
     o->hook_timeout = DEFAULT_HOOK_TIMEOUT;
     o->lua_memory_limit = DEFAULT_LUA_MEMORY_LIMIT;
@@ -183,6 +196,7 @@ bool options_copy(struct options *dst, const struct options *src)
     dst->hostname = dup_or_null(src->hostname);
     dst->ident = dup_or_null(src->ident);
     dst->resolver = dup_or_null(src->resolver);
+    dst->auth_fail_store = dup_or_null(src->auth_fail_store);
     for (size_t i = 0; i < src->auth_exclude_mechanism.n; i++)
         dst->auth_exclude_mechanism.names[i] = dup_or_null(src->auth_exclude_mechanism.names[i]);
     for (size_t i = 0; i < src->auth_mechanisms.n; i++)
@@ -201,6 +215,7 @@ void options_free(struct options *o)
     free(o->hostname);
     free(o->ident);
     free(o->resolver);
+    free(o->auth_fail_store);
     for (size_t i = 0; i < o->auth_exclude_mechanism.n; i++) free(o->auth_exclude_mechanism.names[i]);
     for (size_t i = 0; i < o->auth_mechanisms.n; i++) free(o->auth_mechanisms.names[i]);
     for (int i = 0; i < 2; i++) free(o->auth_login_prompts.text[i]);
@@ -435,6 +450,36 @@ bad_value:
     return false;
 }
 
+/* One field of auth_fail_limit_per_client, its value as text. */
+static bool set_fail_limit(struct fail_limit *fl, const char *key, size_t klen, const char *val,
+                           char *err, size_t errlen)
+{
+    char *end;
+    if (klen == 5 && !memcmp(key, "count", 5)) {
+        long n = strtol(val, &end, 10);
+        if (end == val || *end || n < 1) {
+            snprintf(err, errlen, "option 'auth_fail_limit_per_client': count must be a positive "
+                                  "integer");
+            return false;
+        }
+        fl->count = n;
+        return true;
+    }
+    if (klen == 6 && !memcmp(key, "window", 6)) {
+        double x = strtod(val, &end);
+        if (end == val || *end || !(x > 0) || x > SHDICT_TTL_MAX) {
+            snprintf(err, errlen, "option 'auth_fail_limit_per_client': window must be a positive "
+                                  "number of seconds");
+            return false;
+        }
+        fl->window = x;
+        return true;
+    }
+    snprintf(err, errlen, "option 'auth_fail_limit_per_client': unknown field '%.*s' (count, window)",
+             (int)klen, key);
+    return false;
+}
+
 bool options_set_string(struct options *o, const char *name, const char *v, char *err,
                         size_t errlen)
 {
@@ -518,6 +563,30 @@ bool options_set_string(struct options *o, const char *name, const char *v, char
     case T_BARE_NEWLINE:
         if (!parse_bare_newline(v, &o->bare_newline)) return wrong_type(d, err, errlen);
         return true;
+    case T_FAIL_LIMIT: {
+        struct fail_limit *fl = opt_field(o, d);
+        if (parse_bool(v, &b) && !b) {
+            fl->enabled = false;
+            return true;
+        }
+        struct fail_limit nl = {true, DEFAULT_AUTH_FAIL_LIMIT_COUNT, DEFAULT_AUTH_FAIL_LIMIT_WINDOW};
+        /* "count=10,window=600" */
+        for (const char *p = v; *p;) {
+            size_t len = strcspn(p, ",");
+            const char *eq = memchr(p, '=', len);
+            char val[32];
+            size_t vlen = eq ? (size_t)(p + len - eq - 1) : 0;
+            if (!eq || vlen == 0 || vlen >= sizeof val) return wrong_type(d, err, errlen);
+            memcpy(val, eq + 1, vlen);
+            val[vlen] = '\0';
+            size_t klen = (size_t)(eq - p);
+            if (!set_fail_limit(&nl, p, klen, val, err, errlen)) return false;
+            p += len;
+            if (*p == ',') p++;
+        }
+        *fl = nl;
+        return true;
+    }
     case T_SIZE:
         if (!parse_size(v, &n)) return wrong_type(d, err, errlen);
         *INT_FIELD(o, d) = n;
@@ -681,6 +750,34 @@ bool options_set_lua(struct options *o, const char *name, lua_State *L, int idx,
         }
         sort_shared_dicts(o);
         return true;
+    case T_FAIL_LIMIT: {
+        struct fail_limit *fl = opt_field(o, d);
+        if (t == LUA_TBOOLEAN && !lua_toboolean(L, idx)) {
+            fl->enabled = false;
+            return true;
+        }
+        if (t != LUA_TTABLE) return wrong_type(d, err, errlen);
+        struct fail_limit nl = {true, DEFAULT_AUTH_FAIL_LIMIT_COUNT, DEFAULT_AUTH_FAIL_LIMIT_WINDOW};
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TNUMBER) {
+                lua_pop(L, 2);
+                return wrong_type(d, err, errlen);
+            }
+            size_t klen;
+            const char *key = lua_tolstring(L, -2, &klen);
+            char val[64];
+            snprintf(val, sizeof val, "%.17g", lua_tonumber(L, -1));
+            bool ok = set_fail_limit(&nl, key, klen, val, err, errlen);
+            lua_pop(L, 1);
+            if (!ok) {
+                lua_pop(L, 1);
+                return false;
+            }
+        }
+        *fl = nl;
+        return true;
+    }
     case T_PROMPTS: {
         if (t != LUA_TTABLE || lua_objlen(L, idx) != 2) return wrong_type(d, err, errlen);
         struct login_prompts *lp = opt_field(o, d);
@@ -779,6 +876,29 @@ bool options_finalize(struct options *o, char *err, size_t errlen)
     if (o->socket_line_max < 1) {
         snprintf(err, errlen, "option 'socket_line_max' must be at least 1 byte");
         return false;
+    }
+    /* auth_fail_limit_per_client counts in a shared dictionary of its own
+     * (or one the script declared under that name). */
+    if (o->auth_fail_store) {
+        if (strncmp(o->auth_fail_store, "redis://", 8)) {
+            snprintf(err, errlen, "option 'auth_fail_store' must be \"redis://host:port[/db]\"");
+            return false;
+        }
+        if (!o->auth_fail_limit_per_client.enabled) {
+            snprintf(err, errlen, "option 'auth_fail_store' needs auth_fail_limit_per_client");
+            return false;
+        }
+    }
+    if (o->auth_fail_limit_per_client.enabled && !o->auth_fail_store) {
+        bool declared = false;
+        for (size_t i = 0; i < o->n_shared_dict; i++)
+            declared = declared || !strcmp(o->shared_dict[i].name, OPTIONS_AUTH_FAIL_DICT);
+        if (!declared) {
+            if (!add_shared_dict(o, OPTIONS_AUTH_FAIL_DICT, strlen(OPTIONS_AUTH_FAIL_DICT),
+                                 OPTIONS_AUTH_FAIL_DICT_SIZE, err, errlen))
+                return false;
+            sort_shared_dicts(o);
+        }
     }
     if (!o->hostname) o->hostname = fqdn();
     if (!o->ident) o->ident = strdup("luasmtpd " LUASMTPD_VERSION);

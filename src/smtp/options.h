@@ -33,6 +33,18 @@ struct login_prompts {
     size_t len[2];
 };
 
+/* auth_fail_limit_per_client (mechanisms.md 3): past `count` failed AUTHs
+ * from an address within `window` seconds, 454 until the window ends. */
+struct fail_limit {
+    bool enabled;
+    long count;
+    double window;
+};
+/* The shared dictionary auth_fail_limit_per_client counts in, declared by
+ * options_finalize when the option is set (and the script did not). */
+#define OPTIONS_AUTH_FAIL_DICT "_auth_fail"
+#define OPTIONS_AUTH_FAIL_DICT_SIZE (1024L * 1024)
+
 struct call_limit {
     char command[OPTIONS_NAME_MAX];
     long limit;
@@ -57,6 +69,10 @@ struct options {
     size_t n_call_limits;
     long auth_failure_limit;   /* 0 = unlimited */
     bool auth_allow_authzid;
+    bool auth_fail_penalty;       /* delay AUTH after failures, pause before 535 */
+    double auth_fail_penalty_scale; /* multiplies those delays (tests: 0.01) */
+    struct fail_limit auth_fail_limit_per_client;
+    char *auth_fail_store;     /* "redis://host:port[/db]": count there, not in _auth_fail */
     enum bare_newline_mode bare_newline;
     double proxy_protocol_timeout; /* 0 = PROXY protocol off */
     double hook_timeout;       /* seconds a hook may stay suspended on an event */

@@ -196,6 +196,35 @@ static bool load_builtin_mechanisms(struct policy *p, char *err, size_t errlen)
     return true;
 }
 
+/* auth_fail_store: the functions of smtpd.auth_fail_store, and the URL
+ * checked by its parser now rather than on the first failure. */
+static bool load_fail_store(struct policy *p, char *err, size_t errlen)
+{
+    lua_State *L = p->vm.L;
+    lua_pushcfunction(L, traceback);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "smtpd.auth_fail_store");
+    if (lua_pcall(L, 1, 1, -3)) {
+        fail(err, errlen, "smtpd.auth_fail_store", "%s", lua_tostring(L, -1));
+        return false;
+    }
+    int m = lua_gettop(L);
+    lua_getfield(L, m, "parse");
+    lua_pushstring(L, p->opt.auth_fail_store);
+    lua_call(L, 1, 2);
+    if (lua_isnil(L, -2)) {
+        fail(err, errlen, "command line", "option 'auth_fail_store': %s", lua_tostring(L, -1));
+        return false;
+    }
+    lua_pop(L, 2);
+    lua_getfield(L, m, "over");
+    p->fail_store_over_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, m, "failed");
+    p->fail_store_failed_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, 0);
+    return true;
+}
+
 /* Validates the handler table at the top of the stack and records its hooks,
  * mechanisms and options. */
 static bool read_handler(struct policy *p, char *err, size_t errlen)
@@ -515,6 +544,7 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
     p->refcount = 1;
     p->script_name = strdup(path ? path : "(default handler)");
     for (int i = 0; i < HOOK_COUNT; i++) p->hook_ref[i] = LUA_NOREF;
+    p->fail_store_over_ref = p->fail_store_failed_ref = LUA_NOREF;
     options_init_defaults(&p->opt);
     if (!p->script_name) {
         snprintf(err, errlen, "out of memory");
@@ -548,6 +578,7 @@ struct policy *policy_load_source(const char *path, const char *src, size_t len,
         }
     }
     if (!options_finalize(&p->opt, err, errlen)) goto failed;
+    if (p->opt.auth_fail_store && !load_fail_store(p, err, errlen)) goto failed;
     p->vm.heap_limit = (size_t)p->opt.lua_memory_limit * 1024 * 1024;
     p->vm.hook_timeout = p->opt.hook_timeout;
     p->vm.resolver = p->opt.resolver;

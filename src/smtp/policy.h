@@ -65,6 +65,9 @@ struct policy {
     unsigned generation;
     char *script_name;         /* path, or "(default handler)" */
     int hook_ref[HOOK_COUNT];  /* LUA_NOREF when the script does not define it */
+    /* smtpd.auth_fail_store's over and failed, with auth_fail_store set
+     * (LUA_NOREF otherwise): the AUTH path runs them as hooks. */
+    int fail_store_over_ref, fail_store_failed_ref;
     /* Sorted by name, exclusions applied; in the order of auth_mechanisms
      * when that option is given. */
     struct mechanism *mechs;

@@ -331,6 +331,7 @@ void session_close(struct session *s, const char *why)
     if (hook_active(&s->hook))
         log_msg(LOG_INFO, s->sid, "abandoning suspended hook %s", s->hook.name);
     hook_abandon(&s->hook);
+    auth_cancel_hold(s);
     ev_timer_stop(s->host->loop, &s->idle);
     conn_close(s->conn);
 }
@@ -338,6 +339,7 @@ void session_close(struct session *s, const char *why)
 static void session_free(struct session *s)
 {
     hook_abandon(&s->hook);
+    auth_cancel_hold(s);
     lsession_close(s);
     auth_forget(s);
     data_end(&s->data);
@@ -442,7 +444,7 @@ void session_replan_timer(struct session *s)
 void session_shutdown(struct session *s)
 {
     s->shutting_down = true;
-    if (s->state == SESSION_COMMAND && !hook_active(&s->hook)) {
+    if (s->state == SESSION_COMMAND && !hook_active(&s->hook) && !s->auth_holding) {
         session_replyf(s, "421 4.3.2 %s Error: server shutting down, try again later",
                        s->opt->hostname);
         session_close(s, "server stopping");
@@ -783,6 +785,7 @@ void session_pump(struct session *s)
     s->pumping = true;
     struct buf *in = &s->conn->in;
     while (s->state != SESSION_CLOSING && s->state != SESSION_TLS_HANDSHAKE) {
+        if (s->auth_holding) break; /* an AUTH penalty: input waits (auth.c) */
         if (hook_active(&s->hook)) {
             /* A suspended hook: input waits, unless the hook waits for it. */
             if (s->hook.wait != &s->line_wait.wait) break;

@@ -150,6 +150,18 @@ struct session {
     int auth_mech_index;    /* mechanism chosen for this AUTH */
     char *auth_initial;     /* copy of the initial response (a secret), or NULL */
     size_t auth_initial_len;
+    /* The login the running AUTH's mechanism handed its authenticator
+     * (server:_auth_login), for the failure log line; never the password. */
+    char auth_login[AUTH_LOGIN_LOG_MAX];
+    size_t auth_login_len;
+    /* auth_fail_penalty (auth.c): while auth_holding the session reads no
+     * input; when auth_hold fires, the held 535 (if any) goes out and
+     * auth_hold_then goes on with the command. */
+    ev_timer auth_hold;
+    bool auth_holding;
+    char *auth_held_reply;
+    size_t auth_held_len;
+    void (*auth_hold_then)(struct session *s);
     /* Strings that must never reach a log line (AUTH initial response and
      * the like), scrubbed from hook error messages. */
     char *secrets[SESSION_SECRETS_MAX];

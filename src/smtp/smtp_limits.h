@@ -12,6 +12,9 @@
 /* RFC 4954 4: an AUTH command with an initial response, and each
  * continuation line, may be up to 12288 octets. */
 #define AUTH_LINE_MAX 12288
+/* The most of a failed AUTH's login the failure log line keeps (raw bytes;
+ * RFC 4954 sets no limit, the log line must stay one line). */
+#define AUTH_LOGIN_LOG_MAX 256
 /* RFC 5321 4.5.3.1.6: a text line is 998 octets + CRLF, plus one octet for
  * a transparency dot: 1001 with CRLF (aiosmtpd's line_length_limit). */
 #define DATA_LINE_MAX 1001
