@@ -533,3 +533,35 @@ describe("auth_fail_store (Redis): one count across hosts", function()
     assert.truthy(out:find("option 'auth_fail_store': expected redis://host:port[/db]", 1, true), out)
   end)
 end)
+
+describe("behind a PROXY protocol front end", function()
+  local hu = require "spec.functional.hostile_util"
+  local WRONG = "AUTH PLAIN AGFsaWNlAHdyb25n" -- \0alice\0wrong
+  local function proxied(srv, src)
+    local c = assert(hu.connect(srv.host, srv.port))
+    assert(c:send(("PROXY TCP4 %s 127.0.0.1 40000 25\r\n"):format(src)))
+    assert.equal(220, (c:reply(5)))
+    assert.equal(250, (c:cmd("EHLO client.test")))
+    return c
+  end
+
+  it("counts, limits and logs the client the header names, not the proxy", function()
+    local src = limit_source("{ count = 2, window = 600 }") ..
+      "\nfunction handle_PROXY(server, session, envelope, data) return true end\n"
+    local srv = with_server({ source = src, args = { "--proxy-protocol=5" } }, function(srv)
+      local a = proxied(srv, "203.0.113.9")
+      assert.equal(535, (a:cmd(WRONG)))
+      assert.equal(535, (a:cmd(WRONG)))
+      assert.equal(REFUSED, line_of(a, WRONG))
+      -- another client behind the same proxy has its own count
+      local b = proxied(srv, "203.0.113.10")
+      assert.equal(535, (b:cmd(WRONG)))
+      a:close()
+      b:close()
+    end)
+    local lines = failure_lines(srv:stderr())
+    assert.equal(3, #lines)
+    assert.truthy(lines[1]:find("client=[203.0.113.9]", 1, true), lines[1])
+    assert.truthy(lines[3]:find("client=[203.0.113.10]", 1, true), lines[3])
+  end)
+end)

@@ -66,7 +66,7 @@ bool auth_mechanism_available(const struct session *s, const struct mechanism *m
 
 static bool auth_penalised(const struct session *s, char *key)
 {
-    return s->opt->auth_fail_penalty && !s->peer_unix && auth_limit_key(s->peer_host, key);
+    return s->opt->auth_fail_penalty && session_client_counted(s) && auth_limit_key(session_client_addr(s), key);
 }
 
 static void auth_hold_fired(struct ev_loop *loop, ev_timer *w, int revents)
@@ -137,8 +137,8 @@ static struct shdict *auth_fail_dict(void)
 
 static bool auth_limited(const struct session *s, char *key)
 {
-    return s->opt->auth_fail_limit_per_client.enabled && !s->peer_unix &&
-           auth_limit_key(s->peer_host, key) && auth_fail_dict();
+    return s->opt->auth_fail_limit_per_client.enabled && session_client_counted(s) &&
+           auth_limit_key(session_client_addr(s), key) && auth_fail_dict();
 }
 
 /* True when key has spent its failures for this window. */
@@ -163,7 +163,7 @@ static void auth_refuse(struct session *s, const char *key)
 static bool auth_store_limited(const struct session *s, char *key)
 {
     return s->opt->auth_fail_store && s->policy->fail_store_over_ref != LUA_NOREF &&
-           !s->peer_unix && auth_limit_key(s->peer_host, key);
+           session_client_counted(s) && auth_limit_key(session_client_addr(s), key);
 }
 
 /* A store that cannot answer lets the AUTH go on (fails open): a Redis
@@ -183,7 +183,7 @@ static void auth_store_over_done(void *owner, bool ok, lua_State *co, int nres)
     if (!ok || nres < 1 || lua_isnil(co, 1)) auth_store_error(s, ok, co, nres);
     else if (lua_toboolean(co, 1)) {
         char key[AUTH_LIMIT_KEY_MAX];
-        auth_limit_key(s->peer_host, key);
+        auth_limit_key(session_client_addr(s), key);
         auth_forget(s);
         s->auth_in_progress = false;
         auth_refuse(s, key);
@@ -238,7 +238,7 @@ static void auth_log_failure(struct session *s)
     }
     login[o] = '\0';
     log_msg(LOG_INFO, s->sid, "AUTH failed: mechanism=%s client=[%s] login=\"%s\"",
-            s->policy->mechs[s->auth_mech_index].name, s->peer_host, login);
+            s->policy->mechs[s->auth_mech_index].name, session_client_addr(s), login);
 }
 
 /* Ends an AUTH command with its outcome. The outcome is the one writer of

@@ -344,6 +344,7 @@ static void session_free(struct session *s)
     auth_forget(s);
     data_end(&s->data);
     session_pending_release(s);
+    free(s->proxy_client);
     ev_timer_stop(s->host->loop, &s->idle);
     s->host->session_removed(s->host, s);
     if (s->ip_counted) s->host->ip_release(s->host, s->peer_host);
@@ -882,6 +883,10 @@ static void session_read_proxy(struct session *s)
         log_msg(LOG_WARN, s->sid, "invalid PROXY header: %s", pi.error);
         session_close(s, "invalid PROXY header");
         return;
+    }
+    if (pi.has_addr && (pi.family == PROXY_AF_INET || pi.family == PROXY_AF_INET6)) {
+        free(s->proxy_client);
+        s->proxy_client = strdup(pi.src_addr); /* NULL if out of memory: the TCP peer counts */
     }
     if (pi.has_addr) {
         char esc[512]; /* a UNIX path is raw bytes from the proxy */

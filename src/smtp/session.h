@@ -106,6 +106,10 @@ struct session {
     /* A UNIX-domain client: what the kernel says of it (SO_PEERCRED; -1
      * when it cannot tell). Its connections count to no address. */
     bool peer_unix;
+    /* The client's address from a PROXY header (INET/INET6), or NULL: AUTH
+     * penalties, limits and the failure log line count the real client,
+     * not the proxy in front of it. */
+    char *proxy_client;
     long peer_pid, peer_uid, peer_gid;
 
     /* Protocol state mirrored from the Lua tables (which hooks may change). */
@@ -247,5 +251,18 @@ void session_log_hook_error(struct session *s, lua_State *co, const char *name, 
 /* The reply for a hook that failed (auth-api.md section 5), honouring
  * handle_exception. The error value is on top of co's stack. */
 void session_reply_hook_error(struct session *s, lua_State *co, bool in_auth);
+
+/* The address AUTH defences count and log: the PROXY header's client when
+ * there was one, else the TCP peer. */
+static inline const char *session_client_addr(const struct session *s)
+{
+    return s->proxy_client ? s->proxy_client : s->peer_host;
+}
+/* Whether that address is counted at all: UNIX-domain clients (without a
+ * PROXY header naming an INET client) are local and exempt. */
+static inline bool session_client_counted(const struct session *s)
+{
+    return s->proxy_client || !s->peer_unix;
+}
 
 #endif
