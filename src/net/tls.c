@@ -301,21 +301,32 @@ static ssize_t tls_recv(struct conn *c, void *buf, size_t len)
     return tls_blocked(c, t, r);
 }
 
+/* How much of len one mbedtls_ssl_write may take, for the server and the
+ * client side alike. After WANT_WRITE mbedTLS holds the encrypted record
+ * and answers a repeated write with the length it is given, not the one it
+ * encrypted: the repeat must be the same length (pending). Otherwise at
+ * most one record. False (err set) when the caller repeats with less. */
+static bool tls_write_length(mbedtls_ssl_context *ssl, size_t pending, size_t *len, char *err,
+                             size_t errlen)
+{
+    if (pending) {
+        if (*len < pending) {
+            snprintf(err, errlen, "TLS write repeated with less data");
+            return false;
+        }
+        *len = pending;
+        return true;
+    }
+    int max = mbedtls_ssl_get_max_out_record_payload(ssl);
+    if (max > 0 && *len > (size_t)max) *len = (size_t)max;
+    return true;
+}
+
 static ssize_t tls_send(struct conn *c, const void *buf, size_t len)
 {
     struct tls_conn *t = c->tp_state;
-    if (t->write_pending) {
-        /* mbedTLS answers a repeated write with the length it is given, not
-         * the one it encrypted: it must be the same. */
-        if (len < t->write_pending) {
-            snprintf(t->err, sizeof t->err, "TLS write repeated with less data");
-            return CONN_ERROR;
-        }
-        len = t->write_pending;
-    } else {
-        int max = mbedtls_ssl_get_max_out_record_payload(&t->ssl);
-        if (max > 0 && len > (size_t)max) len = (size_t)max;
-    }
+    if (!tls_write_length(&t->ssl, t->write_pending, &len, t->err, sizeof t->err))
+        return CONN_ERROR;
     int r = mbedtls_ssl_write(&t->ssl, buf, len);
     if (r >= 0) {
         t->write_pending = 0;
@@ -746,18 +757,8 @@ ssize_t tls_client_recv(struct tls_client *t, void *buf, size_t len, int *want)
 
 ssize_t tls_client_send(struct tls_client *t, const void *buf, size_t len, int *want)
 {
-    if (t->write_pending) {
-        /* mbedTLS holds the encrypted record of the last call: it must be
-         * repeated with the same length. */
-        if (len < t->write_pending) {
-            snprintf(t->err, sizeof t->err, "TLS write repeated with less data");
-            return CONN_ERROR;
-        }
-        len = t->write_pending;
-    } else {
-        int max = mbedtls_ssl_get_max_out_record_payload(&t->ssl);
-        if (max > 0 && len > (size_t)max) len = (size_t)max;
-    }
+    if (!tls_write_length(&t->ssl, t->write_pending, &len, t->err, sizeof t->err))
+        return CONN_ERROR;
     int r = mbedtls_ssl_write(&t->ssl, buf, len);
     if (r >= 0) {
         t->write_pending = 0;
