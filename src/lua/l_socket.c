@@ -66,6 +66,10 @@ struct sock {
     struct buf out; /* what a blocked or timed-out send still has to send */
     double timeouts[3];
     ev_io io;
+    /* io was started on this very connection, so libev has its fd
+     * registered: re-arming only changes the events. ev_io_set would flag
+     * the fd as new, and libev answers that with an epoll_ctl each time. */
+    bool io_on_conn;
     ev_timer timer;
     enum sock_op op;
     int anchor;     /* registry ref to the userdata while it waits */
@@ -348,6 +352,17 @@ static int push_fail(lua_State *L, const char *err)
     return 2;
 }
 
+/* Starts s->io on the connection for want (the watcher is stopped). */
+static void sock_arm(struct sock *s, int want)
+{
+    if (s->io_on_conn && s->io.fd == s->c.fd)
+        ev_io_modify(&s->io, want);
+    else
+        ev_io_set(&s->io, s->c.fd, want);
+    ev_io_start(s->vm->loop, &s->io);
+    s->io_on_conn = true;
+}
+
 /* Arms the running operation's events and yields. */
 static int sock_yield(lua_State *L, struct sock *s, struct hook_state *h, enum sock_op op, int want,
                       double timeout)
@@ -355,8 +370,7 @@ static int sock_yield(lua_State *L, struct sock *s, struct hook_state *h, enum s
     s->op = op;
     s->wait.what = op_names[op];
     s->wait.cancel = sock_cancel;
-    ev_io_set(&s->io, s->c.fd, want);
-    ev_io_start(s->vm->loop, &s->io);
+    sock_arm(s, want);
     if (s->kick) ev_feed_event(s->vm->loop, &s->io, want);
     s->kick = false;
     if (timeout > 0) {
@@ -376,8 +390,7 @@ static void sock_rearm(struct sock *s, int want)
         ev_is_active(&s->io))
         goto kick;
     ev_io_stop(s->vm->loop, &s->io);
-    ev_io_set(&s->io, s->c.fd, want);
-    ev_io_start(s->vm->loop, &s->io);
+    sock_arm(s, want);
 kick:
     /* A receive that stopped to let the loop breathe comes back at once
      * (fed after arming: stopping a watcher drops its pending event). */
@@ -418,6 +431,8 @@ static int sock_connect_try(struct sock *s)
             continue;
         }
         s->c.fd = fd;
+        s->c.drained = false;
+        s->io_on_conn = false;
         s->addr = *a;
         return in_progress ? 0 : 1;
     }
@@ -479,6 +494,8 @@ int l_socket_connect_addrs(lua_State *L, int idx, const struct netc_addr *addrs,
     return sock_yield(L, s, h, OP_CONNECT, EV_WRITE, s->timeouts[T_CONNECT]);
 }
 
+static void sock_on_io(struct ev_loop *loop, ev_io *w, int revents);
+
 /* Takes the most recently pooled connection for s->key, if any. With tls,
  * only one made with exactly those TLS settings. */
 static bool sock_take_pooled(struct sock *s, const struct sock_tls *tls)
@@ -489,8 +506,10 @@ static bool sock_take_pooled(struct sock *s, const struct sock_tls *tls)
     for (; pc; pc = next) {
         next = pc->next;
         if (tls && !tls_same(&pc->tls, tls)) continue;
-        /* The peer may have closed it since the loop last looked. */
-        if (netc_idle_state(&pc->c) == NETC_IDLE) break;
+        /* The peer closed it or spoke, and the loop saw it but has not run
+         * pool_on_io yet. (Asking the kernel here too would cost a syscall
+         * per reuse and still race with the peer.) */
+        if (!ev_is_pending(&pc->io)) break;
         pool_conn_close(pc, false);
     }
     if (!pc) {
@@ -500,6 +519,13 @@ static bool sock_take_pooled(struct sock *s, const struct sock_tls *tls)
     pool_conn_unlink(pc);
     pool_maybe_free(p);
     s->c = pc->c;
+    s->c.drained = false;
+    /* The pooled watcher carries libev's registration of the fd. */
+    void *io_data = s->io.data;
+    s->io = pc->io;
+    ev_set_cb(&s->io, sock_on_io);
+    s->io.data = io_data;
+    s->io_on_conn = true;
     s->idle = pc->idle_timeout;
     s->addr = pc->addr;
     s->reused = pc->reused + 1;
@@ -555,7 +581,14 @@ static bool pool_put(struct sock *s, double idle, int size)
     if (p->head) p->head->prev = pc;
     p->head = pc;
     p->n++;
-    ev_io_init(&pc->io, pool_on_io, pc->c.fd, EV_READ);
+    if (s->io_on_conn && s->io.fd == pc->c.fd) {
+        ev_io_stop(s->vm->loop, &s->io); /* a no-op: the operation ended */
+        pc->io = s->io;
+        ev_set_cb(&pc->io, pool_on_io);
+        ev_io_modify(&pc->io, EV_READ);
+    } else {
+        ev_io_init(&pc->io, pool_on_io, pc->c.fd, EV_READ);
+    }
     pc->io.data = pc;
     ev_timer_init(&pc->idle, pool_on_idle, idle, 0.);
     pc->idle.data = pc;
@@ -1394,7 +1427,7 @@ static int l_socket_setkeepalive(lua_State *L)
         return push_fail(L, "timeout");
     }
     /* Also what arrived but was not read yet, and a peer that has gone. */
-    enum netc_idle st = buf_len(&s->in) > 0 ? NETC_IDLE_DATA : netc_idle_state(&s->c);
+    enum netc_idle st = buf_len(&s->in) > 0 ? NETC_IDLE_DATA : netc_idle_after_reads(&s->c);
     if (st != NETC_IDLE) {
         sock_disconnect(s, false);
         return push_fail(L, st == NETC_IDLE_DATA ? "unread data" : "closed");

@@ -130,7 +130,11 @@ ssize_t netc_recv(struct netc *c, void *buf, size_t len, int *want, int *err)
     *err = 0;
     if (c->tls) return tls_client_recv(c->tls, buf, len, want);
     ssize_t n = recv(c->fd, buf, len, 0);
+    /* A short TCP read empties the receive queue (tcp_recvmsg stops only
+     * when nothing, backlog included, is left). */
+    c->drained = n > 0 && (size_t)n < len;
     if (n >= 0) return n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) c->drained = true;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
         *want = EV_READ;
         return NETC_AGAIN;
@@ -142,6 +146,7 @@ ssize_t netc_recv(struct netc *c, void *buf, size_t len, int *want, int *err)
 ssize_t netc_send(struct netc *c, const void *buf, size_t len, int *want, int *err)
 {
     *err = 0;
+    c->drained = false; /* the peer may answer this */
     if (c->tls) return tls_client_send(c->tls, buf, len, want);
     ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
     if (n >= 0) return n;
@@ -167,6 +172,12 @@ enum netc_idle netc_idle_state(struct netc *c)
     if (n > 0) return NETC_IDLE_DATA;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return NETC_IDLE;
     return NETC_IDLE_CLOSED;
+}
+
+enum netc_idle netc_idle_after_reads(struct netc *c)
+{
+    if (c->fd >= 0 && !c->tls && c->drained) return NETC_IDLE;
+    return netc_idle_state(c);
 }
 
 void netc_close(struct netc *c, bool goodbye)

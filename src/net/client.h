@@ -56,6 +56,10 @@ const char *netc_strerror(int err, char *buf, size_t len);
 struct netc {
     int fd; /* -1: none */
     struct tls_client *tls;
+    /* Plain TCP: the last read came back short (the kernel's queue was
+     * empty then) and nothing was sent since, so the peer has had nothing
+     * to answer: netc_idle_state can say NETC_IDLE without a syscall. */
+    bool drained;
 };
 
 /* One read: >0 bytes, 0 on EOF, NETC_AGAIN (*want = EV_READ or EV_WRITE)
@@ -72,6 +76,9 @@ bool netc_pending(struct netc *c);
  * when it closed or failed. */
 enum netc_idle { NETC_IDLE, NETC_IDLE_DATA, NETC_IDLE_CLOSED };
 enum netc_idle netc_idle_state(struct netc *c);
+/* The same, right after the caller's own reads: trusts c->drained (one
+ * recv syscall less per pooled request) and otherwise asks the kernel. */
+enum netc_idle netc_idle_after_reads(struct netc *c);
 /* Closes the socket; over TLS, with one non-blocking close_notify first
  * when goodbye. */
 void netc_close(struct netc *c, bool goodbye);
