@@ -186,6 +186,24 @@ function T.sink(arg)
   s:close()
   return show(sent, err, unpack(r))
 end
+-- An array of digits (numbers and strings) with one big piece inside:
+-- gathered while it fits, sent piece by piece after; the peer checks the
+-- bytes spell "0123456789..." in order.
+function T.sink_mixed(arg)
+  local s = open()
+  local pieces = {}
+  for _ = 1, tonumber(arg) do
+    for d = 0, 9 do pieces[#pieces + 1] = math.fmod(d, 2) == 0 and d or tostring(d) end
+    if #pieces == 4000 then pieces[#pieces + 1] = PIECE end
+  end
+  local n = 0
+  for _, p in ipairs(pieces) do n = n + #tostring(p) end
+  assert(s:send("SINK " .. n .. "\n"))
+  local sent, err = s:send(pieces)
+  local r = { s:receive() }
+  s:close()
+  return show(sent, err, unpack(r))
+end
 function T.send_timeout()
   local s = open()
   s:settimeouts(5, 0.3, 5)
@@ -301,6 +319,12 @@ describe("smtpd.socket.tcp", function()
 
   it("a send bigger than the socket takes waits until the peer has read it all, in order", function()
     assert.equal("4000000|nil|ok 4000000", one("sink 4000000"))
+  end)
+
+  it("an array of numbers and strings is sent in order, gathered or not", function()
+    -- 10 bytes: gathered in one pass; 7,000 + a 10,000-byte piece: more than one gather
+    assert.equal("10|nil|ok 10", one("sink_mixed 1"))
+    assert.equal("17000|nil|ok 17000", one("sink_mixed 700"))
   end)
 
   it("a send the peer never reads times out; the socket is then never pooled", function()

@@ -81,6 +81,7 @@ struct sock {
     double idle; /* the idle timeout it was pooled with, for a put-back */
     /* The target, for the pool key and a fresh connect. */
     char *key;  /* the pool key: pool name, or host:port */
+    struct pool_conn *spare; /* the entry its pooled connection came in, for the way back */
     char *host; /* as given (for SNI when it is a name) */
     struct netc_addr addr;
     /* connect */
@@ -114,7 +115,6 @@ struct pool_conn {
     struct pool *pool;
     struct netc c;
     struct netc_addr addr;
-    char *host;
     struct sock_tls tls;
     int reused;
     double idle_timeout;
@@ -188,7 +188,6 @@ static void pool_maybe_free(struct pool *p)
 static void pool_conn_free(struct pool_conn *pc)
 {
     tls_settings_free(&pc->tls);
-    free(pc->host);
     free(pc);
 }
 
@@ -340,7 +339,7 @@ static void sock_scope_enter(struct sock *s, struct hook_state *h)
  * socket is a programming error. */
 static struct sock *sock_arg(lua_State *L, int idx)
 {
-    struct sock *s = luaL_checkudata(L, idx, SOCKET_MT);
+    struct sock *s = lbind_check_udata(L, idx, SOCKET_MT);
     if (s->owner && hook_running(L) != s->owner) luaL_error(L, "socket belongs to another session");
     return s;
 }
@@ -450,7 +449,7 @@ static void sock_push_session(lua_State *L, struct sock *s);
 
 int l_socket_connect_addrs(lua_State *L, int idx, const struct netc_addr *addrs, size_t n)
 {
-    struct sock *s = luaL_checkudata(L, idx, SOCKET_MT);
+    struct sock *s = lbind_check_udata(L, idx, SOCKET_MT);
     struct hook_state *h = hook_wait_check(L, "sock:connect");
     if (idx != 1) {
         /* sock_yield anchors the socket from index 1. */
@@ -532,11 +531,12 @@ static bool sock_take_pooled(struct sock *s, const struct sock_tls *tls)
     tls_settings_free(&s->tls);
     s->tls = pc->tls;
     memset(&pc->tls, 0, sizeof pc->tls);
-    pool_conn_free(pc);
+    /* Kept for this socket's setkeepalive: a pooled round trip allocates
+     * no pool entry. */
+    free(s->spare);
+    s->spare = pc;
     return true;
 }
-
-static char *xstrdup_or_null(const char *p);
 
 /* Moves s's connection (idle, nothing unread) into the pool for s->key,
  * which keeps at most size (0: as it is, or the default) connections:
@@ -548,8 +548,10 @@ static bool pool_put(struct sock *s, double idle, int size)
     struct pools *ps = s->vm->retired ? NULL : pools_of(s->vm, true);
     if (!ps || !s->key) return false;
     struct pool *p = pool_find(ps, s->key);
-    struct pool_conn *pc = calloc(1, sizeof *pc);
+    struct pool_conn *pc = s->spare ? s->spare : calloc(1, sizeof *pc);
     if (!pc) return false;
+    s->spare = NULL;
+    memset(pc, 0, sizeof *pc);
     if (!p) {
         p = calloc(1, sizeof *p);
         if (!p || !(p->key = strdup(s->key))) {
@@ -572,7 +574,6 @@ static bool pool_put(struct sock *s, double idle, int size)
     pc->pool = p;
     pc->c = s->c;
     pc->addr = s->addr;
-    pc->host = xstrdup_or_null(s->host);
     pc->tls = s->tls;
     memset(&s->tls, 0, sizeof s->tls);
     pc->reused = s->reused;
@@ -597,11 +598,6 @@ static bool pool_put(struct sock *s, double idle, int size)
     s->c.fd = -1;
     s->c.tls = NULL;
     return true;
-}
-
-static char *xstrdup_or_null(const char *p)
-{
-    return p ? strdup(p) : NULL;
 }
 
 /* ------------------------------------------------------------ names */
@@ -707,7 +703,7 @@ static int l_socket_connect(lua_State *L)
         }
     }
     struct netc_addr addr;
-    int lit = netc_addr_parse(host, port, &addr);
+    int lit = is_unix ? netc_addr_parse(host, port, &addr) : 0;
     if (lit < 0) return luaL_argerror(L, 2, "a unix socket path must be 1-107 bytes");
     struct hook_state *h = hook_wait_check(L, "sock:connect");
 
@@ -740,8 +736,10 @@ static int l_socket_connect(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    /* Names are the resolver's (async-api.md 5); never getaddrinfo on the
+    /* An IP literal is parsed only now that a connection must be made.
+     * Names are the resolver's (async-api.md 5); never getaddrinfo on the
      * loop. */
+    if (!is_unix) lit = netc_addr_parse(host, port, &addr);
     if (lit == 0) return sock_connect_name(L, s, s->host, port);
     lua_settop(L, 1);
     return l_socket_connect_addrs(L, 1, &addr, 1);
@@ -960,22 +958,32 @@ static int l_socket_send(lua_State *L)
 {
     struct sock *s = sock_arg(L, 1);
     int t = lua_type(L, 2);
-    size_t n_pieces = 1, total = 0;
-    if (t == LUA_TTABLE) {
-        n_pieces = lua_objlen(L, 2);
-        for (size_t i = 1; i <= n_pieces; i++) {
-            lua_rawgeti(L, 2, (int)i);
-            int pt = lua_type(L, -1);
-            if (pt != LUA_TSTRING && pt != LUA_TNUMBER)
-                return luaL_error(L, "sock:send: expected an array of strings, got %s at [%d]",
-                                  luaL_typename(L, -1), (int)i);
-            total += lua_objlen(L, -1);
-            lua_pop(L, 1);
-        }
-    } else if (t == LUA_TSTRING || t == LUA_TNUMBER) {
-        total = lua_objlen(L, 2);
-    } else {
+    if (t != LUA_TTABLE && t != LUA_TSTRING && t != LUA_TNUMBER)
         return luaL_argerror(L, 2, "expected a string or an array of strings");
+    size_t n_pieces = t == LUA_TTABLE ? lua_objlen(L, 2) : 1, total = 0;
+    /* Small pieces are gathered into one write (one syscall, one TLS
+     * record), so an array costs no more than the string it spells. The
+     * first pass checks every piece (nothing is sent if one is wrong) and
+     * gathers them while they fit; only a larger array takes a second pass
+     * that sends as it goes. */
+    char gather[SOCKET_GATHER];
+    size_t gathered = 0;
+    bool fits = true;
+    for (size_t i = 1; i <= n_pieces; i++) {
+        if (t == LUA_TTABLE) lua_rawgeti(L, 2, (int)i);
+        size_t len;
+        const char *p = lua_tolstring(L, t == LUA_TTABLE ? -1 : 2, &len);
+        if (!p)
+            return luaL_error(L, "sock:send: expected an array of strings, got %s at [%d]",
+                              luaL_typename(L, -1), (int)i);
+        total += len;
+        if (fits && gathered + len <= sizeof gather) {
+            memcpy(gather + gathered, p, len);
+            gathered += len;
+        } else {
+            fits = false;
+        }
+        if (t == LUA_TTABLE) lua_pop(L, 1); /* still anchored by the table */
     }
     struct hook_state *h = hook_wait_check(L, "sock:send");
     if (s->c.fd < 0 || s->op != OP_NONE) return push_fail(L, "closed");
@@ -983,40 +991,46 @@ static int l_socket_send(lua_State *L)
     s->send_total = total;
     int want = EV_WRITE;
     const char *err = NULL;
-    /* What a timed-out send left goes first, then this call's data. Small
-     * pieces are gathered into one write (one syscall, one TLS record),
-     * so an array costs no more than the string it spells. */
+    /* What a timed-out send left goes first, then this call's data. */
     bool queued = buf_len(&s->out) > 0;
-    char gather[SOCKET_GATHER];
-    size_t gathered = 0;
-    for (size_t i = 1; i <= n_pieces + 1; i++) {
-        size_t len = 0;
-        const char *p = NULL;
-        if (i <= n_pieces) {
-            if (t == LUA_TTABLE) {
-                lua_rawgeti(L, 2, (int)i);
-                p = lua_tolstring(L, -1, &len);
-                lua_pop(L, 1); /* still anchored by the table */
-            } else {
-                p = lua_tolstring(L, 2, &len);
-            }
-            if (gathered + len <= sizeof gather) {
-                memcpy(gather + gathered, p, len);
-                gathered += len;
-                continue;
-            }
-        }
-        /* The gathered bytes go first; then a piece too big to gather. */
+    if (fits) {
         if (gathered && !sock_send_bytes(s, gather, gathered, &queued, &want, &err))
             return err ? push_fail(L, err) : luaL_error(L, "sock:send: out of memory");
-        gathered = 0;
-        if (i > n_pieces) break;
-        if (len < sizeof gather) {
-            memcpy(gather, p, len);
-            gathered = len;
-        } else if (!sock_send_bytes(s, p, len, &queued, &want, &err)) {
+    } else if (t != LUA_TTABLE) {
+        size_t len;
+        const char *p = lua_tolstring(L, 2, &len);
+        if (!sock_send_bytes(s, p, len, &queued, &want, &err))
             return err ? push_fail(L, err) : luaL_error(L, "sock:send: out of memory");
+    } else {
+        gathered = 0;
+        int base = lua_gettop(L);
+        for (size_t i = 1; i <= n_pieces + 1; i++) {
+            size_t len = 0;
+            const char *p = NULL;
+            lua_settop(L, base); /* the previous piece has been used */
+            if (i <= n_pieces) {
+                /* On the stack while used: a number's string exists only there. */
+                lua_rawgeti(L, 2, (int)i);
+                p = lua_tolstring(L, -1, &len);
+                if (gathered + len <= sizeof gather) {
+                    memcpy(gather + gathered, p, len);
+                    gathered += len;
+                    continue;
+                }
+            }
+            /* The gathered bytes go first; then a piece too big to gather. */
+            if (gathered && !sock_send_bytes(s, gather, gathered, &queued, &want, &err))
+                return err ? push_fail(L, err) : luaL_error(L, "sock:send: out of memory");
+            gathered = 0;
+            if (i > n_pieces) break;
+            if (len < sizeof gather) {
+                memcpy(gather, p, len);
+                gathered = len;
+            } else if (!sock_send_bytes(s, p, len, &queued, &want, &err)) {
+                return err ? push_fail(L, err) : luaL_error(L, "sock:send: out of memory");
+            }
         }
+        lua_settop(L, base);
     }
     if (queued) {
         int r = sock_flush(s, &want, &err);
@@ -1052,7 +1066,12 @@ static enum recv_result sock_recv_step(struct sock *s, size_t *ret, size_t *cons
             return R_WAIT;
         }
         size_t room = netc_read_size(&s->want, buf_len(&s->in));
-        char *w = buf_reserve(&s->in, room);
+        /* Into an empty buffer, read on the stack and keep only what came:
+         * a reply is a few bytes, and a 16 KiB malloc and free per read
+         * cost more than the copy. */
+        char scratch[NETC_READ_CHUNK];
+        bool direct = buf_len(&s->in) > 0;
+        char *w = direct ? buf_reserve(&s->in, room) : scratch;
         if (!w) {
             *err = "out of memory";
             return R_ERROR;
@@ -1060,7 +1079,12 @@ static enum recv_result sock_recv_step(struct sock *s, size_t *ret, size_t *cons
         int e = 0;
         ssize_t n = netc_recv(&s->c, w, room, want, &e);
         if (n > 0) {
-            buf_commit(&s->in, (size_t)n);
+            if (direct) {
+                buf_commit(&s->in, (size_t)n);
+            } else if (!buf_append(&s->in, scratch, (size_t)n)) {
+                *err = "out of memory";
+                return R_ERROR;
+            }
             continue;
         }
         if (n == 0) return R_EOF;
@@ -1445,7 +1469,7 @@ static int l_socket_setkeepalive(lua_State *L)
 
 static int l_socket_tostring(lua_State *L)
 {
-    struct sock *s = luaL_checkudata(L, 1, SOCKET_MT);
+    struct sock *s = lbind_check_udata(L, 1, SOCKET_MT);
     if (s->c.fd >= 0)
         lua_pushfstring(L, "smtpd.socket.tcp (%s%s)", s->key ? s->key : "?",
                         s->c.tls ? ", tls" : "");
@@ -1456,12 +1480,14 @@ static int l_socket_tostring(lua_State *L)
 
 static int l_socket_gc(lua_State *L)
 {
-    struct sock *s = luaL_checkudata(L, 1, SOCKET_MT);
+    struct sock *s = lbind_check_udata(L, 1, SOCKET_MT);
     sock_disconnect(s, true);
     tls_settings_free(&s->tls);
     free(s->key);
     free(s->host);
+    free(s->spare);
     s->key = s->host = NULL;
+    s->spare = NULL;
     return 0;
 }
 
@@ -1489,7 +1515,7 @@ static int l_socket_tcp(lua_State *L)
 
 static int l_session_gc(lua_State *L)
 {
-    struct tls_session **box = luaL_checkudata(L, 1, SOCKET_SESSION_MT);
+    struct tls_session **box = lbind_check_udata(L, 1, SOCKET_SESSION_MT);
     tls_session_free(*box);
     *box = NULL;
     return 0;

@@ -14,13 +14,45 @@
 /* Same bound as policy.h; kept here so the module stands alone. */
 #define MECHANISM_NAME_MAX 64
 
-bool lbind_is_udata(lua_State *L, int idx, const char *tname)
+/* Pushes the metatable registered as tname (or nil). Every method call
+ * checks its self argument, and luaL_getmetatable hashes and interns the
+ * name each time; so the registry also keeps each class's metatable under
+ * the name's address, a light userdata looked up without hashing. A miss
+ * (the first check, or the same name spelt at another address) takes the
+ * name's entry and caches it under this address. tname is always a
+ * constant, so an address never comes to mean another class. */
+static void push_class_metatable(lua_State *L, const char *tname)
 {
-    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return false;
+    lua_pushlightuserdata(L, (void *)tname);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (!lua_isnil(L, -1)) return;
+    lua_pop(L, 1);
     luaL_getmetatable(L, tname);
+    if (lua_isnil(L, -1)) return; /* not registered (yet): never cached */
+    lua_pushlightuserdata(L, (void *)tname);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+void *lbind_test_udata(lua_State *L, int idx, const char *tname)
+{
+    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+    push_class_metatable(L, tname);
     bool same = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
-    return same;
+    return same ? lua_touserdata(L, idx) : NULL;
+}
+
+void *lbind_check_udata(lua_State *L, int idx, const char *tname)
+{
+    void *p = lbind_test_udata(L, idx, tname);
+    if (!p) luaL_typerror(L, idx, tname);
+    return p;
+}
+
+bool lbind_is_udata(lua_State *L, int idx, const char *tname)
+{
+    return lbind_test_udata(L, idx, tname) != NULL;
 }
 
 struct getfields_keys {
