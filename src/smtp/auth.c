@@ -33,6 +33,8 @@ static void auth_after_failure(struct session *s);
 static void auth_store_over_done(void *owner, bool ok, lua_State *co, int nres);
 static void auth_check_failure_limit(struct session *s);
 static void auth_deliver_line(struct session *s, const char *line, size_t len, bool too_long);
+static void auth_forget(struct session *s);
+static void auth_login_free(struct session *s);
 
 size_t auth_channel_binding(const struct session *s, const char *type, unsigned char *out)
 {
@@ -62,63 +64,94 @@ bool auth_mechanism_available(const struct session *s, const struct mechanism *m
  * Holding a session: its input waits (session_pump stops while
  * auth_holding) on one ev_timer, so every other session goes on. Two holds:
  * before an AUTH from an address that failed (Dovecot's penalty), and
- * before a failed AUTH's 535 (OpenSMTPD's pause). */
+ * before a failed AUTH's 535 (OpenSMTPD's pause).
+ *
+ * The hold is out of line, in s->auth_hold: an idle connection holds only
+ * what it needs (bench (d)). It is allocated when a 535 is held back or a
+ * hold starts, and freed when the hold fires (auth_hold_fired) or the
+ * session closes (auth_cancel_hold, from session_close and session_free). */
+struct auth_hold {
+    ev_timer timer;                  /* running while the session is held */
+    void (*then)(struct session *s); /* goes on with the command when it fires */
+    size_t reply_len;                /* the held 535 (0: none) */
+    char reply[];
+};
 
 static bool auth_penalised(const struct session *s, char *key)
 {
     return s->opt->auth_fail_penalty && session_client_counted(s) && auth_limit_key(session_client_addr(s), key);
 }
 
+bool auth_holding(const struct session *s)
+{
+    return s->auth_hold && ev_is_active(&s->auth_hold->timer);
+}
+
+static void auth_hold_fired(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* Allocates s->auth_hold (none may exist yet) holding reply (len 0: none).
+ * False if memory ran out. */
+static bool auth_hold_get(struct session *s, const char *reply, size_t len)
+{
+    struct auth_hold *h = malloc(sizeof *h + len);
+    if (!h) return false;
+    ev_init(&h->timer, auth_hold_fired);
+    h->timer.data = s;
+    h->then = NULL;
+    h->reply_len = len;
+    if (len) memcpy(h->reply, reply, len);
+    s->auth_hold = h;
+    return true;
+}
+
+static void auth_hold_free(struct session *s)
+{
+    free(s->auth_hold); /* a 535 is no secret */
+    s->auth_hold = NULL;
+}
+
+/* The hold ended: the held 535 (if any) goes out, then the command goes on. */
 static void auth_hold_fired(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop, (void)revents;
     struct session *s = w->data;
-    s->auth_holding = false;
-    void (*then)(struct session *) = s->auth_hold_then;
-    s->auth_hold_then = NULL;
+    struct auth_hold *h = s->auth_hold;
+    void (*then)(struct session *) = h->then;
+    if (h->reply_len) session_reply_len(s, h->reply, h->reply_len);
+    auth_hold_free(s); /* before then(), which may hold again */
     then(s);
     if (s->state == SESSION_CLOSING) conn_flush(s->conn);
     else session_pump(s); /* the input that waited, and the replies */
 }
 
-static void auth_hold(struct session *s, double secs, void (*then)(struct session *s))
+/* Holds the session's input for secs, then calls then. False (nothing
+ * held) if memory ran out. */
+static bool auth_hold(struct session *s, double secs, void (*then)(struct session *s))
 {
-    s->auth_holding = true;
-    s->auth_hold_then = then;
-    ev_timer_init(&s->auth_hold, auth_hold_fired, secs, 0);
-    s->auth_hold.data = s;
-    ev_timer_start(s->host->loop, &s->auth_hold);
+    if (!s->auth_hold && !auth_hold_get(s, NULL, 0)) return false;
+    s->auth_hold->then = then;
+    ev_timer_set(&s->auth_hold->timer, secs, 0);
+    ev_timer_start(s->host->loop, &s->auth_hold->timer);
+    return true;
 }
 
 void auth_cancel_hold(struct session *s)
 {
-    if (s->auth_holding) ev_timer_stop(s->host->loop, &s->auth_hold);
-    s->auth_holding = false;
-    s->auth_hold_then = NULL;
-    free(s->auth_held_reply);
-    s->auth_held_reply = NULL;
+    if (!s->auth_hold) return;
+    ev_timer_stop(s->host->loop, &s->auth_hold->timer);
+    auth_hold_free(s);
 }
 
 /* A failure's final reply: a 535 is held back for the pause (it goes out
- * when auth_finish's hold ends); anything else now. */
+ * when auth_finish's hold ends); anything else now, as when memory for
+ * holding it ran out. */
 static void auth_reply_failure(struct session *s, const char *line, size_t len)
 {
     char key[AUTH_LIMIT_KEY_MAX];
-    if (len >= 3 && !memcmp(line, "535", 3) && auth_penalised(s, key) && !s->auth_held_reply &&
-        (s->auth_held_reply = malloc(len))) {
-        memcpy(s->auth_held_reply, line, len);
-        s->auth_held_len = len;
+    if (len >= 3 && !memcmp(line, "535", 3) && auth_penalised(s, key) && !s->auth_hold &&
+        auth_hold_get(s, line, len))
         return;
-    }
     session_reply_len(s, line, len);
-}
-
-static void auth_release_reply(struct session *s)
-{
-    session_reply_len(s, s->auth_held_reply, s->auth_held_len);
-    free(s->auth_held_reply);
-    s->auth_held_reply = NULL;
-    auth_check_failure_limit(s);
 }
 
 /* ------------------------------------------- auth_fail_limit_per_client
@@ -210,8 +243,8 @@ static void auth_count_failure(struct session *s, const char *key)
         log_msg(LOG_WARN, s->sid, "auth_fail_limit_per_client: cannot count a failure for %s", key);
 }
 
-/* Ends one AUTH attempt: count a failure, enforce auth_failure_limit. */
-void auth_forget(struct session *s)
+/* Wipes and frees the secrets of one AUTH attempt. */
+static void auth_forget(struct session *s)
 {
     if (s->auth_initial) {
         memset(s->auth_initial, 0, s->auth_initial_len);
@@ -219,6 +252,35 @@ void auth_forget(struct session *s)
         s->auth_initial = NULL;
     }
     session_clear_secrets(s);
+}
+
+/* The login for the failure log line is out of line, from
+ * server:_auth_login to the end of the AUTH: an idle connection holds only
+ * what it needs (bench (d)). A login is no secret: freed normally. */
+bool auth_login_keep(struct session *s, const char *login, size_t n)
+{
+    if (n > AUTH_LOGIN_LOG_MAX) n = AUTH_LOGIN_LOG_MAX;
+    char *p = malloc(n ? n : 1);
+    if (!p) return false;
+    if (n) memcpy(p, login, n);
+    free(s->auth_login);
+    s->auth_login = p;
+    s->auth_login_len = n;
+    return true;
+}
+
+static void auth_login_free(struct session *s)
+{
+    free(s->auth_login);
+    s->auth_login = NULL;
+    s->auth_login_len = 0;
+}
+
+void auth_session_free(struct session *s)
+{
+    auth_cancel_hold(s);
+    auth_forget(s);
+    auth_login_free(s);
 }
 
 /* The one line a failed AUTH logs (mechanisms.md 3), which fail2ban's
@@ -255,6 +317,7 @@ static void auth_finish(struct session *s, bool authenticated)
     if (authenticated) lsession_set_bool(s, LS_SESSION, "authenticated", true);
     else lsession_set_string(s, LS_SESSION, "authenticated", NULL, 0);
     if (s->authenticated) {
+        auth_login_free(s);
         log_msg(LOG_INFO, s->sid, "authenticated with %s",
                 s->policy->mechs[s->auth_mech_index].name);
         char key[AUTH_LIMIT_KEY_MAX];
@@ -263,6 +326,7 @@ static void auth_finish(struct session *s, bool authenticated)
     }
     s->auth_failures++;
     auth_log_failure(s);
+    auth_login_free(s);
     char key[AUTH_LIMIT_KEY_MAX];
     if (auth_penalised(s, key)) auth_penalty_failed(key, ev_now(s->host->loop));
     if (!s->opt->auth_fail_store && auth_limited(s, key)) auth_count_failure(s, key);
@@ -277,11 +341,12 @@ static void auth_finish(struct session *s, bool authenticated)
     auth_after_failure(s);
 }
 
-/* After a failure was counted: the held 535's pause, or the session limit. */
+/* After a failure was counted: the held 535's pause (auth_hold_fired sends
+ * it), or the session limit. */
 static void auth_after_failure(struct session *s)
 {
-    if (s->auth_held_reply) {
-        auth_hold(s, auth_fail_pause() * s->opt->auth_fail_penalty_scale, auth_release_reply);
+    if (s->auth_hold) { /* holding a 535: the block exists, so this cannot fail */
+        auth_hold(s, auth_fail_pause() * s->opt->auth_fail_penalty_scale, auth_check_failure_limit);
         return;
     }
     auth_check_failure_limit(s);
@@ -550,7 +615,7 @@ void auth_command(struct session *s, const char *arg, size_t len)
     s->auth_mech_index = mech;
     s->auth_in_progress = true;
     s->auth_final_sent = false;
-    s->auth_login_len = 0;
+    auth_login_free(s);
     /* Copied: a suspended handle_AUTH outlives the command line's buffer. */
     s->auth_initial = NULL;
     s->auth_initial_len = 0;
@@ -592,7 +657,13 @@ static void auth_after_limit(struct session *s)
         if (wait > 0) {
             log_msg(LOG_INFO, s->sid, "AUTH penalty: holding AUTH %.3f s (earlier failures from %s)",
                     wait, key);
-            auth_hold(s, wait, auth_start);
+            if (!auth_hold(s, wait, auth_start)) {
+                /* Out of memory: fail closed, as for a hook error (no
+                 * attempt was made, so none is counted). */
+                auth_forget(s);
+                s->auth_in_progress = false;
+                session_reply(s, "454 4.7.0 Temporary authentication failure");
+            }
             return;
         }
     }

@@ -32,10 +32,19 @@ bool auth_mechanism_available(const struct session *s, const struct mechanism *m
  * bytes), or 0 when s has none of that type. */
 size_t auth_channel_binding(const struct session *s, const char *type, unsigned char *out);
 
+/* Whether an auth_fail_penalty hold keeps s from reading input. */
+bool auth_holding(const struct session *s);
+
 /* Stops an auth_fail_penalty hold and drops its held reply (close). */
 void auth_cancel_hold(struct session *s);
 
-/* Wipes and frees what an AUTH attempt remembered (session teardown). */
-void auth_forget(struct session *s);
+/* Keeps (a copy of at most AUTH_LOGIN_LOG_MAX bytes of) the login the
+ * running AUTH's mechanism names, for the failure log line. False if
+ * memory ran out. */
+bool auth_login_keep(struct session *s, const char *login, size_t n);
+
+/* Session teardown: stops a hold, wipes and frees what an AUTH attempt
+ * remembered (secrets, the initial response) and frees the login. */
+void auth_session_free(struct session *s);
 
 #endif

@@ -103,9 +103,7 @@ static int l_server_auth_login(lua_State *L)
     size_t n;
     const char *login = luaL_checklstring(L, 2, &n);
     if (!s->auth_in_progress) return 0;
-    if (n > sizeof s->auth_login) n = sizeof s->auth_login;
-    memcpy(s->auth_login, login, n);
-    s->auth_login_len = n;
+    if (!auth_login_keep(s, login, n)) return luaL_error(L, "server:_auth_login: out of memory");
     return 0;
 }
 
@@ -231,9 +229,11 @@ static void new_session_table(struct session *s, lua_State *L)
         lua_pushstring(L, s->peer_host + strlen("unix:"));
         lua_setfield(L, -2, "unix");
         static const char *const cred[] = {"pid", "uid", "gid"};
-        const long v[] = {s->peer_pid, s->peer_uid, s->peer_gid};
+        /* Unknown: -1, (uid_t)-1, (gid_t)-1. */
+        const bool known[] = {s->peer_pid >= 0, s->peer_uid != (uid_t)-1, s->peer_gid != (gid_t)-1};
+        const long v[] = {(long)s->peer_pid, (long)s->peer_uid, (long)s->peer_gid};
         for (int i = 0; i < 3; i++) {
-            if (v[i] < 0) continue;
+            if (!known[i]) continue;
             lua_pushinteger(L, (lua_Integer)v[i]);
             lua_setfield(L, -2, cred[i]);
         }

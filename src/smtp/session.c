@@ -68,12 +68,23 @@ void session_replyf(struct session *s, const char *fmt, ...)
 
 /* ---------------------------------------------------------------- secrets */
 
+/* The slots are out of line, allocated by the first secret and freed when
+ * they are cleared: an idle connection holds only what it needs (bench
+ * (d)). NULL if memory ran out (the secret is then not remembered, as when
+ * strndup fails). */
+static char **session_secrets_get(struct session *s)
+{
+    if (!s->secrets) s->secrets = calloc(SESSION_SECRETS_MAX, sizeof *s->secrets);
+    return s->secrets;
+}
+
 void session_add_secret(struct session *s, const char *p, size_t n)
 {
     /* Scrubbing works on C strings: a NUL would cut the secret short (an
      * empty one would match everywhere), so callers pass NUL-free pieces.
      * Tiny strings are skipped: scrubbing them would mangle every message. */
     if (n < 3 || memchr(p, '\0', n)) return;
+    if (!session_secrets_get(s)) return;
     for (int i = 0; i < SESSION_SECRETS_MAX; i++) {
         if (!s->secrets[i]) {
             s->secrets[i] = strndup(p, n);
@@ -96,6 +107,7 @@ void session_add_decoded_secret(struct session *s, const char *p, size_t n)
 
 void session_clear_secrets(struct session *s)
 {
+    if (!s->secrets) return;
     for (int i = 0; i < SESSION_SECRETS_MAX; i++) {
         if (s->secrets[i]) {
             memset(s->secrets[i], 0, strlen(s->secrets[i]));
@@ -103,10 +115,13 @@ void session_clear_secrets(struct session *s)
             s->secrets[i] = NULL;
         }
     }
+    free(s->secrets); /* the slots held only pointers */
+    s->secrets = NULL;
 }
 
 void session_scrub(struct session *s, char *msg)
 {
+    if (!s->secrets) return;
     for (int i = 0; i < SESSION_SECRETS_MAX; i++) {
         const char *secret = s->secrets[i];
         if (!secret) continue;
@@ -217,9 +232,29 @@ void session_start_tls(struct session *s)
         session_close(s, "cannot start TLS");
 }
 
+/* The DATA reader is out of line, from DATA's 354 until the message is
+ * answered: an idle connection holds only what it needs (bench (d)). False
+ * (and a 451) if memory ran out. */
+bool session_data_get(struct session *s)
+{
+    if (!s->data && !(s->data = calloc(1, sizeof *s->data))) {
+        session_reply(s, reply_hook_error);
+        return false;
+    }
+    return true;
+}
+
+void session_data_free(struct session *s)
+{
+    if (!s->data) return;
+    data_end(s->data); /* the content, and its charge on the budget */
+    free(s->data);
+    s->data = NULL;
+}
+
 void session_begin_data(struct session *s)
 {
-    data_begin(&s->data, (size_t)s->opt->data_size_limit, s->opt->bare_newline,
+    data_begin(s->data, (size_t)s->opt->data_size_limit, s->opt->bare_newline,
                &s->host->data_budget, (size_t)s->opt->data_memory_limit);
     session_set_state(s, SESSION_DATA, "DATA");
     s->data_window_start = ev_now(s->host->loop);
@@ -267,9 +302,10 @@ struct session *session_new(struct session_host *host, const struct verb_table *
     snprintf(s->peer_host, sizeof s->peer_host, "%s", peer_host);
     s->peer_port = peer_port;
     s->peer_unix = unix_peer != NULL;
-    s->peer_pid = unix_peer ? unix_peer->pid : -1;
-    s->peer_uid = unix_peer ? unix_peer->uid : -1;
-    s->peer_gid = unix_peer ? unix_peer->gid : -1;
+    /* -1 (unknown) becomes (uid_t)-1 and (gid_t)-1, which no user has. */
+    s->peer_pid = unix_peer ? (pid_t)unix_peer->pid : -1;
+    s->peer_uid = unix_peer ? (uid_t)unix_peer->uid : (uid_t)-1;
+    s->peer_gid = unix_peer ? (gid_t)unix_peer->gid : (gid_t)-1;
     s->state = SESSION_COMMAND; /* the initial state, not a transition */
     s->bogus_budget = SMTP_BOGUS_LIMIT;
     s->verbs = verbs; /* the listener's table: SMTP's, later LMTP's */
@@ -287,7 +323,7 @@ struct session *session_new(struct session_host *host, const struct verb_table *
     host->session_added(host, s);
     if (unix_peer)
         log_msg(LOG_INFO, s->sid, "connection on %s (pid %ld uid %ld gid %ld)%s (policy generation %u)",
-                peer_host, s->peer_pid, s->peer_uid, s->peer_gid,
+                peer_host, unix_peer->pid, unix_peer->uid, unix_peer->gid,
                 implicit_tls ? " over implicit TLS" : "", s->policy->generation);
     else
         log_msg(LOG_INFO, s->sid, "connection from %s port %d%s (policy generation %u)", peer_host,
@@ -339,10 +375,10 @@ void session_close(struct session *s, const char *why)
 static void session_free(struct session *s)
 {
     hook_abandon(&s->hook);
-    auth_cancel_hold(s);
+    auth_session_free(s);
     lsession_close(s);
-    auth_forget(s);
-    data_end(&s->data);
+    session_data_free(s);
+    free(s->unknown_budget);
     session_pending_release(s);
     free(s->proxy_client);
     ev_timer_stop(s->host->loop, &s->idle);
@@ -396,14 +432,14 @@ static void session_on_idle(struct ev_loop *loop, ev_timer *w, int revents)
     if (s->state == SESSION_DATA && o->data_rate_min) {
         double elapsed = now - s->data_window_start;
         if (elapsed >= o->data_rate_grace) {
-            size_t got = s->data.num_bytes - s->data_window_bytes;
+            size_t got = s->data->num_bytes - s->data_window_bytes;
             if ((double)got / elapsed < (double)o->data_rate_min) {
                 session_replyf(s, "421 4.4.2 %s Error: timeout exceeded", o->hostname);
                 session_close(s, "DATA slower than data_rate_min");
                 return;
             }
             s->data_window_start = now;
-            s->data_window_bytes = s->data.num_bytes;
+            s->data_window_bytes = s->data->num_bytes;
         }
     }
     ev_tstamp after = s->last_activity - now + o->timeout;
@@ -445,7 +481,7 @@ void session_replan_timer(struct session *s)
 void session_shutdown(struct session *s)
 {
     s->shutting_down = true;
-    if (s->state == SESSION_COMMAND && !hook_active(&s->hook) && !s->auth_holding) {
+    if (s->state == SESSION_COMMAND && !hook_active(&s->hook) && !auth_holding(s)) {
         session_replyf(s, "421 4.3.2 %s Error: server shutting down, try again later",
                        s->opt->hostname);
         session_close(s, "server stopping");
@@ -786,7 +822,7 @@ void session_pump(struct session *s)
     s->pumping = true;
     struct buf *in = &s->conn->in;
     while (s->state != SESSION_CLOSING && s->state != SESSION_TLS_HANDSHAKE) {
-        if (s->auth_holding) break; /* an AUTH penalty: input waits (auth.c) */
+        if (auth_holding(s)) break; /* an AUTH penalty: input waits (auth.c) */
         if (hook_active(&s->hook)) {
             /* A suspended hook: input waits, unless the hook waits for it. */
             if (s->hook.wait != &s->line_wait.wait) break;
@@ -803,7 +839,7 @@ void session_pump(struct session *s)
             continue;
         }
         if (s->state == SESSION_DATA) {
-            if (!data_feed(&s->data, in)) {
+            if (!data_feed(s->data, in)) {
                 session_touch(s);
                 break;
             }

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "buf.h"
 #include "data.h"
@@ -93,6 +94,22 @@ struct verb_table {
     void (*message_done)(struct session *s);                          /* DATA is complete */
 };
 
+/* Blocks a session allocates only for a rare or short phase, out of line:
+ * an idle connection holds only what it needs (bench (d) measures it). */
+struct auth_hold; /* an auth_fail_penalty hold (auth.c) */
+/* command_call_limit budgets of the few unknown names seen before the bogus
+ * limit (verbs.c), from the first unknown command to the session's end. */
+struct session_unknown_budgets {
+    int n;
+    struct {
+        char name[16];
+        int budget;
+    } rows[SMTP_BOGUS_LIMIT];
+};
+
+/* Fields are grouped by size (pointers and 8-byte values, then 4-byte
+ * ones, then the flags) so the struct has no holes: check with
+ *   gdb -batch -ex 'ptype /o struct session' build/luasmtpd */
 struct session {
     unsigned long id;
     char sid[24];          /* "s<id>", the log prefix */
@@ -100,28 +117,12 @@ struct session {
     struct conn *conn;
     struct policy *policy; /* the generation this session started on (held) */
     const struct options *opt;
-    enum session_state state;
-    int peer_port;
     char peer_host[SESSION_PEER_MAX]; /* an IP, or "unix:" and the listener's path */
-    /* A UNIX-domain client: what the kernel says of it (SO_PEERCRED; -1
-     * when it cannot tell). Its connections count to no address. */
-    bool peer_unix;
     /* The client's address from a PROXY header (INET/INET6), or NULL: AUTH
      * penalties, limits and the failure log line count the real client,
      * not the proxy in front of it. */
     char *proxy_client;
-    long peer_pid, peer_uid, peer_gid;
 
-    /* Protocol state mirrored from the Lua tables (which hooks may change). */
-    bool has_host_name;    /* session.host_name is set (non-empty) */
-    bool extended_smtp;    /* last greeting was EHLO */
-    bool authenticated;
-    bool has_mail_from;    /* a mail transaction is open */
-    bool tls_active;
-    bool tls_peer_verified; /* the client's certificate verified against --tls-client-ca */
-    bool greeted;          /* the 220 greeting went out */
-    bool ip_counted;       /* holds an ip_acquire() count */
-    bool tls_refused;      /* handle_STARTTLS said no */
     size_t rcpt_count;
     struct tls_config *pending_implicit_tls; /* TLS to start once PROXY is read */
     ev_tstamp proxy_deadline;
@@ -131,46 +132,32 @@ struct session {
      * the current one began, and the octets received by then. */
     ev_tstamp data_window_start;
     size_t data_window_bytes;
-
     long auth_failures;
-    /* command_call_limit budgets, for known commands by index. */
-    int call_budget[SESSION_COMMANDS_MAX];
-    /* ... and for the few unknown names seen before the bogus limit. */
-    struct {
-        char name[16];
-        int budget;
-    } unknown_budget[SMTP_BOGUS_LIMIT];
-    int n_unknown_budget;
-    int bogus_budget;
 
-    /* Lua: the server handle box and the session/envelope tables. */
-    int server_ref, session_ref, envelope_ref;
+    /* command_call_limit budgets, for known commands by index ... */
+    int call_budget[SESSION_COMMANDS_MAX];
+    /* ... and for unknown names (NULL until the first unknown command). */
+    struct session_unknown_budgets *unknown_budget;
+
     struct hook_state hook;
     struct session_line_wait line_wait;
-    bool wait_log_response; /* challenge_auth(..., log_client_response=true) */
-    bool discard_line;      /* dropping the rest of an over-long line */
-    bool auth_in_progress;  /* an AUTH command is being processed */
-    bool auth_final_sent;   /* a final (non-334) reply went out during AUTH */
-    int auth_mech_index;    /* mechanism chosen for this AUTH */
     char *auth_initial;     /* copy of the initial response (a secret), or NULL */
     size_t auth_initial_len;
     /* The login the running AUTH's mechanism handed its authenticator
-     * (server:_auth_login), for the failure log line; never the password. */
-    char auth_login[AUTH_LOGIN_LOG_MAX];
+     * (server:_auth_login), for the failure log line; never the password.
+     * Malloc'd (at most AUTH_LOGIN_LOG_MAX bytes), NULL outside an AUTH. */
+    char *auth_login;
     size_t auth_login_len;
-    /* auth_fail_penalty (auth.c): while auth_holding the session reads no
-     * input; when auth_hold fires, the held 535 (if any) goes out and
-     * auth_hold_then goes on with the command. */
-    ev_timer auth_hold;
-    bool auth_holding;
-    char *auth_held_reply;
-    size_t auth_held_len;
-    void (*auth_hold_then)(struct session *s);
+    /* auth_fail_penalty (auth.c): a held 535 and the timer that holds the
+     * session's input, NULL when there is neither. */
+    struct auth_hold *auth_hold;
     /* Strings that must never reach a log line (AUTH initial response and
-     * the like), scrubbed from hook error messages. */
-    char *secrets[SESSION_SECRETS_MAX];
-
-    struct data_reader data;
+     * the like), scrubbed from hook error messages: SESSION_SECRETS_MAX
+     * slots, NULL until the first secret and again once they are cleared. */
+    char **secrets;
+    /* The message being read: from DATA's 354 until the message is
+     * answered (session_data_get/session_data_free), NULL otherwise. */
+    struct data_reader *data;
 
     /* The commands this listener speaks (SMTP's or LMTP's table), and
      * the row whose hook is running (NULL when none is). */
@@ -183,6 +170,11 @@ struct session {
      * are released when the command proceeds. */
     void *hook_after;       /* command_after_fn of the running hook */
     char *pending;          /* argument, then address, then parameters */
+    const char *close_reason; /* for the one "closed" log line */
+    ev_timer idle;
+    ev_tstamp last_activity;
+    struct session *next, *prev; /* the server's registry */
+
     uint32_t pending_arg_len;
     uint32_t pending_addr_len;
     uint32_t pending_opts_len; /* upper-cased parameters */
@@ -191,14 +183,37 @@ struct session {
      * one per recipient; 0 counts as 1): a hook error's reply is sent so
      * many times. The command that sets it resets it when it proceeds. */
     unsigned reply_copies;
-    const char *close_reason; /* for the one "closed" log line */
     unsigned messages;        /* accepted in this session */
+    enum session_state state;
+    int peer_port;
+    /* A UNIX-domain client: what the kernel says of it (SO_PEERCRED; -1,
+     * (uid_t)-1 and (gid_t)-1 when it cannot tell). Its connections count
+     * to no address. */
+    pid_t peer_pid;
+    uid_t peer_uid;
+    gid_t peer_gid;
+    int bogus_budget;
+    /* Lua: the server handle box and the session/envelope tables. */
+    int server_ref, session_ref, envelope_ref;
+    int auth_mech_index;    /* mechanism chosen for this AUTH */
+
+    bool peer_unix;
+    /* Protocol state mirrored from the Lua tables (which hooks may change). */
+    bool has_host_name;    /* session.host_name is set (non-empty) */
+    bool extended_smtp;    /* last greeting was EHLO */
+    bool authenticated;
+    bool has_mail_from;    /* a mail transaction is open */
+    bool tls_active;
+    bool tls_peer_verified; /* the client's certificate verified against --tls-client-ca */
+    bool greeted;          /* the 220 greeting went out */
+    bool ip_counted;       /* holds an ip_acquire() count */
+    bool tls_refused;      /* handle_STARTTLS said no */
+    bool wait_log_response; /* challenge_auth(..., log_client_response=true) */
+    bool discard_line;      /* dropping the rest of an over-long line */
+    bool auth_in_progress;  /* an AUTH command is being processed */
+    bool auth_final_sent;   /* a final (non-334) reply went out during AUTH */
     bool pumping;           /* inside session_pump(): don't re-enter */
     bool shutting_down;     /* server stop requested: close after this command */
-
-    ev_timer idle;
-    ev_tstamp last_activity;
-    struct session *next, *prev; /* the server's registry */
 };
 
 /* Creates a session for an accepted socket and sends the greeting. A

@@ -75,7 +75,14 @@ void session_replan_timer(struct session *s);
 /* STARTTLS accepted (its 220 queued): hands the connection to TLS. */
 void session_start_tls(struct session *s);
 
-/* DATA accepted (its 354 queued): the pump reads message text from now. */
+/* The DATA reader (s->data), allocated by DATA before its 354: false (and a
+ * 451 sent) if memory ran out. session_data_free drops the message and the
+ * reader once the message is answered (and at session teardown). */
+bool session_data_get(struct session *s);
+void session_data_free(struct session *s);
+
+/* DATA accepted (session_data_get succeeded, its 354 queued): the pump
+ * reads message text from now. */
 void session_begin_data(struct session *s);
 
 #endif

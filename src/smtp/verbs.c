@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <lauxlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <limits.h>
 #include <string.h>
 #include <strings.h>
@@ -708,6 +709,7 @@ static void data_proceed(struct session *s, const struct hook_result *r,
 {
     (void)r;
     (void)call;
+    if (!session_data_get(s)) return; /* out of memory: a 451 went out */
     session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
     session_begin_data(s);
 }
@@ -715,7 +717,7 @@ static void data_proceed(struct session *s, const struct hook_result *r,
 const char *verbs_message_refusal(struct session *s)
 {
     const char *refusal = NULL;
-    switch (s->data.verdict) {
+    switch (s->data->verdict) {
     case DATA_TOO_LONG:
         refusal = "500 Line too long (see RFC5321 4.5.3.1.6)";
         break;
@@ -739,8 +741,8 @@ const char *verbs_message_refusal(struct session *s)
 
 void verbs_message_to_envelope(struct session *s)
 {
-    const char *content = buf_head(&s->data.content);
-    size_t n = buf_len(&s->data.content);
+    const char *content = buf_head(&s->data->content);
+    size_t n = buf_len(&s->data->content);
     lua_State *L = s->policy->vm.L;
     lsession_push_table(s, L, LS_ENVELOPE);
     lua_pushlstring(L, content ? content : "", n);
@@ -756,7 +758,7 @@ static bool message_check(struct session *s, struct verb_call *call)
     (void)call;
     const char *refusal = verbs_message_refusal(s);
     if (refusal) {
-        data_end(&s->data);
+        session_data_free(s);
         session_reset_envelope(s);
         session_reply(s, refusal);
         return false;
@@ -786,8 +788,8 @@ static void message_proceed(struct session *s, const struct hook_result *r,
                             const struct verb_call *call)
 {
     (void)call;
-    size_t size = buf_len(&s->data.content);
-    data_end(&s->data);
+    size_t size = buf_len(&s->data->content);
+    session_data_free(s);
     if (r->outcome != HOOK_FAILED) {
         /* One line per message: size, sender, recipients, and the reply. */
         const char *reply = r->outcome == HOOK_STATUS ? r->status : reply_ok;
@@ -889,6 +891,17 @@ static int find_command(const struct verb_table *t, const char *name, size_t n)
     return -1;
 }
 
+/* The budgets of unknown names are out of line, from the first unknown
+ * command to the session's end (session_free frees them): an idle
+ * connection holds only what it needs (bench (d)). NULL (and a 451) if
+ * memory ran out. */
+static struct session_unknown_budgets *unknown_budgets_get(struct session *s)
+{
+    if (!s->unknown_budget && !(s->unknown_budget = calloc(1, sizeof *s->unknown_budget)))
+        session_reply(s, "451 4.3.0 Error: local error in processing");
+    return s->unknown_budget;
+}
+
 static bool spend_call_budget(struct session *s, int cmd, const char *name)
 {
     if (!s->opt->call_limit_enforced) return true;
@@ -896,13 +909,15 @@ static bool spend_call_budget(struct session *s, int cmd, const char *name)
     if (cmd >= 0)
         budget = &s->call_budget[cmd];
     else {
-        for (int i = 0; i < s->n_unknown_budget && !budget; i++)
-            if (!strcmp(s->unknown_budget[i].name, name)) budget = &s->unknown_budget[i].budget;
-        if (!budget && s->n_unknown_budget < SMTP_BOGUS_LIMIT && strlen(name) < 16) {
-            int i = s->n_unknown_budget++;
-            snprintf(s->unknown_budget[i].name, 16, "%s", name);
-            s->unknown_budget[i].budget = call_budget_of(options_call_limit(s->opt, name));
-            budget = &s->unknown_budget[i].budget;
+        struct session_unknown_budgets *u = unknown_budgets_get(s);
+        if (!u) return false;
+        for (int i = 0; i < u->n && !budget; i++)
+            if (!strcmp(u->rows[i].name, name)) budget = &u->rows[i].budget;
+        if (!budget && u->n < SMTP_BOGUS_LIMIT && strlen(name) < sizeof u->rows[0].name) {
+            int i = u->n++;
+            snprintf(u->rows[i].name, sizeof u->rows[i].name, "%s", name);
+            u->rows[i].budget = call_budget_of(options_call_limit(s->opt, name));
+            budget = &u->rows[i].budget;
         }
         if (!budget) return true;
     }
