@@ -64,8 +64,9 @@ void lbind_push_quoted(lua_State *L, const char *s, size_t n);
 
 /* Pushes t[keys[0]] .. t[keys[n-1]] for the table (or any value) at idx,
  * through its metamethods but inside a protected call, since a script's
- * __index may raise. Returns 0, or a lua_pcall error code with the error
- * message pushed instead of the values. */
+ * __index may raise (a table without a metatable is read directly).
+ * Returns 0, or a lua_pcall error code with the error message pushed
+ * instead of the values. */
 int lbind_getfields(lua_State *L, int idx, const char *const *keys, int n);
 /* t[key] = value on top (popped) / pushes t[key], both raw: for the fields C
  * owns, where a script's metamethods have no say and cannot raise. */

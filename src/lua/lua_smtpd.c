@@ -70,6 +70,13 @@ static int getfields_protected(lua_State *L)
 int lbind_getfields(lua_State *L, int idx, const char *const *keys, int n)
 {
     if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+    if (lua_type(L, idx) == LUA_TTABLE && !lua_getmetatable(L, idx)) {
+        /* A plain table (the usual session and envelope): reading it runs
+         * no script code and cannot fail, so it needs no protected call,
+         * which costs more than the reads themselves. */
+        for (int i = 0; i < n; i++) lua_getfield(L, idx, keys[i]);
+        return 0;
+    }
     struct getfields_keys k = {keys, n};
     /* The C function is made once per state and kept in the registry: this
      * runs after every hook, and a fresh closure each time is garbage. */

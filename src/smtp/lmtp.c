@@ -126,7 +126,7 @@ static bool lmtp_message_check(struct session *s, struct verb_call *call)
     const char *refusal = verbs_message_refusal(s);
     size_t n = s->rcpt_count;
     if (refusal) {
-        session_data_free(s);
+        session_data_end(s);
         session_reset_envelope(s);
         for (size_t i = 0; i < n; i++)
             session_reply(s, refusal);
@@ -136,7 +136,7 @@ static bool lmtp_message_check(struct session *s, struct verb_call *call)
         /* One 451 went out; the client counts on one per recipient. */
         for (size_t i = 1; i < n; i++)
             session_reply(s, lmtp_reply_missing);
-        session_data_free(s);
+        session_data_end(s);
         session_reset_envelope(s);
         return false;
     }
@@ -194,7 +194,7 @@ static void lmtp_message_proceed(struct session *s, const struct hook_result *r,
                                  const struct verb_call *call)
 {
     size_t size = buf_len(&s->data->content);
-    session_data_free(s);
+    session_data_end(s);
     s->reply_copies = 0;
     if (r->outcome != HOOK_FAILED) { /* a failed hook's 451s went out already */
         struct lmtp_replies out = {r, 0};

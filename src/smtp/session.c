@@ -141,11 +141,17 @@ bool session_pending_keep(struct session *s, const char *arg, size_t arg_len, co
                           size_t addr_len, const char *opts, size_t opts_len)
 {
     session_pending_release(s);
-    char *p = malloc(arg_len + addr_len + opts_len + 1);
-    if (!p) {
-        session_reply(s, reply_hook_error);
-        return false;
+    size_t need = arg_len + addr_len + opts_len + 1;
+    if (need > s->pending_cap) {
+        free(s->pending_buf);
+        s->pending_cap = 0;
+        if (!(s->pending_buf = malloc(need))) {
+            session_reply(s, reply_hook_error);
+            return false;
+        }
+        s->pending_cap = (uint32_t)need;
     }
+    char *p = s->pending_buf;
     if (arg_len) memcpy(p, arg, arg_len);
     if (addr_len) memcpy(p + arg_len, addr, addr_len);
     if (opts_len) memcpy(p + arg_len + addr_len, opts, opts_len);
@@ -155,6 +161,13 @@ bool session_pending_keep(struct session *s, const char *arg, size_t arg_len, co
     s->pending_addr_len = (uint32_t)addr_len;
     s->pending_opts_len = (uint32_t)opts_len;
     return true;
+}
+
+static void session_pending_free(struct session *s)
+{
+    free(s->pending_buf);
+    s->pending_buf = s->pending = NULL;
+    s->pending_cap = 0;
 }
 
 /* NULL when nothing was kept (a hook whose continuation needs nothing). */
@@ -179,9 +192,13 @@ const char *session_pending_opts(struct session *s)
 }
 
 /* The command proceeded: nothing of it is needed any more. */
+/* Past this, the block goes with the command (an idle connection keeps
+ * no more than a short command's bytes: bench (d)). */
+#define SESSION_PENDING_KEEP 64
+
 void session_pending_release(struct session *s)
 {
-    free(s->pending);
+    if (s->pending_cap > SESSION_PENDING_KEEP) session_pending_free(s);
     s->pending = NULL;
     s->pending_arg_len = s->pending_addr_len = s->pending_opts_len = 0;
 }
@@ -244,10 +261,14 @@ bool session_data_get(struct session *s)
     return true;
 }
 
+void session_data_end(struct session *s)
+{
+    if (s->data) data_end(s->data); /* the content, and its charge on the budget */
+}
+
 void session_data_free(struct session *s)
 {
-    if (!s->data) return;
-    data_end(s->data); /* the content, and its charge on the budget */
+    session_data_end(s);
     free(s->data);
     s->data = NULL;
 }
@@ -379,7 +400,7 @@ static void session_free(struct session *s)
     lsession_close(s);
     session_data_free(s);
     free(s->unknown_budget);
-    session_pending_release(s);
+    session_pending_free(s);
     free(s->proxy_client);
     ev_timer_stop(s->host->loop, &s->idle);
     s->host->session_removed(s->host, s);

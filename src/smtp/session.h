@@ -155,8 +155,9 @@ struct session {
      * the like), scrubbed from hook error messages: SESSION_SECRETS_MAX
      * slots, NULL until the first secret and again once they are cleared. */
     char **secrets;
-    /* The message being read: from DATA's 354 until the message is
-     * answered (session_data_get/session_data_free), NULL otherwise. */
+    /* The DATA reader: NULL until the session's first DATA (an idle
+     * connection holds only what it needs: bench (d)), then kept for its
+     * next messages (session_data_get/_end/_free). */
     struct data_reader *data;
 
     /* The commands this listener speaks (SMTP's or LMTP's table), and
@@ -170,6 +171,9 @@ struct session {
      * are released when the command proceeds. */
     void *hook_after;       /* command_after_fn of the running hook */
     char *pending;          /* argument, then address, then parameters */
+    /* The block pending lives in, kept between commands while small: a
+     * malloc and free per command cost more than the bytes it holds. */
+    char *pending_buf;
     const char *close_reason; /* for the one "closed" log line */
     ev_timer idle;
     ev_tstamp last_activity;
@@ -178,6 +182,7 @@ struct session {
     uint32_t pending_arg_len;
     uint32_t pending_addr_len;
     uint32_t pending_opts_len; /* upper-cased parameters */
+    uint32_t pending_cap;      /* pending_buf's size */
     int hook_returns;       /* enum hook_returns of the running hook */
     /* How many replies the running command's answer is (LMTP's end of DATA:
      * one per recipient; 0 counts as 1): a hook error's reply is sent so

@@ -75,10 +75,13 @@ void session_replan_timer(struct session *s);
 /* STARTTLS accepted (its 220 queued): hands the connection to TLS. */
 void session_start_tls(struct session *s);
 
-/* The DATA reader (s->data), allocated by DATA before its 354: false (and a
- * 451 sent) if memory ran out. session_data_free drops the message and the
- * reader once the message is answered (and at session teardown). */
+/* The DATA reader (s->data), allocated by the session's first DATA before
+ * its 354: false (and a 451 sent) if memory ran out. session_data_end drops
+ * the message once it is answered; the reader stays for the session's next
+ * message (a calloc and free per message made glibc consolidate its heap on
+ * the next large allocation) and goes with session_data_free at teardown. */
 bool session_data_get(struct session *s);
+void session_data_end(struct session *s);
 void session_data_free(struct session *s);
 
 /* DATA accepted (session_data_get succeeded, its 354 queued): the pump

@@ -758,7 +758,7 @@ static bool message_check(struct session *s, struct verb_call *call)
     (void)call;
     const char *refusal = verbs_message_refusal(s);
     if (refusal) {
-        session_data_free(s);
+        session_data_end(s);
         session_reset_envelope(s);
         session_reply(s, refusal);
         return false;
@@ -789,7 +789,7 @@ static void message_proceed(struct session *s, const struct hook_result *r,
 {
     (void)call;
     size_t size = buf_len(&s->data->content);
-    session_data_free(s);
+    session_data_end(s);
     if (r->outcome != HOOK_FAILED) {
         /* One line per message: size, sender, recipients, and the reply. */
         const char *reply = r->outcome == HOOK_STATUS ? r->status : reply_ok;
