@@ -55,7 +55,7 @@ void lbind_push_mechanism_name(lua_State *L, int idx);
 /* True if the userdata at idx has the metatable registered as tname. */
 bool lbind_is_udata(lua_State *L, int idx, const char *tname);
 /* The userdata at idx if it has that metatable, else NULL (luaL_testudata,
- * without hashing tname on each call: see lua_smtpd.c). */
+ * here beside lbind_is_udata, which it serves). */
 void *lbind_test_udata(lua_State *L, int idx, const char *tname);
 /* The same, raising luaL_checkudata's "tname expected, got ..." error. */
 void *lbind_check_udata(lua_State *L, int idx, const char *tname);

@@ -14,30 +14,10 @@
 /* Same bound as policy.h; kept here so the module stands alone. */
 #define MECHANISM_NAME_MAX 64
 
-/* Pushes the metatable registered as tname (or nil). Every method call
- * checks its self argument, and luaL_getmetatable hashes and interns the
- * name each time; so the registry also keeps each class's metatable under
- * the name's address, a light userdata looked up without hashing. A miss
- * (the first check, or the same name spelt at another address) takes the
- * name's entry and caches it under this address. tname is always a
- * constant, so an address never comes to mean another class. */
-static void push_class_metatable(lua_State *L, const char *tname)
-{
-    lua_pushlightuserdata(L, (void *)tname);
-    lua_rawget(L, LUA_REGISTRYINDEX);
-    if (!lua_isnil(L, -1)) return;
-    lua_pop(L, 1);
-    luaL_getmetatable(L, tname);
-    if (lua_isnil(L, -1)) return; /* not registered (yet): never cached */
-    lua_pushlightuserdata(L, (void *)tname);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, LUA_REGISTRYINDEX);
-}
-
 void *lbind_test_udata(lua_State *L, int idx, const char *tname)
 {
     if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
-    push_class_metatable(L, tname);
+    luaL_getmetatable(L, tname);
     bool same = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
     return same ? lua_touserdata(L, idx) : NULL;
