@@ -376,6 +376,10 @@ struct conn *conn_new(struct ev_loop *loop, int fd, const struct conn_events *ev
     c->wr_wait = EV_WRITE;
     ev_io_init(&c->rio, conn_on_io, fd, EV_READ);
     ev_io_init(&c->wio, conn_on_io, fd, EV_WRITE);
+    /* conn_arm below starts rio, whose new-fd flag has libev register the
+     * fd. wio's own flag would only make libev re-add it (an epoll_ctl that
+     * fails with EEXIST) the first time a reply waits in c->out. */
+    c->wio.events &= ~EV__IOFDSET;
     ev_timer_init(&c->linger, conn_on_linger, CONN_LINGER_SECONDS, 0.);
     ev_timer_init(&c->notify, conn_on_notify, 0., 0.);
     c->notify.data = c;
