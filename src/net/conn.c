@@ -85,18 +85,23 @@ static void conn_arm(struct conn *c)
 {
     if (c->closed) return;
     int ev = 0;
+    bool finish_soon = false;
     if (c->hs.active) {
         ev = c->hs.wait;
     } else {
         if (conn_reading(c)) ev |= c->rd_wait;
         if (conn_out_pending(c)) ev |= c->wr_wait;
-        /* A closing conn is finished from a watcher even with nothing left to
-         * send: a writable socket fires at once. */
+        /* A closing conn with nothing left to send is finished from the
+         * loop, never inside the caller's stack. */
         else if (c->closing)
-            ev |= EV_WRITE;
+            finish_soon = true;
     }
     conn_set_io(c, &c->rio, ev & EV_READ);
     conn_set_io(c, &c->wio, ev & EV_WRITE);
+    /* A fed event, not a watcher on a socket that is writable anyway: it
+     * runs in this loop iteration, after the current callback, and costs
+     * no epoll_ctl or extra wait. Stopping wio (conn_close_socket) drops it. */
+    if (finish_soon && !ev_is_pending(&c->wio)) ev_feed_event(c->loop, &c->wio, EV_WRITE);
 }
 
 /* Input the transport decoded but the socket cannot signal (TLS records
