@@ -463,6 +463,18 @@ local function fail(stage, err, code, msg, extra)
   return nil, err, partial
 end
 
+-- EHLO during open: true, or nil, err, partial (after QUIT when the server
+-- refused it).
+local function open_ehlo(self)
+  local code, msg = self:ehlo()
+  if not code then return fail("ehlo", msg) end
+  if code ~= 250 then
+    self:quit()
+    return fail("ehlo", "ehlo refused", code, msg)
+  end
+  return true
+end
+
 -- Connects, reads the greeting, EHLO, STARTTLS, AUTH. Returns the
 -- connection, or nil, err, partial.
 local function open(opts, what)
@@ -511,12 +523,9 @@ local function open(opts, what)
       self:close()
       return fail("greeting", "greeting refused", code, msg)
     end
-    code, msg = self:ehlo()
-    if not code then return fail("ehlo", msg) end
-    if code ~= 250 then
-      self:quit()
-      return fail("ehlo", "ehlo refused", code, msg)
-    end
+    local partial
+    ok, err, partial = open_ehlo(self)
+    if not ok then return nil, err, partial end
     if not opts.implicit_tls and starttls then
       if self.ext.STARTTLS then
         code, msg = command(self, "STARTTLS")
@@ -533,12 +542,8 @@ local function open(opts, what)
             return fail("starttls", err)
           end
           self.secure = true
-          code, msg = self:ehlo()
-          if not code then return fail("ehlo", msg) end
-          if code ~= 250 then
-            self:quit()
-            return fail("ehlo", "ehlo refused", code, msg)
-          end
+          ok, err, partial = open_ehlo(self)
+          if not ok then return nil, err, partial end
         end
       elseif starttls == "required" then
         self:quit()

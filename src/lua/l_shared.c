@@ -12,7 +12,6 @@
  * (l_shared_startup_end). `smtpd.shared.NAME` taken at the top level and
  * kept for the hooks finds the real dictionary at its first call there. */
 #include "l_shared.h"
-#include "lua_bind.h"
 
 #include <lauxlib.h>
 #include <math.h>
@@ -115,7 +114,7 @@ bool l_shared_startup_end(char *err, size_t errlen)
 
 static struct shdict *check_dict(lua_State *L, const char *method)
 {
-    struct l_dict *ud = lbind_test_udata(L, 1, SHARED_DICT_MT);
+    struct l_dict *ud = luaL_testudata(L, 1, SHARED_DICT_MT);
     if (!ud)
         luaL_error(L, "%s: expected a shared dictionary as self, got %s (call it as d:%s(...))",
                    method, luaL_typename(L, 1), method);
@@ -337,7 +336,7 @@ static int l_shared_flush_all(lua_State *L)
 
 static int l_shared_tostring(lua_State *L)
 {
-    struct l_dict *ud = lbind_check_udata(L, 1, SHARED_DICT_MT);
+    struct l_dict *ud = luaL_checkudata(L, 1, SHARED_DICT_MT);
     lua_pushfstring(L, "smtpd.shared.%s", ud->name);
     return 1;
 }

@@ -339,7 +339,7 @@ static void sock_scope_enter(struct sock *s, struct hook_state *h)
  * socket is a programming error. */
 static struct sock *sock_arg(lua_State *L, int idx)
 {
-    struct sock *s = lbind_check_udata(L, idx, SOCKET_MT);
+    struct sock *s = luaL_checkudata(L, idx, SOCKET_MT);
     if (s->owner && hook_running(L) != s->owner) luaL_error(L, "socket belongs to another session");
     return s;
 }
@@ -449,7 +449,7 @@ static void sock_push_session(lua_State *L, struct sock *s);
 
 int l_socket_connect_addrs(lua_State *L, int idx, const struct netc_addr *addrs, size_t n)
 {
-    struct sock *s = lbind_check_udata(L, idx, SOCKET_MT);
+    struct sock *s = luaL_checkudata(L, idx, SOCKET_MT);
     struct hook_state *h = hook_wait_check(L, "sock:connect");
     if (idx != 1) {
         /* sock_yield anchors the socket from index 1. */
@@ -495,6 +495,18 @@ int l_socket_connect_addrs(lua_State *L, int idx, const struct netc_addr *addrs,
 
 static void sock_on_io(struct ev_loop *loop, ev_io *w, int revents);
 
+/* Hands a stopped watcher, and with it libev's registration of its fd, to
+ * another owner: the connection moves between a socket and its pool
+ * without libev ever taking the fd for a new one (an epoll_ctl each time). */
+static void io_hand_over(ev_io *to, const ev_io *from, void (*cb)(struct ev_loop *, ev_io *, int),
+                         void *data, int events)
+{
+    *to = *from;
+    ev_set_cb(to, cb);
+    to->data = data;
+    ev_io_modify(to, events);
+}
+
 /* Takes the most recently pooled connection for s->key, if any. With tls,
  * only one made with exactly those TLS settings. */
 static bool sock_take_pooled(struct sock *s, const struct sock_tls *tls)
@@ -519,11 +531,7 @@ static bool sock_take_pooled(struct sock *s, const struct sock_tls *tls)
     pool_maybe_free(p);
     s->c = pc->c;
     s->c.drained = false;
-    /* The pooled watcher carries libev's registration of the fd. */
-    void *io_data = s->io.data;
-    s->io = pc->io;
-    ev_set_cb(&s->io, sock_on_io);
-    s->io.data = io_data;
+    io_hand_over(&s->io, &pc->io, sock_on_io, s, EV_READ);
     s->io_on_conn = true;
     s->idle = pc->idle_timeout;
     s->addr = pc->addr;
@@ -584,13 +592,11 @@ static bool pool_put(struct sock *s, double idle, int size)
     p->n++;
     if (s->io_on_conn && s->io.fd == pc->c.fd) {
         ev_io_stop(s->vm->loop, &s->io); /* a no-op: the operation ended */
-        pc->io = s->io;
-        ev_set_cb(&pc->io, pool_on_io);
-        ev_io_modify(&pc->io, EV_READ);
+        io_hand_over(&pc->io, &s->io, pool_on_io, pc, EV_READ);
     } else {
         ev_io_init(&pc->io, pool_on_io, pc->c.fd, EV_READ);
+        pc->io.data = pc;
     }
-    pc->io.data = pc;
     ev_timer_init(&pc->idle, pool_on_idle, idle, 0.);
     pc->idle.data = pc;
     ev_io_start(s->vm->loop, &pc->io);
@@ -1469,7 +1475,7 @@ static int l_socket_setkeepalive(lua_State *L)
 
 static int l_socket_tostring(lua_State *L)
 {
-    struct sock *s = lbind_check_udata(L, 1, SOCKET_MT);
+    struct sock *s = luaL_checkudata(L, 1, SOCKET_MT);
     if (s->c.fd >= 0)
         lua_pushfstring(L, "smtpd.socket.tcp (%s%s)", s->key ? s->key : "?",
                         s->c.tls ? ", tls" : "");
@@ -1480,7 +1486,7 @@ static int l_socket_tostring(lua_State *L)
 
 static int l_socket_gc(lua_State *L)
 {
-    struct sock *s = lbind_check_udata(L, 1, SOCKET_MT);
+    struct sock *s = luaL_checkudata(L, 1, SOCKET_MT);
     sock_disconnect(s, true);
     tls_settings_free(&s->tls);
     free(s->key);
@@ -1515,7 +1521,7 @@ static int l_socket_tcp(lua_State *L)
 
 static int l_session_gc(lua_State *L)
 {
-    struct tls_session **box = lbind_check_udata(L, 1, SOCKET_SESSION_MT);
+    struct tls_session **box = luaL_checkudata(L, 1, SOCKET_SESSION_MT);
     tls_session_free(*box);
     *box = NULL;
     return 0;

@@ -7,7 +7,6 @@
  * and bound with sqlite3_bind_*, never interpolated; rows come back as C
  * values and become Lua tables on the loop. Knows no SMTP. */
 #include "l_sqlite.h"
-#include "lua_bind.h"
 
 #include <lauxlib.h>
 #include <math.h>
@@ -427,7 +426,7 @@ static struct sql_job *sql_job_new(lua_State *L, const char *what, enum sql_op o
 
 static struct sqlite_db *check_db(lua_State *L, int idx)
 {
-    struct sqlite_db *db = lbind_test_udata(L, idx, L_SQLITE_DB_MT);
+    struct sqlite_db *db = luaL_testudata(L, idx, L_SQLITE_DB_MT);
     if (!db)
         luaL_argerror(L, idx, lua_pushfstring(L, "expected %s, got %s", L_SQLITE_DB_MT,
                                               luaL_typename(L, idx)));

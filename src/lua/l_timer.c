@@ -359,7 +359,7 @@ static int l_timer_every(lua_State *L) { return timer_new(L, true); }
  * not stopped; an `every` timer runs no more after it. */
 static int l_timer_cancel(lua_State *L)
 {
-    struct timer *t = ((struct timer_box *)lbind_check_udata(L, 1, TIMER_MT))->t;
+    struct timer *t = ((struct timer_box *)luaL_checkudata(L, 1, TIMER_MT))->t;
     struct timer_set *set = t ? t->set : NULL;
     if (!set || !(t->armed || t->due)) {
         lua_pushboolean(L, 0);
@@ -375,7 +375,7 @@ static int l_timer_cancel(lua_State *L)
 
 static int l_timer_tostring(lua_State *L)
 {
-    struct timer_box *box = lbind_check_udata(L, 1, TIMER_MT);
+    struct timer_box *box = luaL_checkudata(L, 1, TIMER_MT);
     lua_pushfstring(L, "smtpd.%s", box->name[0] ? box->name : "timer");
     return 1;
 }
@@ -384,7 +384,7 @@ static int l_timer_tostring(lua_State *L)
  * raised before the timer was linked. */
 static int l_timer_gc(lua_State *L)
 {
-    struct timer_box *box = lbind_check_udata(L, 1, TIMER_MT);
+    struct timer_box *box = luaL_checkudata(L, 1, TIMER_MT);
     free(box->t);
     box->t = NULL;
     return 0;

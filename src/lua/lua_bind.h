@@ -54,11 +54,6 @@ bool lbind_is_missing(lua_State *L, int idx);
 void lbind_push_mechanism_name(lua_State *L, int idx);
 /* True if the userdata at idx has the metatable registered as tname. */
 bool lbind_is_udata(lua_State *L, int idx, const char *tname);
-/* The userdata at idx if it has that metatable, else NULL (luaL_testudata,
- * here beside lbind_is_udata, which it serves). */
-void *lbind_test_udata(lua_State *L, int idx, const char *tname);
-/* The same, raising luaL_checkudata's "tname expected, got ..." error. */
-void *lbind_check_udata(lua_State *L, int idx, const char *tname);
 /* Pushes a Lua-quoted rendering of s (like %q, but one line) for tostring. */
 void lbind_push_quoted(lua_State *L, const char *s, size_t n);
 

@@ -14,25 +14,13 @@
 /* Same bound as policy.h; kept here so the module stands alone. */
 #define MECHANISM_NAME_MAX 64
 
-void *lbind_test_udata(lua_State *L, int idx, const char *tname)
+bool lbind_is_udata(lua_State *L, int idx, const char *tname)
 {
-    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return false;
     luaL_getmetatable(L, tname);
     bool same = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
-    return same ? lua_touserdata(L, idx) : NULL;
-}
-
-void *lbind_check_udata(lua_State *L, int idx, const char *tname)
-{
-    void *p = lbind_test_udata(L, idx, tname);
-    if (!p) luaL_typerror(L, idx, tname);
-    return p;
-}
-
-bool lbind_is_udata(lua_State *L, int idx, const char *tname)
-{
-    return lbind_test_udata(L, idx, tname) != NULL;
+    return same;
 }
 
 struct getfields_keys {
